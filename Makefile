@@ -1,0 +1,32 @@
+# The two commands of the README: `make train` and `make test`. Both create .venv from the pins first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)
+REQS := requirements/py$(if $(filter 311,$(PYVER)),311,312).txt
+PYTEST_ARGS ?=
+
+.PHONY: test test-fast bench venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py $(REQS)
+	@echo ">> creating $(VENV) with $(PYTHON) ($(PYVER)), pins from $(REQS)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r $(REQS)
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The subset that CI also runs under Python 3.12 / jax 0.12.
+test-fast: venv
+	$(PY) -m pytest -m fast $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) experiments/bench/bench_chunked_scan.py
+
+clean:
+	rm -rf $(VENV) .jax_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""hope_jax: Nested Learning and Hope in JAX."""

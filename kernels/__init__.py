@@ -1,0 +1,1 @@
+"""Kernels for the chunked memory update (installed as `hope_jax.kernels`)."""
