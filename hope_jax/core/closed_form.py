@@ -1,0 +1,145 @@
+"""One chunk of a level in closed form: no per-token gradient is ever materialised.
+
+For an MLP memory every layer gradient is an outer product `G_i = δ_i a_iᵀ` (spec §3.1), so the
+retention- and momentum-weighted sums of a chunk collapse to one matmul per layer with scalar
+per-token coefficients (Titans Eq. 17, generalised to momentum and to every MLP layer; see
+`coefficients.py`), and reads of the running state `W_t` inside the chunk become causal masked
+matmuls (TTT's dual form, layer by layer, D2):
+
+    W_t x_t = ᾱ_t W_0 x_t + κ_t S_0 x_t − Σ_i c_G[t, i] (a_iᵀ x_t) δ_i − Σ_s c_U[t, s] (k_sᵀ x_t) u_s.
+
+The DGD preconditioner `W (α I − p k kᵀ)` on the input-side layer (D3) is not scalar: its
+predictions `u_t = W_{t−1} k_t` solve a unit lower-triangular system (the chunkwise WY/UT form of
+DeltaNet / Gated DeltaNet, spec §6.4):
+
+    (I + L) U = B,   L[t, s] = c_U[t−1, s] (k_sᵀ k_t)  (s < t),
+    B_t = ᾱ_{t−1} W_0 k_t + κ_{t−1} S_0 k_t − Σ_i c_G[t−1, i] (a_iᵀ k_t) δ_i.
+
+All functions here act on one head of one sequence; the scan vmaps them over batch and heads.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from hope_jax.core.coefficients import ChunkCoefficients, chunk_coefficients
+from hope_jax.core.inner_optimizers import RecurrenceSpec, normalized_step_size
+from hope_jax.core.memories import MLPMemory
+from hope_jax.core.objectives import Objective
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+
+def effective_gates(spec: RecurrenceSpec, k: Array, eta: Array, alpha: Array | None,
+                    beta: Array | None, mask: Array | None):
+    """Per-token (η_e, α, β, p) of the canonical write, with padding frozen (D35).
+
+    At a padded token the write is the identity: η_e = p = 0, α = β = 1 and the momentum is not
+    added (write mask 0), so the carried state is independent of the padding.
+    """
+    dtype = k.dtype
+    eta_norm = None
+    if spec.normalize_step or (spec.dgd and spec.dgd_normalize):
+        eta_norm = normalized_step_size(eta, k)
+    eta_e = eta_norm if spec.normalize_step else eta
+    alpha_e = alpha if spec.retention else jnp.ones_like(eta)
+    beta_e = beta if spec.momentum_slot is not None else None
+    p = None
+    if spec.dgd:
+        p = eta_norm if spec.dgd_normalize else eta
+        if spec.dgd_gated:
+            p = p * alpha
+    if mask is not None:
+        m = mask.astype(dtype)
+        eta_e = eta_e * m
+        alpha_e = jnp.where(mask, alpha_e, 1.0)
+        beta_e = None if beta_e is None else jnp.where(mask, beta_e, 1.0)
+        p = None if p is None else p * m
+    return eta_e, alpha_e, beta_e, p
+
+
+def _dgd_predictions(w0: Array, s0: Array | None, k: Array, a0: Array, d0: Array,
+                     co: ChunkCoefficients) -> Array:
+    """U = [W_{t−1} k_t]_t for the input-side layer, by the unit-triangular solve above. [C, out]."""
+    c = k.shape[0]
+    rhs = co.decay[:c, None] * (k @ w0.T)
+    if s0 is not None:
+        rhs = rhs + co.carry[:c, None] * (k @ s0.T)
+    rhs = rhs - (co.grad_weights[:c] * (k @ a0.T)) @ d0
+    strict = co.precond_weights[:c] * (k @ k.T)  # zero on and above the diagonal
+    system = jnp.eye(c, dtype=k.dtype) + strict
+    return solve_triangular(system, rhs, lower=True, unit_diagonal=True)
+
+
+def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceSpec, read: str,
+                      stop_writes: bool, run: tuple, momentum: tuple | None, snap: tuple,
+                      q: Array, k: Array, v: Array, eta: Array, alpha: Array | None,
+                      beta: Array | None, mask: Array | None):
+    """Reads and writes of one chunk for one head of one sequence.
+
+    Args:
+      run: running memory at the chunk start, tuple of [out_l, in_l].
+      momentum: momentum buffers S (like `run`), or None without momentum.
+      snap: the snapshot `M_{ξ}` at which this chunk's gradients are taken (D2).
+      q, k: [C, d_in]; v: [C, d_out]; eta, alpha, beta, mask: [C] (alpha/beta/mask may be None).
+      stop_writes: D8's stop-gradient mode (writes are constants; reads stay differentiable).
+
+    Returns:
+      (y [C, d_out], new running memory, new momentum or None).
+    """
+    live_run = run
+    if stop_writes:
+        run, snap, k, v, eta = sg(run), sg(snap), sg(k), sg(v), sg(eta)
+        momentum = None if momentum is None else sg(momentum)
+        alpha = None if alpha is None else sg(alpha)
+        beta = None if beta is None else sg(beta)
+    c = k.shape[0]
+    eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
+    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
+
+    # Snapshot forward/backward on the keys: a_l (layer inputs) and δ_l (output-side errors).
+    y_k, cache = memory.forward_cached(snap, k)
+    deltas = memory.backward(snap, cache, objective.error(y_k, v))
+    inputs = cache.inputs
+    n_layers = len(run)
+    s = momentum if momentum is not None else (None,) * n_layers
+    u = _dgd_predictions(run[0], s[0], k, inputs[0], deltas[0], co) if spec.dgd else None
+
+    def read_layer(l: int, x: Array, rows: slice) -> Array:
+        z = co.decay[rows, None] * (x @ run[l].T)
+        if s[l] is not None:
+            z = z + co.carry[rows, None] * (x @ s[l].T)
+        z = z - (co.grad_weights[rows] * (x @ inputs[l].T)) @ deltas[l]
+        if u is not None and l == 0:
+            z = z - (co.precond_weights[rows] * (x @ k.T)) @ u
+        if stop_writes:
+            z = z + x @ (live_run[l] - run[l]).T  # zero value; gradient of the read w.r.t. W_0
+        return z
+
+    if read == "snapshot":
+        base = snap if not stop_writes else tuple(w + (lw - sg(lw)) for w, lw in zip(snap, live_run))
+        y = memory.apply(base, q)
+    else:
+        rows = slice(1, c + 1) if read == "post" else slice(0, c)
+        x = q
+        for l in range(n_layers):
+            z = read_layer(l, x, rows)
+            x = memory.activation(z) if l < n_layers - 1 else z
+        y = q + x if memory.residual else x
+
+    # End-of-chunk state (row C).
+    new_run, new_mom = [], []
+    for l in range(n_layers):
+        w = co.decay[c] * run[l] - (deltas[l] * co.grad_weights[c][:, None]).T @ inputs[l]
+        if s[l] is not None:
+            w = w + co.carry[c] * s[l]
+            new_mom.append(co.momentum_decay * s[l]
+                           - (deltas[l] * co.momentum_grad_weights[:, None]).T @ inputs[l])
+        if u is not None and l == 0:
+            w = w - (u * co.precond_weights[c][:, None]).T @ k
+        if stop_writes:
+            w = w + (live_run[l] - run[l])  # gradient identity to W_0 through the carried state
+        new_run.append(w)
+    return y, tuple(new_run), (tuple(new_mom) if momentum is not None else None)

@@ -1,0 +1,246 @@
+"""Inner optimizers of a level, as optax-style gradient transformations (spec §2.1–2.3).
+
+Each transformation is a pure `(init, update)` pair with a NamedTuple state, like optax's. Inner
+optimizers act on one memory instance (one head of one sequence) at one token and take the
+per-token hyperparameters as extra arguments, as optax's extra-args transforms do:
+
+    updates, state = opt.update(grads, state, params, eta=η_t, alpha=α_t, beta=β_t, key=k_t)
+    params = params + updates                      # NL sign convention: updates carry the minus
+
+`eta`, `alpha`, `beta` are scalars and `key` is the memory's input vector `k_t` [d_in]. Memory
+parameters are tuples of layer matrices, input side first (see `memories.py`).
+
+The building blocks, chained in this canonical order:
+
+    scale_by_step_size     u = −η g               (η read as η/(1+η‖k‖²) when normalised; §2.3)
+    trace_momentum         S = β S + u;  u = S     (Titans' surprise; §2.2, D5)
+    add_retention          u += (α − 1) W          (weight decay / forget gate; §2.1)
+    add_dgd_preconditioner u[0] −= p (W₀ k) kᵀ     (DGD on the input-side layer; §2.3, D3)
+
+so that one token's write is `S_t = β S_{t−1} − η G_t`, `W_t = W_{t−1}(α I − p k kᵀ) + S_t`. Besides
+`init`/`update`, every transformation describes how it changes that canonical recurrence
+(`RecurrenceSpec`); the chunked scan uses the description to run the closed (dual / WY) form. A
+chain that leaves the canonical order has no description and runs on the generic chunk path.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrenceSpec:
+    """The canonical per-token write `S_t = β S_{t−1} − η_e G_t; W_t = W_{t−1}(α I − p k kᵀ) + S_t`.
+
+    Attributes:
+      stage: how far along the canonical order the chain is (0 nothing, 1 step, 2 momentum,
+        3 retention / preconditioner); used to reject non-canonical chains.
+      normalize_step: η_e = η/(1+η‖k‖²) instead of η.
+      momentum_slot: index in the chain state of the momentum buffer S (None: no momentum, β ≡ 0).
+      retention: α_t multiplies the old state (else α ≡ 1).
+      dgd: the DGD preconditioner acts on the input-side layer with coefficient p.
+      dgd_normalize: p = η/(1+η‖k‖²) instead of η.
+      dgd_gated: p is additionally multiplied by α (Gated DeltaNet: gradient at the decayed state).
+    """
+
+    stage: int = 0
+    normalize_step: bool = False
+    momentum_slot: int | None = None
+    retention: bool = False
+    dgd: bool = False
+    dgd_normalize: bool = True
+    dgd_gated: bool = False
+
+    @property
+    def has_step(self) -> bool:
+        return self.stage >= 1
+
+
+class InnerTransform(NamedTuple):
+    """An inner optimizer: optax-style `init`/`update` plus its recurrence description.
+
+    describe(spec, slot) -> RecurrenceSpec | None: the canonical recurrence after this transform,
+    given the one before it (`slot` is this transform's index in the enclosing chain's state).
+    """
+
+    init: Callable[[Params], Any]
+    update: Callable[..., tuple[Params, Any]]
+    describe: Callable[[RecurrenceSpec | None, int], RecurrenceSpec | None]
+
+
+class EmptyState(NamedTuple):
+    """State of a stateless transformation."""
+
+
+class MomentumState(NamedTuple):
+    """The momentum memory S (one buffer per layer, shaped like the memory's parameters)."""
+
+    momentum: Params
+
+
+def normalized_step_size(eta: Array, key: Array) -> Array:
+    """η' = η / (1 + η‖k‖²): the exact Sherman–Morrison step of the proximal L2 step (spec §2.3)."""
+    return eta / (1.0 + eta * jnp.sum(jnp.square(key), axis=-1))
+
+
+def _tree_add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+# -- building blocks -------------------------------------------------------------------------
+
+def scale_by_step_size(normalize: bool = False) -> InnerTransform:
+    """u = −η_t g: one plain GD step on the inner objective (spec §2.1, Eq. 1).
+
+    With `normalize`, η_t is read as η_t/(1+η_t‖k_t‖²) (the DGD step size of D3).
+    """
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None, *, eta, alpha=None, beta=None, key=None):
+        step = normalized_step_size(eta, key) if normalize else eta
+        return jax.tree.map(lambda g: -step * g, updates), state
+
+    def describe(spec, slot):
+        if spec is None or spec.stage != 0:
+            return None
+        return dataclasses.replace(spec, stage=1, normalize_step=normalize)
+
+    return InnerTransform(init, update, describe)
+
+
+def trace_momentum() -> InnerTransform:
+    """S_t = β_t S_{t−1} + u_t, u ← S_t: momentum as a key-less memory (spec §1.4, §2.2; D5)."""
+
+    def init(params):
+        return MomentumState(jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None, *, eta=None, alpha=None, beta, key=None):
+        momentum = jax.tree.map(lambda s, u: beta * s + u, state.momentum, updates)
+        return momentum, MomentumState(momentum)
+
+    def describe(spec, slot):
+        if spec is None or spec.stage != 1:
+            return None
+        return dataclasses.replace(spec, stage=2, momentum_slot=slot)
+
+    return InnerTransform(init, update, describe)
+
+
+def add_retention() -> InnerTransform:
+    """u ← u + (α_t − 1) W: retention α_t multiplies the old state (spec §2.1; 1 = keep all)."""
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None, *, eta=None, alpha, beta=None, key=None):
+        return jax.tree.map(lambda u, w: u + (alpha - 1.0) * w, updates, params), state
+
+    def describe(spec, slot):
+        if spec is None or spec.stage < 1 or spec.retention:
+            return None
+        return dataclasses.replace(spec, stage=3, retention=True)
+
+    return InnerTransform(init, update, describe)
+
+
+def add_dgd_preconditioner(normalize: bool = True, gated: bool = False) -> InnerTransform:
+    """u[0] ← u[0] − p_t (W₀ k_t) k_tᵀ: the DGD term `W (α I − p k kᵀ)` on the input-side layer.
+
+    Spec §2.3 and D3 (NL Eq. 88): p = η' = η/(1+η‖k‖²) with `normalize` (default), else p = η.
+    `gated=True` multiplies p by α_t, which turns the L2 step at the decayed state `α M` of Gated
+    DeltaNet into this form (spec §4). Other layers are untouched (they get the plain decay α).
+    """
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None, *, eta, alpha=None, beta=None, key):
+        p = normalized_step_size(eta, key) if normalize else eta
+        if gated:
+            p = p * alpha
+        w0 = params[0]
+        first = updates[0] - p * jnp.outer(w0 @ key, key)
+        return (first,) + tuple(updates[1:]), state
+
+    def describe(spec, slot):
+        if spec is None or spec.stage < 1 or spec.dgd:
+            return None
+        return dataclasses.replace(spec, stage=3, dgd=True, dgd_normalize=normalize, dgd_gated=gated)
+
+    return InnerTransform(init, update, describe)
+
+
+def chain(*transforms: InnerTransform) -> InnerTransform:
+    """Applies transformations in sequence (like `optax.chain`); the state is a tuple of states."""
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None, **hyper):
+        new_state = []
+        for t, s in zip(transforms, state):
+            updates, s = t.update(updates, s, params, **hyper)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    def describe(spec, slot):
+        # A nested chain would need nested slots; only flat chains get a closed form.
+        if slot != -1:
+            return None
+        for i, t in enumerate(transforms):
+            spec = t.describe(spec, i)
+            if spec is None:
+                return None
+        return spec
+
+    return InnerTransform(init, update, describe)
+
+
+def recurrence_spec(opt: InnerTransform) -> RecurrenceSpec | None:
+    """The canonical recurrence of an inner optimizer, or None if it has no closed form."""
+    spec = opt.describe(RecurrenceSpec(), -1)
+    if spec is None or not spec.has_step:
+        return None
+    return spec
+
+
+# -- complete inner optimizers -----------------------------------------------------------------
+
+def gd(retention: bool = True, normalize: bool = False) -> InnerTransform:
+    """GD with retention: `M_t = α_t M_{t−1} − η_t ∇ℓ` (spec §2.1; α ≡ 1 without retention)."""
+    parts = [scale_by_step_size(normalize)]
+    if retention:
+        parts.append(add_retention())
+    return chain(*parts)
+
+
+def momentum_gd(retention: bool = True, normalize: bool = False) -> InnerTransform:
+    """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t` (spec §2.2; Titans Eq. 18)."""
+    parts = [scale_by_step_size(normalize), trace_momentum()]
+    if retention:
+        parts.append(add_retention())
+    return chain(*parts)
+
+
+def dgd(momentum: bool = True, retention: bool = True, normalize: bool = True,
+        gated: bool = False) -> InnerTransform:
+    """DGD (spec §2.3, Eq. 88; D3, D5): `S_t = β S − η' ∇ℓ`, `M_t = M_{t−1}(α I − η' k kᵀ) + S_t`.
+
+    η' = η/(1+η‖k‖²) in both places when `normalize` (default). Without momentum the write is
+    `M_{t−1}(α I − η' k kᵀ) − η' ∇ℓ`. The preconditioner acts on the input-side layer only (D3).
+    """
+    parts = [scale_by_step_size(normalize)]
+    if momentum:
+        parts.append(trace_momentum())
+    if retention:
+        parts.append(add_retention())
+    parts.append(add_dgd_preconditioner(normalize=normalize, gated=gated))
+    return chain(*parts)
