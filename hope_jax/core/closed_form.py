@@ -24,6 +24,8 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from hope_jax.core.coefficients import ChunkCoefficients, chunk_coefficients
+from typing import NamedTuple
+
 from hope_jax.core.inner_optimizers import RecurrenceSpec, normalized_step_size
 from hope_jax.core.memories import MLPMemory
 from hope_jax.core.objectives import Objective
@@ -60,30 +62,58 @@ def effective_gates(spec: RecurrenceSpec, k: Array, eta: Array, alpha: Array | N
     return eta_e, alpha_e, beta_e, p
 
 
+class ChunkPrep(NamedTuple):
+    """The state-independent part of a chunk, computed for all chunks in parallel before the scan.
+
+    coeffs: the scalar coefficients of the writes (`coefficients.py`).
+    qk: [C, C] scores q_t · k_i of the input-side layer's reads.
+    system_inverse: (I + L)⁻¹ [C, C] of the DGD predictions' triangular system, or None.
+    """
+
+    coeffs: ChunkCoefficients
+    qk: Array
+    system_inverse: Array | None
+
+
+def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: Array,
+                  alpha: Array | None, beta: Array | None, mask: Array | None) -> ChunkPrep:
+    """Coefficients, read scores and the inverse DGD system of one chunk (one head, one sequence)."""
+    if stop_writes:
+        k, eta = sg(k), sg(eta)
+        alpha = None if alpha is None else sg(alpha)
+        beta = None if beta is None else sg(beta)
+    c = k.shape[0]
+    eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
+    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
+    inverse = None
+    if spec.dgd:
+        strict = co.precond_weights[:c] * (k @ k.T)  # zero on and above the diagonal
+        eye = jnp.eye(c, dtype=k.dtype)
+        inverse = solve_triangular(eye + strict, eye, lower=True, unit_diagonal=True)
+    return ChunkPrep(co, q @ k.T, inverse)
+
+
 def _dgd_predictions(w0: Array, s0: Array | None, k: Array, a0: Array, d0: Array,
-                     co: ChunkCoefficients) -> Array:
-    """U = [W_{t−1} k_t]_t for the input-side layer, by the unit-triangular solve above. [C, out]."""
+                     co: ChunkCoefficients, inverse: Array) -> Array:
+    """U = [W_{t−1} k_t]_t for the input-side layer, from the triangular system above. [C, out]."""
     c = k.shape[0]
     rhs = co.decay[:c, None] * (k @ w0.T)
     if s0 is not None:
         rhs = rhs + co.carry[:c, None] * (k @ s0.T)
     rhs = rhs - (co.grad_weights[:c] * (k @ a0.T)) @ d0
-    strict = co.precond_weights[:c] * (k @ k.T)  # zero on and above the diagonal
-    system = jnp.eye(c, dtype=k.dtype) + strict
-    return solve_triangular(system, rhs, lower=True, unit_diagonal=True)
+    return inverse @ rhs
 
 
 def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceSpec, read: str,
                       stop_writes: bool, run: tuple, momentum: tuple | None, snap: tuple,
-                      q: Array, k: Array, v: Array, eta: Array, alpha: Array | None,
-                      beta: Array | None, mask: Array | None):
+                      q: Array, k: Array, v: Array, prep: ChunkPrep):
     """Reads and writes of one chunk for one head of one sequence.
 
     Args:
       run: running memory at the chunk start, tuple of [out_l, in_l].
       momentum: momentum buffers S (like `run`), or None without momentum.
       snap: the snapshot `M_{ξ}` at which this chunk's gradients are taken (D2).
-      q, k: [C, d_in]; v: [C, d_out]; eta, alpha, beta, mask: [C] (alpha/beta/mask may be None).
+      q, k: [C, d_in]; v: [C, d_out]; prep: `prepare_chunk` of this chunk.
       stop_writes: D8's stop-gradient mode (writes are constants; reads stay differentiable).
 
     Returns:
@@ -91,13 +121,10 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     """
     live_run = run
     if stop_writes:
-        run, snap, k, v, eta = sg(run), sg(snap), sg(k), sg(v), sg(eta)
+        run, snap, k, v = sg(run), sg(snap), sg(k), sg(v)
         momentum = None if momentum is None else sg(momentum)
-        alpha = None if alpha is None else sg(alpha)
-        beta = None if beta is None else sg(beta)
     c = k.shape[0]
-    eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
-    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
+    co = prep.coeffs
 
     # Snapshot forward/backward on the keys: a_l (layer inputs) and δ_l (output-side errors).
     y_k, cache = memory.forward_cached(snap, k)
@@ -105,15 +132,17 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     inputs = cache.inputs
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
-    u = _dgd_predictions(run[0], s[0], k, inputs[0], deltas[0], co) if spec.dgd else None
+    u = (_dgd_predictions(run[0], s[0], k, inputs[0], deltas[0], co, prep.system_inverse)
+         if spec.dgd else None)
 
     def read_layer(l: int, x: Array, rows: slice) -> Array:
         z = co.decay[rows, None] * (x @ run[l].T)
         if s[l] is not None:
             z = z + co.carry[rows, None] * (x @ s[l].T)
-        z = z - (co.grad_weights[rows] * (x @ inputs[l].T)) @ deltas[l]
+        scores = prep.qk if l == 0 else x @ inputs[l].T
+        z = z - (co.grad_weights[rows] * scores) @ deltas[l]
         if u is not None and l == 0:
-            z = z - (co.precond_weights[rows] * (x @ k.T)) @ u
+            z = z - (co.precond_weights[rows] * scores) @ u
         if stop_writes:
             z = z + x @ (live_run[l] - run[l]).T  # zero value; gradient of the read w.r.t. W_0
         return z

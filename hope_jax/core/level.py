@@ -21,7 +21,7 @@ Array = jax.Array
 
 READ_MODES = ("post", "pre", "snapshot")
 GRADIENT_MODES = ("full", "stop")
-METHODS = ("auto", "closed_form", "generic")
+METHODS = ("auto", "linear", "closed_form", "generic")
 
 
 class LevelState(NamedTuple):
@@ -59,7 +59,9 @@ class Level:
       remat: rematerialise each chunk in the backward pass (`jax.checkpoint`), so saved
         activations are one memory state per chunk (D30).
       method: "closed_form" (dual / WY form; needs an optimizer with a canonical recurrence),
-        "generic" (materialised per-token snapshot gradients, any optimizer), or "auto".
+        "linear" (affine chunk maps; also needs a depth-1 memory and an affine objective),
+        "generic" (materialised per-token snapshot gradients, any optimizer), or "auto" (the
+        fastest that applies, in that order: linear, closed_form, generic).
     """
 
     memory: MLPMemory
@@ -81,9 +83,14 @@ class Level:
             raise ValueError(f"Level.gradient must be one of {GRADIENT_MODES}, got {self.gradient!r}")
         if self.method not in METHODS:
             raise ValueError(f"Level.method must be one of {METHODS}, got {self.method!r}")
-        if self.method == "closed_form" and self.spec is None:
-            raise ValueError("Level.method='closed_form' needs an inner optimizer in canonical order "
-                             "(step size → [momentum] → [retention] → [DGD]); use method='generic'")
+        if self.method in ("closed_form", "linear") and self.spec is None:
+            raise ValueError(f"Level.method={self.method!r} needs an inner optimizer in canonical "
+                             "order (step size → [momentum] → [retention] → [DGD]); "
+                             "use method='generic'")
+        if self.method == "linear" and not self._linear_applies:
+            raise ValueError("Level.method='linear' needs a depth-1 memory and an affine objective "
+                             f"(l2 or dot), got depth {self.memory.depth} and objective "
+                             f"{self.objective.name!r}")
 
     @property
     def spec(self) -> inner_opt.RecurrenceSpec | None:
@@ -91,8 +98,17 @@ class Level:
         return inner_opt.recurrence_spec(self.optimizer)
 
     @property
-    def uses_closed_form(self) -> bool:
-        return self.method != "generic" and self.spec is not None
+    def _linear_applies(self) -> bool:
+        return self.memory.depth == 1 and self.objective.affine is not None
+
+    @property
+    def path(self) -> str:
+        """The chunk implementation `chunked_scan` runs: "linear", "closed_form" or "generic"."""
+        if self.method != "auto":
+            return self.method
+        if self.spec is None:
+            return "generic"
+        return "linear" if self._linear_applies else "closed_form"
 
     def init_state(self, params: tuple, batch_size: int) -> LevelState:
         """A fresh state for `batch_size` sequences from the initial memory `params` ([H, ...] leaves)."""

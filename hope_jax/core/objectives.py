@@ -26,14 +26,15 @@ class Objective(NamedTuple):
       name: short name used in reprs and docs.
       loss: `ℓ(y [d_out], v [d_out]) -> []` for one token.
       error: `∂ℓ/∂y`, vectorised over leading dims: `(y [..., d_out], v [..., d_out]) -> [..., d_out]`.
-      state_independent: True when `error` does not depend on `y` (then the chunk snapshot forward
-        pass on the keys is only needed for the inner layers of a deep memory).
+      affine: c when the error is affine in the prediction, `e = c·y − v` (l2: 1, dot: 0), else
+        None. A linear memory with an affine objective has affine chunk transitions, which the
+        linear fast path (`linear_chunk.py`) exploits.
     """
 
     name: str
     loss: Callable[[Array, Array], Array]
     error: Callable[[Array, Array], Array]
-    state_independent: bool = False
+    affine: float | None = None
 
 
 def l2() -> Objective:
@@ -42,6 +43,7 @@ def l2() -> Objective:
         name="l2",
         loss=lambda y, v: 0.5 * jnp.sum(jnp.square(y - v)),
         error=lambda y, v: y - v,
+        affine=1.0,
     )
 
 
@@ -51,7 +53,7 @@ def dot_product() -> Objective:
         name="dot",
         loss=lambda y, v: -jnp.sum(y * v),
         error=lambda y, v: -jnp.broadcast_to(v, y.shape),
-        state_independent=True,
+        affine=0.0,
     )
 
 

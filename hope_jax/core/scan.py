@@ -16,37 +16,69 @@ import math
 import jax
 import jax.numpy as jnp
 
-from hope_jax.core.closed_form import closed_form_chunk
+from hope_jax.core.closed_form import closed_form_chunk, prepare_chunk
 from hope_jax.core.generic_chunk import generic_chunk
 from hope_jax.core.inner_optimizers import MomentumState
 from hope_jax.core.level import Level, LevelState
+from hope_jax.core.linear_chunk import linear_chunk, prepare_linear_chunk
 from hope_jax.core.validation import check_level_inputs
 
 Array = jax.Array
 
 
-def _chunk_fn(level: Level):
-    """The per-chunk function for one head of one sequence: (run, opt_state, snap, xs) → (y, run, opt_state)."""
+def _vmap_batch_heads(fn, n_args: int, shared: tuple[int, ...] = ()):
+    """vmaps a per-head function over [B, H] leading axes; args at `shared` are not mapped."""
+    axes = tuple(None if i in shared else 0 for i in range(n_args))
+    return jax.vmap(jax.vmap(fn, in_axes=axes), in_axes=axes)
+
+
+def _chunk_step(level: Level, dynamic: bool):
+    """(prepare, step) for the level's path.
+
+    prepare(q, k, v, eta, alpha, beta, mask) → the state-independent part of one chunk, for one
+    head of one sequence (run for all chunks in parallel before the scan);
+    step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep) → (y, run, opt_state).
+    """
     spec = level.spec
     stop = level.gradient == "stop"
-    if not level.uses_closed_form:
-        def generic(run, opt_state, snap, q, k, v, eta, alpha, beta, mask):
+    path = level.path
+    if path == "generic":
+        def step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep):
             return generic_chunk(level.memory, level.objective, level.optimizer, level.read, stop,
                                  run, opt_state, snap, q, k, v, eta, alpha, beta, mask)
-        return generic
+        return None, step
 
     slot = spec.momentum_slot
 
-    def closed(run, opt_state, snap, q, k, v, eta, alpha, beta, mask):
-        momentum = None if slot is None else opt_state[slot].momentum
-        y, new_run, new_momentum = closed_form_chunk(level.memory, level.objective, spec,
-                                                     level.read, stop, run, momentum, snap, q, k,
-                                                     v, eta, alpha, beta, mask)
-        if slot is not None:
-            opt_state = opt_state[:slot] + (MomentumState(new_momentum),) + opt_state[slot + 1:]
-        return y, new_run, opt_state
+    def get_momentum(opt_state):
+        return None if slot is None else opt_state[slot].momentum
 
-    return closed
+    def set_momentum(opt_state, momentum):
+        if slot is None:
+            return opt_state
+        return opt_state[:slot] + (MomentumState(momentum),) + opt_state[slot + 1:]
+
+    if path == "linear":
+        def prepare(q, k, v, eta, alpha, beta, mask):
+            return prepare_linear_chunk(spec, level.objective.affine, level.memory.residual,
+                                        level.read, stop, dynamic, q, k, v, eta, alpha, beta, mask)
+
+        def step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep):
+            momentum = get_momentum(opt_state)
+            y, w, s = linear_chunk(prep, stop, q, run[0], None if momentum is None else momentum[0],
+                                   snap[0] if dynamic else None)
+            return y, (w,), set_momentum(opt_state, None if s is None else (s,))
+        return prepare, step
+
+    def prepare(q, k, v, eta, alpha, beta, mask):
+        return prepare_chunk(spec, stop, q, k, eta, alpha, beta, mask)
+
+    def step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep):
+        y, new_run, momentum = closed_form_chunk(level.memory, level.objective, spec, level.read,
+                                                 stop, run, get_momentum(opt_state), snap, q, k,
+                                                 v, prep)
+        return y, new_run, set_momentum(opt_state, momentum)
+    return prepare, step
 
 
 def _to_chunks(x: Array, n: int, c: int) -> Array:
@@ -107,14 +139,18 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
     track_last_snapshot = mask is not None
 
     xs = tuple(None if x is None else _to_chunks(x, n, c) for x in (q, k, v, eta, alpha, beta))
-    per_head = _chunk_fn(level)
-    per_batch = jax.vmap(jax.vmap(per_head, in_axes=(0,) * 9 + (None,)), in_axes=(0,) * 9 + (None,))
+    prepare, step = _chunk_step(level, dynamic)
+    preps = None
+    if prepare is not None:  # the state-independent work of every chunk, in parallel
+        per_chunk = _vmap_batch_heads(prepare, 7, shared=(6,))
+        preps = jax.vmap(per_chunk)(*xs, mask)
+    per_batch = _vmap_batch_heads(step, 11, shared=(9,))
 
     def body(carry, inputs):
         run, opt_state, snap, last_snap = carry
-        (qc, kc, vc, ec, ac, bc), mc = inputs
+        (qc, kc, vc, ec, ac, bc), mc, prep = inputs
         snap_used = run if snap is None else snap
-        y, new_run, new_opt = per_batch(run, opt_state, snap_used, qc, kc, vc, ec, ac, bc, mc)
+        y, new_run, new_opt = per_batch(run, opt_state, snap_used, qc, kc, vc, ec, ac, bc, mc, prep)
         new_snap = None if snap is None else new_run
         if last_snap is not None:  # the snapshot of the last chunk holding a real token
             last_snap = jax.tree.map(lambda a, b_: jnp.where(jnp.any(mc), a, b_), snap_used, last_snap)
@@ -126,7 +162,7 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
     snap0 = tuple(w.astype(dtype) for w in state.snapshot) if dynamic else None
     last0 = memory if track_last_snapshot else None
     carry = (memory, state.opt_state, snap0, last0)
-    (run, opt_state, _, last_snap), ys = jax.lax.scan(body, carry, (xs, mask))
+    (run, opt_state, _, last_snap), ys = jax.lax.scan(body, carry, (xs, mask, preps))
 
     y = jnp.moveaxis(ys, 0, 2).reshape(b, h, total, -1)  # [B, H, N·C, d_v]
     y = jax.lax.dynamic_slice_in_dim(y, offset, t, axis=2) if dynamic else y[:, :, :t]

@@ -1,0 +1,155 @@
+"""Fast path for a linear (matrix) memory with an affine objective: chunk transitions are affine.
+
+For `M(k) = W k` (optionally `k + W k`) and an objective with error `e = c·y − v` (l2: c = 1,
+dot: c = 0), the snapshot errors are `Δ = c K W_ξᵀ − V'` (`V' = V − c K` with the residual), so
+every term of the closed form (`closed_form.py`) is linear in the chunk-start running memory
+`W_0`, momentum `S_0` and snapshot `W_ξ`. The chunk is then a set of affine maps, all computed
+for every chunk in parallel before the scan:
+
+    Y   = R_w W_0ᵀ + R_s S_0ᵀ + R_ξ W_ξᵀ + Y_c                         (reads)
+    W_C = W_0 E_w + S_0 E_s + W_ξ E_ξ + E_c                            (memory at the chunk end)
+    S_C = β̄ S_0 + W_ξ F_ξ + F_c                                        (momentum at the chunk end)
+
+leaving only a handful of [C, d]·[d, d] matmuls per chunk in the sequential scan. With the DGD
+preconditioner this is the chunkwise WY/UT form of DeltaNet and Gated DeltaNet: the predictions
+`U = T B` use `T = (I + L)⁻¹` and split into the same three maps (`U = P_w W_0ᵀ + P_s S_0ᵀ +
+P_ξ W_ξᵀ + U_c`). Linear attention (dot, GD, no decay) reduces to Titans Eq. 17's matmul form.
+Because the maps compose, the inter-chunk scan could also run as an associative scan for
+sequence parallelism.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from hope_jax.core.closed_form import prepare_chunk
+from hope_jax.core.inner_optimizers import RecurrenceSpec
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+
+class LinearChunkMaps(NamedTuple):
+    """The affine maps of one chunk (one head, one sequence); fields absent are None.
+
+    read_w, read_s, read_n: [C, d_k] (R_w, R_s, R_ξ); read_c: [C, d_v].
+    end_w, end_s, end_n: [d_k, d_k]; end_c: [d_v, d_k].
+    mom_decay: []; mom_n: [d_k, d_k]; mom_c: [d_v, d_k].
+    """
+
+    read_w: Array
+    read_s: Array | None
+    read_n: Array | None
+    read_c: Array
+    end_w: Array
+    end_s: Array | None
+    end_n: Array | None
+    end_c: Array
+    mom_decay: Array | None
+    mom_n: Array | None
+    mom_c: Array | None
+
+
+def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, read: str,
+                         stop_writes: bool, separate_snapshot: bool, q: Array, k: Array,
+                         v: Array, eta: Array, alpha: Array | None, beta: Array | None,
+                         mask: Array | None) -> LinearChunkMaps:
+    """The affine maps of one chunk. `separate_snapshot=False` folds the W_ξ maps into the W_0
+    maps (valid when the chunk starts at a chunk boundary, where W_ξ = W_0)."""
+    if stop_writes:
+        k, v = sg(k), sg(v)
+    prep = prepare_chunk(spec, stop_writes, q, k, eta, alpha, beta, mask)
+    co = prep.coeffs
+    c, d_k = k.shape
+    cy = affine
+    v_eff = v - cy * k if residual else v
+    eye = jnp.eye(d_k, dtype=k.dtype)
+    has_mom = co.carry is not None
+    gkk = k @ k.T
+    gw_in = co.grad_weights[:c] * gkk  # rows t−1: weights of δ_i in B_t
+
+    # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c.
+    if spec.dgd:
+        t = prep.system_inverse
+        p_w = t @ (co.decay[:c, None] * k)
+        p_s = t @ (co.carry[:c, None] * k) if has_mom else None
+        p_n = -cy * (t @ (gw_in @ k))
+        u_c = t @ (gw_in @ v_eff)
+
+    # Reads.
+    if read == "snapshot":
+        zeros = jnp.zeros_like(q)
+        read_w, read_s, read_n = zeros, None, q
+        read_c = q if residual else jnp.zeros_like(v)
+    else:
+        rows = slice(1, c + 1) if read == "post" else slice(0, c)
+        gw_r = co.grad_weights[rows] * prep.qk
+        read_w = co.decay[rows, None] * q
+        read_s = co.carry[rows, None] * q if has_mom else None
+        read_n = -cy * (gw_r @ k)
+        read_c = gw_r @ v_eff
+        if residual:
+            read_c = read_c + q
+        if spec.dgd:
+            cu_r = co.precond_weights[rows] * prep.qk
+            read_w = read_w - cu_r @ p_w
+            read_s = None if p_s is None else read_s - cu_r @ p_s
+            read_n = read_n - cu_r @ p_n
+            read_c = read_c - cu_r @ u_c
+
+    # Chunk end (row C).
+    gk = co.grad_weights[c][:, None] * k  # diag(c_G[C]) K
+    end_w = co.decay[c] * eye
+    end_s = co.carry[c] * eye if has_mom else None
+    end_n = -cy * (k.T @ gk)
+    end_c = v_eff.T @ gk
+    if spec.dgd:
+        dk = co.precond_weights[c][:, None] * k  # diag(c_U[C]) K
+        end_w = end_w - p_w.T @ dk
+        end_s = None if p_s is None else end_s - p_s.T @ dk
+        end_n = end_n - p_n.T @ dk
+        end_c = end_c - u_c.T @ dk
+    mom_decay = mom_n = mom_c = None
+    if has_mom:
+        mk = co.momentum_grad_weights[:, None] * k
+        mom_decay = co.momentum_decay
+        mom_n = -cy * (k.T @ mk)
+        mom_c = v_eff.T @ mk
+
+    if not separate_snapshot:
+        read_w, read_n = read_w + read_n, None
+        end_w, end_n = end_w + end_n, None  # mom_n then acts on W_0 (= W_ξ)
+    return LinearChunkMaps(read_w, read_s, read_n, read_c, end_w, end_s, end_n, end_c,
+                           mom_decay, mom_n, mom_c)
+
+
+def linear_chunk(maps: LinearChunkMaps, stop_writes: bool, q: Array, w0: Array,
+                 s0: Array | None, snap: Array | None):
+    """Applies one chunk's maps to the carried state (one head, one sequence).
+
+    w0: [d_v, d_k] running memory; s0: momentum or None; snap: W_ξ when kept apart, else None.
+    Returns (y [C, d_v], W_C, S_C or None).
+    """
+    live_w0 = w0
+    if stop_writes:
+        w0 = sg(w0)
+        s0 = None if s0 is None else sg(s0)
+        snap = None if snap is None else sg(snap)
+    w_n = w0 if snap is None else snap  # the snapshot's maps act on W_ξ (= W_0 when folded)
+    y = maps.read_w @ w0.T + maps.read_c
+    w_end = w0 @ maps.end_w + maps.end_c
+    if snap is not None:
+        y = y + maps.read_n @ snap.T
+        w_end = w_end + snap @ maps.end_n
+    s_end = None
+    if s0 is not None:
+        if maps.read_s is not None:  # snapshot reads do not see the momentum
+            y = y + maps.read_s @ s0.T
+        w_end = w_end + s0 @ maps.end_s
+        s_end = maps.mom_decay * s0 + w_n @ maps.mom_n + maps.mom_c
+    if stop_writes:
+        y = y + q @ (live_w0 - w0).T  # zero value; the read's gradient w.r.t. W_0
+        w_end = w_end + (live_w0 - w0)
+    return y, w_end, s_end
