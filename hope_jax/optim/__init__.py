@@ -1,0 +1,32 @@
+"""hope_jax.optim: deep optimizers of Nested Learning as optax transforms (NL §2.4–2.9, §5.3).
+
+Every `scale_by_*` transform outputs a descent direction (optax's sign); the complete optimizers
+(`preconditioned_momentum`, `delta_momentum`, `dmgd`, `muon`, `m3`) apply the learning rate
+(float or optax schedule) last. See docs/optimizers.md for the equation-to-code map.
+"""
+from hope_jax.optim.delta_momentum import (
+    DeltaMomentumState,
+    delta_decay_flat,
+    delta_decay_matrix,
+    delta_momentum,
+    scale_by_delta_momentum,
+)
+from hope_jax.optim.preconditioned_momentum import (
+    PreconditionedMomentumState,
+    preconditioned_momentum,
+    scale_by_preconditioned_momentum,
+)
+from hope_jax.optim.preconditioners import DiagonalPreconditionerState, scale_by_diagonal_preconditioner
+
+__all__ = [
+    "delta_decay_flat",
+    "delta_decay_matrix",
+    "delta_momentum",
+    "preconditioned_momentum",
+    "scale_by_delta_momentum",
+    "scale_by_diagonal_preconditioner",
+    "scale_by_preconditioned_momentum",
+    "DeltaMomentumState",
+    "DiagonalPreconditionerState",
+    "PreconditionedMomentumState",
+]
