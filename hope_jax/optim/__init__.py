@@ -11,6 +11,7 @@ from hope_jax.optim.delta_momentum import (
     delta_momentum,
     scale_by_delta_momentum,
 )
+from hope_jax.optim.dmgd import DEFAULT_W2_INIT, DMGDState, dmgd, scale_by_dmgd
 from hope_jax.optim.preconditioned_momentum import (
     PreconditionedMomentumState,
     preconditioned_momentum,
@@ -22,10 +23,14 @@ __all__ = [
     "delta_decay_flat",
     "delta_decay_matrix",
     "delta_momentum",
+    "dmgd",
     "preconditioned_momentum",
     "scale_by_delta_momentum",
     "scale_by_diagonal_preconditioner",
+    "scale_by_dmgd",
     "scale_by_preconditioned_momentum",
+    "DEFAULT_W2_INIT",
+    "DMGDState",
     "DeltaMomentumState",
     "DiagonalPreconditionerState",
     "PreconditionedMomentumState",
