@@ -12,6 +12,16 @@ from hope_jax.optim.delta_momentum import (
     scale_by_delta_momentum,
 )
 from hope_jax.optim.dmgd import DEFAULT_W2_INIT, DMGDState, dmgd, scale_by_dmgd
+from hope_jax.optim.muon import muon, scale_by_muon
+from hope_jax.optim.newton_schulz import (
+    CUBIC,
+    DEFAULT_NS_EXCLUDE,
+    QUINTIC,
+    matrix_mask,
+    newton_schulz,
+    orthogonalize,
+    scale_by_newton_schulz,
+)
 from hope_jax.optim.preconditioned_momentum import (
     PreconditionedMomentumState,
     preconditioned_momentum,
@@ -24,14 +34,23 @@ __all__ = [
     "delta_decay_matrix",
     "delta_momentum",
     "dmgd",
+    "matrix_mask",
+    "muon",
+    "newton_schulz",
+    "orthogonalize",
     "preconditioned_momentum",
     "scale_by_delta_momentum",
     "scale_by_diagonal_preconditioner",
     "scale_by_dmgd",
+    "scale_by_muon",
+    "scale_by_newton_schulz",
     "scale_by_preconditioned_momentum",
+    "CUBIC",
+    "DEFAULT_NS_EXCLUDE",
     "DEFAULT_W2_INIT",
     "DMGDState",
     "DeltaMomentumState",
     "DiagonalPreconditionerState",
     "PreconditionedMomentumState",
+    "QUINTIC",
 ]
