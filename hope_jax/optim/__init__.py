@@ -12,6 +12,7 @@ from hope_jax.optim.delta_momentum import (
     scale_by_delta_momentum,
 )
 from hope_jax.optim.dmgd import DEFAULT_W2_INIT, DMGDState, dmgd, scale_by_dmgd
+from hope_jax.optim.m3 import M3State, m3, scale_by_m3
 from hope_jax.optim.muon import muon, scale_by_muon
 from hope_jax.optim.newton_schulz import (
     CUBIC,
@@ -34,6 +35,7 @@ __all__ = [
     "delta_decay_matrix",
     "delta_momentum",
     "dmgd",
+    "m3",
     "matrix_mask",
     "muon",
     "newton_schulz",
@@ -42,6 +44,7 @@ __all__ = [
     "scale_by_delta_momentum",
     "scale_by_diagonal_preconditioner",
     "scale_by_dmgd",
+    "scale_by_m3",
     "scale_by_muon",
     "scale_by_newton_schulz",
     "scale_by_preconditioned_momentum",
@@ -51,6 +54,7 @@ __all__ = [
     "DMGDState",
     "DeltaMomentumState",
     "DiagonalPreconditionerState",
+    "M3State",
     "PreconditionedMomentumState",
     "QUINTIC",
 ]
