@@ -13,6 +13,7 @@ from hope_jax.optim.delta_momentum import (
 )
 from hope_jax.optim.dmgd import DEFAULT_W2_INIT, DMGDState, dmgd, scale_by_dmgd
 from hope_jax.optim.m3 import M3State, m3, scale_by_m3
+from hope_jax.optim.multi_frequency import UpdateEveryState, multi_frequency, update_every
 from hope_jax.optim.muon import muon, scale_by_muon
 from hope_jax.optim.newton_schulz import (
     CUBIC,
@@ -37,6 +38,7 @@ __all__ = [
     "dmgd",
     "m3",
     "matrix_mask",
+    "multi_frequency",
     "muon",
     "newton_schulz",
     "orthogonalize",
@@ -48,6 +50,7 @@ __all__ = [
     "scale_by_muon",
     "scale_by_newton_schulz",
     "scale_by_preconditioned_momentum",
+    "update_every",
     "CUBIC",
     "DEFAULT_NS_EXCLUDE",
     "DEFAULT_W2_INIT",
@@ -57,4 +60,5 @@ __all__ = [
     "M3State",
     "PreconditionedMomentumState",
     "QUINTIC",
+    "UpdateEveryState",
 ]
