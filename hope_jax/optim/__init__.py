@@ -30,18 +30,21 @@ from hope_jax.optim.preconditioned_momentum import (
     scale_by_preconditioned_momentum,
 )
 from hope_jax.optim.preconditioners import DiagonalPreconditionerState, scale_by_diagonal_preconditioner
+from hope_jax.optim.sharding import init_on_mesh, place_on_mesh
 
 __all__ = [
     "delta_decay_flat",
     "delta_decay_matrix",
     "delta_momentum",
     "dmgd",
+    "init_on_mesh",
     "m3",
     "matrix_mask",
     "multi_frequency",
     "muon",
     "newton_schulz",
     "orthogonalize",
+    "place_on_mesh",
     "preconditioned_momentum",
     "scale_by_delta_momentum",
     "scale_by_diagonal_preconditioner",
