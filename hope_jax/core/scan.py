@@ -130,7 +130,8 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
             if x is None:
                 return None
             buf = jnp.zeros(x.shape[:2] + (total,) + x.shape[3:], x.dtype)
-            start = (0, 0, offset) + (0,) * (x.ndim - 3)
+            zero = jnp.zeros((), jnp.int32)
+            start = (zero, zero, offset) + (zero,) * (x.ndim - 3)
             return jax.lax.dynamic_update_slice(buf, x, start)
 
         q, k, v, eta, alpha, beta = map(place, (q, k, v, eta, alpha, beta))
