@@ -1,0 +1,124 @@
+"""The logical-axis rules table: logical parameter/activation axis names → mesh axes.
+
+Layers name only logical axes (MaxText style, STYLE.md): every `nnx.Param` carries a
+`logical_axes` metadata tuple, one name (or None) per dimension. This module is the one place
+that maps those names to the mesh axes `data`, `fsdp`, `tensor`, `sequence`. The same model then
+runs on 1 CPU, 8 fake devices or a pod.
+
+Parameters are annotated with plain metadata (not flax's `out_sharding`), so modules build
+anywhere without a mesh (no eager sharding, JAX_STACK.md §5); `shard_model` / `param_shardings`
+place them on a mesh afterwards.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hope_jax import _compat
+
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+
+# logical name → mesh axis, tuple of mesh axes, or None (replicated). See docs/layers.md.
+LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),   # activations: batch over data-parallel axes
+    "length": "sequence",        # activations: sequence parallelism
+    "embed": "fsdp",             # model width d: fully sharded data parallel
+    "vocab": "tensor",           # embedding rows / LM-head columns
+    "heads": "tensor",           # H·d_h projection outputs, per-head tensors [H, ...]
+    "mlp": "tensor",             # SwiGLU hidden width
+    "head_dim": None,            # d_h inside a head
+    "memory_out": None,          # rows of an inner memory layer [H, out, in]
+    "memory_in": None,           # columns of an inner memory layer
+    "conv": None,                # depthwise conv taps
+    "persistent": None,          # persistent-memory tokens N_p
+    "norm": None,                # norm scales that should not be sharded
+}
+
+
+def logical_to_mesh_axes(names: Sequence[str | None], shape: Sequence[int] | None = None,
+                         mesh: Mesh | None = None,
+                         rules: dict | None = None) -> PartitionSpec:
+    """PartitionSpec for one array from its logical axis names.
+
+    A mesh axis is dropped (the dimension replicated) when it is not in `mesh`, when its size does
+    not divide the dimension, or when an earlier dimension already uses it.
+    """
+    rules = LOGICAL_AXIS_RULES if rules is None else rules
+    used: set[str] = set()
+    spec = []
+    for i, name in enumerate(names):
+        target = None if name is None else rules.get(name)
+        if target is None:
+            spec.append(None)
+            continue
+        axes = (target,) if isinstance(target, str) else tuple(target)
+        kept = []
+        size = 1
+        for ax in axes:
+            if ax in used:
+                continue
+            if mesh is not None:
+                if ax not in mesh.shape:
+                    continue
+                n = mesh.shape[ax]
+                if shape is not None and shape[i] % (size * n) != 0:
+                    continue
+                size *= n
+            kept.append(ax)
+        used.update(kept)
+        spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*spec)
+
+
+def logical_to_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                        rules: dict | None = None) -> NamedSharding:
+    """NamedSharding on `mesh` for an array of `shape` with logical axis `names`."""
+    return NamedSharding(mesh, logical_to_mesh_axes(names, shape, mesh, rules))
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def param_shardings(state: nnx.State, mesh: Mesh, rules: dict | None = None) -> nnx.State:
+    """A NamedSharding for every array in an nnx State (from `nnx.state(model)` or an abstract one).
+
+    Variables without `logical_axes` metadata (RNG counters, scalars) are replicated.
+    """
+    def one(v):
+        if not _is_var(v):
+            return NamedSharding(mesh, PartitionSpec())
+        names = v.get_metadata().get("logical_axes")
+        value = v.get_value() if hasattr(v, "get_value") else v[...]
+        shape = getattr(value, "shape", ())
+        if names is None or len(names) != len(shape):
+            return NamedSharding(mesh, PartitionSpec())
+        return logical_to_sharding(names, shape, mesh, rules)
+
+    return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx.Module:
+    """Places every variable of `model` on `mesh` per the rules table (in place); returns it."""
+    graphdef, state = nnx.split(model)
+    shardings = param_shardings(state, mesh, rules)
+    values = jax.tree.map(lambda v: v.get_value() if _is_var(v) else v, state, is_leaf=_is_var)
+    placed = jax.device_put(values, jax.tree.map(lambda s: s, shardings, is_leaf=_is_var),
+                            may_alias=False)
+    nnx.update(model, placed)
+    return model
+
+
+def make_mesh(axis_sizes: dict[str, int] | Iterable[int], devices=None) -> Mesh:
+    """A mesh over (data, fsdp, tensor, sequence) with Auto axes; sizes as a dict or 4 ints."""
+    if isinstance(axis_sizes, dict):
+        unknown = set(axis_sizes) - set(MESH_AXES)
+        if unknown:
+            raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+        sizes = tuple(axis_sizes.get(a, 1) for a in MESH_AXES)
+    else:
+        sizes = tuple(axis_sizes)
+    return _compat.make_mesh(sizes, MESH_AXES, devices=devices)
