@@ -1,0 +1,245 @@
+"""A sequence mixer defined as one level over hope_jax.core (spec §1.5, §3.5, §4).
+
+Every recurrent baseline (linear attention, DeltaNet, Gated DeltaNet, TTT) and the Titans neural
+memory are this one module with different level settings; there is no separate recurrence code.
+Dataflow (spec §3.5; Titans §4.4):
+
+    x̃_p = SiLU(CausalConv₄(u W_p)),  p ∈ {q, k, v}           (conv optional)
+    q, k = L2Norm(x̃_q), L2Norm(x̃_k) per head;  v = x̃_v
+    η = η_max σ(u w_η + b_η),  α = σ(u w_α + b_α),  β = σ(u w_β + b_β)   per head (D7, D19)
+    o = chunked_scan(level, state, q, k, v, η, α, β)          (the level's write and read)
+    y = W_O( RMSNorm_head(o) ⊙ σ(u W_gate) )                  (output norm and gate)
+
+Persistent memory (Titans Eq. 19): N_p learned tokens are prepended to the block input, so the
+memory writes them first; their outputs are discarded. `init_state` runs that prefix, so
+streaming from `init_state` equals one call on the whole sequence.
+
+Memory state, momenta and gates are float32 whatever the compute dtype (D30).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hope_jax import core
+from hope_jax.layers.conv import CausalConv
+from hope_jax.layers.norms import HeadRMSNorm, l2_normalize
+from hope_jax.layers.params import Dense, normal, param
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryMixerConfig:
+    """Settings of a level mixer.
+
+    Level (spec §1.5):
+      memory: "matrix" (`M k`) or "mlp" (residual MLP `x + W₁ σ(W₂ x)`, Titans §3.1).
+      memory_depth, memory_expansion: layers and hidden width (× d_h) of the "mlp" memory.
+      objective: "l2" (½‖M(k) − v‖², D16) or "dot" (−⟨M(k), v⟩).
+      momentum: S_t = β_t S_{t−1} − η_t ∇ℓ (Titans Eq. 18; β gate).
+      retention: α_t multiplies the old state (α gate; "weight decay" in Titans Table 5).
+      delta: the DGD / delta-rule preconditioner `M (α I − η k kᵀ)` (spec §2.3).
+      normalize: η' = η/(1 + η‖k‖²) (spec §2.3). gated: Gated DeltaNet's α on the k kᵀ term.
+      chunk_size, read, remat, method: passed to `core.Level`.
+    Block:
+      num_heads, head_dim (default d / H); conv, conv_kernel: causal depthwise conv + SiLU on
+      q, k, v; qk_l2: L2-normalise q and k per head.
+    Gates (D7, D19): eta_max; fixed_eta (a constant η, e.g. 1 for linear attention, instead of a
+      gate); eta_bias, alpha_bias, beta_bias; gate_init_std (0 = zero weights, D19).
+    Output: out_norm (per-head RMSNorm), out_gate (σ(u W_gate)).
+    memory_init: "default" (core init, D19) or "zeros" (M_0 = 0, the baselines' usual start).
+    num_persistent: N_p persistent tokens (Titans Eq. 19).
+    """
+
+    num_heads: int
+    head_dim: int | None = None
+    memory: str = "matrix"
+    memory_depth: int = 2
+    memory_expansion: float = 4.0
+    objective: str = "l2"
+    momentum: bool = False
+    retention: bool = True
+    delta: bool = False
+    normalize: bool = False
+    gated: bool = False
+    chunk_size: int = 64
+    read: str = "post"
+    remat: bool = True
+    method: str = "auto"
+    conv: bool = True
+    conv_kernel: int = 4
+    qk_l2: bool = True
+    eta_max: float = 1.0
+    fixed_eta: float | None = None
+    eta_bias: float = -2.0
+    alpha_bias: float = 5.0
+    beta_bias: float = 2.0
+    gate_init_std: float = 0.0
+    out_norm: bool = True
+    out_gate: bool = True
+    memory_init: str = "default"
+    num_persistent: int = 0
+
+    def __post_init__(self):
+        if self.memory not in ("matrix", "mlp"):
+            raise ValueError(f"memory must be 'matrix' or 'mlp', got {self.memory!r}")
+        if self.objective not in ("l2", "dot"):
+            raise ValueError(f"objective must be 'l2' or 'dot', got {self.objective!r}")
+        if self.memory_init not in ("default", "zeros"):
+            raise ValueError(f"memory_init must be 'default' or 'zeros', got {self.memory_init!r}")
+        if self.eta_max <= 0:
+            raise ValueError(f"eta_max must be > 0, got {self.eta_max}")
+
+    def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+              param_dtype=jnp.float32) -> "MemoryMixer":
+        return MemoryMixer(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def build_level(config: MemoryMixerConfig) -> core.Level:
+    """The `core.Level` of a mixer config (cached: equal configs share one Level object, so
+    jitted functions of equal models hit the same cache)."""
+    if config.memory == "matrix":
+        memory = core.matrix_memory()
+    else:
+        memory = core.residual_mlp_memory(expansion=config.memory_expansion,
+                                          depth=config.memory_depth)
+    objective = core.l2() if config.objective == "l2" else core.dot_product()
+    if config.delta:
+        opt = core.dgd(momentum=config.momentum, retention=config.retention,
+                       normalize=config.normalize, gated=config.gated)
+    elif config.momentum:
+        opt = core.momentum_gd(retention=config.retention, normalize=config.normalize)
+    else:
+        opt = core.gd(retention=config.retention, normalize=config.normalize)
+    return core.Level(memory, objective, opt, chunk_size=config.chunk_size, read=config.read,
+                      remat=config.remat, method=config.method)
+
+
+class MemoryMixerState(NamedTuple):
+    """conv: the q/k/v conv buffers ([B, K−1, H·d_h] each) or (); level: the level's state."""
+
+    conv: tuple
+    level: core.LevelState
+
+
+class MemoryMixer(nnx.Module):
+    """A level as a sequence mixer; interface `(u [B, T, d], state) -> (y [B, T, d], state)`."""
+
+    def __init__(self, d_model: int, config: MemoryMixerConfig, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        h = config.num_heads
+        dh = config.head_dim or d_model // h
+        self.config = config
+        self.num_heads, self.head_dim = h, dh
+        self.level = build_level(config)
+        self.dtype = dtype
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.w_q = Dense(d_model, h * dh, ("embed", "heads"), **kw)
+        self.w_k = Dense(d_model, h * dh, ("embed", "heads"), **kw)
+        self.w_v = Dense(d_model, h * dh, ("embed", "heads"), **kw)
+        if config.conv:
+            self.conv_q = CausalConv(h * dh, config.conv_kernel, **kw)
+            self.conv_k = CausalConv(h * dh, config.conv_kernel, **kw)
+            self.conv_v = CausalConv(h * dh, config.conv_kernel, **kw)
+        spec = self.level.spec
+        gate_kw = dict(rngs=rngs, use_bias=True, init_std=config.gate_init_std,
+                       dtype=jnp.float32, param_dtype=param_dtype)
+        self.gate_eta = (Dense(d_model, h, ("embed", "heads"), bias_init=config.eta_bias, **gate_kw)
+                         if config.fixed_eta is None else None)
+        needs_alpha = spec.retention or spec.dgd_gated
+        self.gate_alpha = (Dense(d_model, h, ("embed", "heads"), bias_init=config.alpha_bias,
+                                 **gate_kw) if needs_alpha else None)
+        self.gate_beta = (Dense(d_model, h, ("embed", "heads"), bias_init=config.beta_bias,
+                                **gate_kw) if spec.momentum_slot is not None else None)
+        # the meta-learned initial memory M_0, one per head (spec §1.5; D19)
+        init = self.level.memory.init(rngs.params(), h, dh, dh, jnp.float32)
+        if config.memory_init == "zeros":
+            init = tuple(jnp.zeros_like(w) for w in init)
+        self.memory0 = nnx.List([nnx.Param(w.astype(param_dtype),
+                                           logical_axes=("heads", "memory_out", "memory_in"))
+                                 for w in init])
+        self.out_norm = HeadRMSNorm(h, dh, **kw) if config.out_norm else None
+        self.out_gate = Dense(d_model, h * dh, ("embed", "heads"), **kw) if config.out_gate else None
+        self.w_o = Dense(h * dh, d_model, ("heads", "embed"), **kw)
+        self.persistent = (param(rngs, normal(1.0), (config.num_persistent, d_model),
+                                 ("persistent", "embed"), param_dtype)
+                           if config.num_persistent else None)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _fresh_state(self, batch_size: int) -> MemoryMixerState:
+        conv = ()
+        if self.config.conv:
+            conv = tuple(c.init_state(batch_size) for c in (self.conv_q, self.conv_k, self.conv_v))
+        params = tuple(w[...].astype(jnp.float32) for w in self.memory0)  # D30: fp32 state
+        return MemoryMixerState(conv, self.level.init_state(params, batch_size))
+
+    def init_state(self, batch_size: int, max_len: int = 0) -> MemoryMixerState:
+        """State for a new sequence: fresh memory M_0, after writing the persistent prefix."""
+        state = self._fresh_state(batch_size)
+        if self.persistent is None:
+            return state
+        _, state = self._mix(self._prefix(batch_size), state)
+        return state
+
+    def _prefix(self, batch_size: int) -> Array:
+        p = self.persistent[...].astype(self.dtype)
+        return jnp.broadcast_to(p[None], (batch_size,) + p.shape)
+
+    # -- forward -------------------------------------------------------------------------------
+    def _heads(self, x: Array) -> Array:
+        return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
+
+    def gates(self, u: Array) -> dict:
+        """η, α, β [B, T, H] in float32 from the block input u [B, T, d] (D7)."""
+        cfg = self.config
+        u32 = u.astype(jnp.float32)
+        if self.gate_eta is None:
+            eta = jnp.full(u.shape[:2] + (self.num_heads,), cfg.fixed_eta, jnp.float32)
+        else:
+            eta = cfg.eta_max * jax.nn.sigmoid(self.gate_eta(u32))  # bounded by construction
+        out = dict(eta=eta)
+        if self.gate_alpha is not None:
+            out["alpha"] = jax.nn.sigmoid(self.gate_alpha(u32))
+        if self.gate_beta is not None:
+            out["beta"] = jax.nn.sigmoid(self.gate_beta(u32))
+        return out
+
+    def _mix(self, u: Array, state: MemoryMixerState) -> tuple[Array, MemoryMixerState]:
+        cfg = self.config
+        xq, xk, xv = self.w_q(u), self.w_k(u), self.w_v(u)
+        conv_state = state.conv
+        if cfg.conv:  # Titans §4.4: projection → causal conv 4 → SiLU
+            (xq, cq), (xk, ck), (xv, cv) = (conv(x, s) for conv, x, s in
+                                            zip((self.conv_q, self.conv_k, self.conv_v),
+                                                (xq, xk, xv), conv_state))
+            xq, xk, xv = jax.nn.silu(xq), jax.nn.silu(xk), jax.nn.silu(xv)
+            conv_state = (cq, ck, cv)
+        q, k, v = self._heads(xq), self._heads(xk), self._heads(xv)
+        if cfg.qk_l2:
+            q, k = l2_normalize(q), l2_normalize(k)
+        o, level_state = core.chunked_scan(self.level, state.level, q, k, v, **self.gates(u))
+        if self.out_norm is not None:
+            o = self.out_norm(o)
+        o = o.reshape(*o.shape[:2], -1).astype(self.dtype)
+        if self.out_gate is not None:
+            o = o * jax.nn.sigmoid(self.out_gate(u))
+        return self.w_o(o), MemoryMixerState(conv_state, level_state)
+
+    def __call__(self, u: Array, state: MemoryMixerState | None = None
+                 ) -> tuple[Array, MemoryMixerState | None]:
+        """u [B, T, d] → (y [B, T, d], state). state None = a fresh sequence (training)."""
+        if state is not None:
+            return self._mix(u, state)
+        b = u.shape[0]
+        n_p = self.config.num_persistent
+        x = u if self.persistent is None else jnp.concatenate(
+            [self._prefix(b), u.astype(self.dtype)], axis=1)
+        y, _ = self._mix(x, self._fresh_state(b))
+        return y[:, n_p:], None
