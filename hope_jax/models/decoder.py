@@ -1,0 +1,173 @@
+"""The decoder LM (D36): embedding → blocks → final RMSNorm → LM head (untied by default).
+
+Each block is Llama-style pre-norm (D11):
+
+    h ← h + mixer(RMSNorm(h))          the mixer slot: attention, a level mixer, Titans, Hope …
+    h ← h + mlp(RMSNorm(h))            the MLP slot: SwiGLU, or a CMS chain (spec §5, D20)
+
+Blocks are chosen by config: `DecoderConfig.mixers` is a pattern of mixer configs repeated
+cyclically over `num_blocks` (e.g. `parse_pattern("2 titans : 1 attention", table)`). Any
+config with `build(d_model, *, rngs, dtype, param_dtype)` returning a module that follows the
+mixer interface (docs/layers.md) plugs into either slot.
+
+Recurrent inference: `prefill(tokens, max_len)` returns logits and a cache (one state per block);
+`step(token, cache)` continues by one token. prefill + steps equals the full forward.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hope_jax.layers.mlp import SwiGLUConfig
+from hope_jax.layers.norms import RMSNorm
+from hope_jax.layers.params import Dense, normal, param
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """A decoder LM.
+
+    Attributes:
+      vocab_size, d_model, num_blocks: V, d, number of blocks.
+      mixers: the mixer pattern, a tuple of mixer configs repeated cyclically over the blocks.
+      mlp: the MLP-slot config (SwiGLU by default; the CMS replaces it), or a tuple (cyclic).
+      tie_embeddings: LM head = embeddingᵀ (default untied, D36).
+      max_len: the training context T (also the default cache length of `prefill`).
+      dtype / param_dtype: compute and parameter dtypes ("float32", "bfloat16").
+      norm_eps: RMSNorm ε.
+      name: a label (presets set it).
+    """
+
+    vocab_size: int
+    d_model: int
+    num_blocks: int
+    mixers: tuple
+    mlp: Any = SwiGLUConfig()
+    tie_embeddings: bool = False
+    max_len: int = 64
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    norm_eps: float = 1e-6
+    name: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.mixers, tuple) or not self.mixers:
+            raise ValueError("DecoderConfig.mixers must be a non-empty tuple of mixer configs")
+        if self.num_blocks < 1 or self.d_model < 1 or self.vocab_size < 1:
+            raise ValueError("num_blocks, d_model and vocab_size must be positive")
+        for m in self.mixers + (self.mlp if isinstance(self.mlp, tuple) else (self.mlp,)):
+            if not hasattr(m, "build"):
+                raise ValueError(f"{type(m).__name__} has no build(d_model, *, rngs, ...) method")
+
+    def block_mixer(self, i: int):
+        return self.mixers[i % len(self.mixers)]
+
+    def block_mlp(self, i: int):
+        return self.mlp[i % len(self.mlp)] if isinstance(self.mlp, tuple) else self.mlp
+
+
+def parse_pattern(pattern: str, table: dict) -> tuple:
+    """`"2 titans : 1 attention"` → (table["titans"],) * 2 + (table["attention"],)."""
+    out = []
+    for part in pattern.split(":"):
+        m = re.fullmatch(r"\s*(?:(\d+)\s*[x×*]?\s*)?([A-Za-z_][\w-]*)\s*", part)
+        if m is None or m.group(2) not in table:
+            raise ValueError(f"bad pattern part {part!r} in {pattern!r}; names: {sorted(table)}")
+        out += [table[m.group(2)]] * int(m.group(1) or 1)
+    return tuple(out)
+
+
+class BlockState(NamedTuple):
+    mixer: Any
+    mlp: Any
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: mixer slot then MLP slot (D11)."""
+
+    def __init__(self, d_model: int, mixer_config, mlp_config, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32, eps: float = 1e-6):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.norm_mixer = RMSNorm(d_model, eps=eps, **kw)
+        self.mixer = mixer_config.build(d_model, **kw)
+        self.norm_mlp = RMSNorm(d_model, eps=eps, **kw)
+        self.mlp = mlp_config.build(d_model, **kw)
+
+    def init_state(self, batch_size: int, max_len: int) -> BlockState:
+        return BlockState(self.mixer.init_state(batch_size, max_len),
+                          self.mlp.init_state(batch_size, max_len))
+
+    def __call__(self, h: Array, state: BlockState | None = None
+                 ) -> tuple[Array, BlockState | None]:
+        """h [B, T, d] → (h [B, T, d], state)."""
+        y, s_mix = self.mixer(self.norm_mixer(h), None if state is None else state.mixer)
+        h = h + y.astype(h.dtype)
+        z, s_mlp = self.mlp(self.norm_mlp(h), None if state is None else state.mlp)
+        h = h + z.astype(h.dtype)
+        return h, None if state is None else BlockState(s_mix, s_mlp)
+
+
+class DecoderCache(NamedTuple):
+    blocks: tuple
+
+
+class Decoder(nnx.Module):
+    """Decoder LM; `model(tokens [B, T]) -> logits [B, T, V]` (float32)."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        dtype, pdtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        d = config.d_model
+        self.config = config
+        self.dtype = dtype
+        emb_std = d ** -0.5 if config.tie_embeddings else 1.0
+        self.embed = param(rngs, normal(emb_std), (config.vocab_size, d), ("vocab", "embed"),
+                           pdtype)
+        self.blocks = nnx.List([
+            Block(d, config.block_mixer(i), config.block_mlp(i), rngs=rngs, dtype=dtype,
+                  param_dtype=pdtype, eps=config.norm_eps)
+            for i in range(config.num_blocks)])
+        self.norm = RMSNorm(d, eps=config.norm_eps, rngs=rngs, dtype=dtype, param_dtype=pdtype)
+        self.lm_head = (None if config.tie_embeddings else
+                        Dense(d, config.vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype,
+                              param_dtype=pdtype))
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> DecoderCache:
+        """Fresh per-block states; attention caches hold `max_len` tokens (default config.max_len)."""
+        max_len = self.config.max_len if max_len is None else max_len
+        return DecoderCache(tuple(b.init_state(batch_size, max_len) for b in self.blocks))
+
+    def _logits(self, h: Array) -> Array:
+        h = self.norm(h)
+        if self.lm_head is None:
+            return jnp.dot(h, self.embed[...].astype(h.dtype).T, preferred_element_type=jnp.float32)
+        return self.lm_head(h).astype(jnp.float32)
+
+    def forward(self, tokens: Array, cache: DecoderCache | None = None
+                ) -> tuple[Array, DecoderCache | None]:
+        """tokens [B, T] int → (logits [B, T, V] float32, cache). cache None = training."""
+        h = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        states = []
+        for i, block in enumerate(self.blocks):
+            h, s = block(h, None if cache is None else cache.blocks[i])
+            states.append(s)
+        return self._logits(h), None if cache is None else DecoderCache(tuple(states))
+
+    def __call__(self, tokens: Array) -> Array:
+        """tokens [B, T] → logits [B, T, V] (float32)."""
+        return self.forward(tokens)[0]
+
+    def prefill(self, tokens: Array, max_len: int | None = None) -> tuple[Array, DecoderCache]:
+        """Runs the prompt tokens [B, T] from fresh states → (logits [B, T, V], cache)."""
+        return self.forward(tokens, self.init_state(tokens.shape[0], max_len))
+
+    def step(self, token: Array, cache: DecoderCache) -> tuple[Array, DecoderCache]:
+        """One decoding step: token [B] → (logits [B, V], cache)."""
+        logits, cache = self.forward(token[:, None], cache)
+        return logits[:, 0], cache
