@@ -1,0 +1,92 @@
+"""custom_vjp of the Pallas forward of `linear_chunk_update` (Pallas has no reverse-mode autodiff).
+
+The forward kernel also writes the state at the start of every chunk (`[B·H, N, d_v, d_k]`,
+linear in T). The backward is an XLA computation, not a Pallas kernel: a reverse `lax.scan` over
+chunks that recomputes one chunk at a time from its saved start state with the core's own chunk
+functions (`prepare_linear_chunk` + `linear_chunk`) and pulls the cotangents back with `jax.vjp`.
+Memory stays linear in T (saved states plus one chunk of temporaries), and the gradient math is the
+core's (one source of truth).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from hope_jax.core.closed_form import effective_gates
+from hope_jax.core.linear_chunk import linear_chunk, prepare_linear_chunk
+from hope_jax.kernels._layout import chunk_mask, log_gate
+from hope_jax.kernels.linear_chunk_update.config import LinearUpdateConfig
+
+Array = jax.Array
+F32 = jnp.float32
+
+
+def kernel_gates(config: LinearUpdateConfig, k: Array, eta: Array, alpha: Array,
+                 mask) -> list[Array]:
+    """[log α, η_e, p] per token ([B·H, N, C] each; p = 0 without DGD), padding frozen (D35)."""
+    spec = config.level().spec
+    eta_e, alpha_e, _, p = effective_gates(spec, k.astype(F32), eta.astype(F32),
+                                           alpha.astype(F32), None, jnp.asarray(mask))
+    p = jnp.zeros_like(eta_e) if p is None else p
+    return [log_gate(alpha_e), eta_e, p]
+
+
+def core_chunk(config: LinearUpdateConfig) -> Callable:
+    """One chunk of one head by the core: (q, k, v, eta, alpha, mask, w) → (y, w_end)."""
+    level = config.level("linear")
+    spec = level.spec
+
+    def chunk(q, k, v, eta, alpha, mask, w):
+        out_dtype = q.dtype
+        q, k, v, eta, alpha = (x.astype(F32) for x in (q, k, v, eta, alpha))
+        maps = prepare_linear_chunk(spec, config.affine, False, config.read, False, False,
+                                    q, k, v, eta, alpha, None, mask)
+        y, w_end, _ = linear_chunk(maps, False, q, w, None, None)
+        return y.astype(out_dtype), w_end
+
+    return jax.vmap(chunk, in_axes=(0, 0, 0, 0, 0, None, 0))
+
+
+@functools.lru_cache(maxsize=None)
+def make_op(config: LinearUpdateConfig, t_real: int, forward: Callable) -> Callable:
+    """The differentiable op on chunked inputs.
+
+    forward(q, k, v, eta, alpha, w0) → (y, w_end, chunk_start_states): the Pallas forward.
+    Returns op(q, k, v, eta, alpha, w0) → (y [BH, N, C, d_v], w_end [BH, d_v, d_k]) with
+    q, k [BH, N, C, d_k], v [BH, N, C, d_v], eta, alpha [BH, N, C], w0 [BH, d_v, d_k] float32.
+    """
+    chunk = core_chunk(config)
+
+    @jax.custom_vjp
+    def op(q, k, v, eta, alpha, w0):
+        y, w_end, _ = forward(q, k, v, eta, alpha, w0)
+        return y, w_end
+
+    def fwd(q, k, v, eta, alpha, w0):
+        y, w_end, starts = forward(q, k, v, eta, alpha, w0)
+        return (y, w_end), (q, k, v, eta, alpha, starts)
+
+    def bwd(res, cts):
+        q, k, v, eta, alpha, starts = res
+        dy, dw = cts
+        n, c = q.shape[1:3]
+        masks = jnp.asarray(chunk_mask(t_real, n, c))
+        move = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  [BH, N, ...] → [N, BH, ...]
+
+        def step(dw_next, xs):
+            qn, kn, vn, en, an, mn, wn, dyn = xs
+            _, pull = jax.vjp(lambda q_, k_, v_, e_, a_, w_: chunk(q_, k_, v_, e_, a_, mn, w_),
+                              qn, kn, vn, en, an, wn)
+            dq, dk, dv, de, da, dw_prev = pull((dyn, dw_next))
+            return dw_prev, (dq, dk, dv, de, da)
+
+        xs = (move(q), move(k), move(v), move(eta), move(alpha), masks, move(starts), move(dy))
+        dw0, grads = jax.lax.scan(step, dw.astype(F32), xs, reverse=True)
+        dq, dk, dv, de, da = (jnp.moveaxis(g, 0, 1) for g in grads)
+        return dq, dk, dv, de, da, dw0
+
+    op.defvjp(fwd, bwd)
+    return op
