@@ -67,11 +67,13 @@ class ChunkPrep(NamedTuple):
 
     coeffs: the scalar coefficients of the writes (`coefficients.py`).
     qk: [C, C] scores q_t · k_i of the input-side layer's reads.
+    kk: [C, C] key Gram matrix k_t · k_i (DGD only, else None).
     system_inverse: (I + L)⁻¹ [C, C] of the DGD predictions' triangular system, or None.
     """
 
     coeffs: ChunkCoefficients
     qk: Array
+    kk: Array | None
     system_inverse: Array | None
 
 
@@ -85,23 +87,25 @@ def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, e
     c = k.shape[0]
     eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
     co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
-    inverse = None
+    kk = inverse = None
     if spec.dgd:
-        strict = co.precond_weights[:c] * (k @ k.T)  # zero on and above the diagonal
+        kk = k @ k.T
+        strict = co.precond_weights[:c] * kk  # zero on and above the diagonal
         eye = jnp.eye(c, dtype=k.dtype)
         inverse = solve_triangular(eye + strict, eye, lower=True, unit_diagonal=True)
-    return ChunkPrep(co, q @ k.T, inverse)
+    return ChunkPrep(co, q @ k.T, kk, inverse)
 
 
-def _dgd_predictions(w0: Array, s0: Array | None, k: Array, a0: Array, d0: Array,
-                     co: ChunkCoefficients, inverse: Array) -> Array:
-    """U = [W_{t−1} k_t]_t for the input-side layer, from the triangular system above. [C, out]."""
+def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: ChunkPrep) -> Array:
+    """U = [W_{t−1} k_t]_t for the input-side layer (whose inputs are the keys), from the
+    triangular system above. [C, out]."""
+    co = prep.coeffs
     c = k.shape[0]
     rhs = co.decay[:c, None] * (k @ w0.T)
     if s0 is not None:
         rhs = rhs + co.carry[:c, None] * (k @ s0.T)
-    rhs = rhs - (co.grad_weights[:c] * (k @ a0.T)) @ d0
-    return inverse @ rhs
+    rhs = rhs - (co.grad_weights[:c] * prep.kk) @ d0
+    return prep.system_inverse @ rhs
 
 
 def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceSpec, read: str,
@@ -132,8 +136,7 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     inputs = cache.inputs
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
-    u = (_dgd_predictions(run[0], s[0], k, inputs[0], deltas[0], co, prep.system_inverse)
-         if spec.dgd else None)
+    u = _dgd_predictions(run[0], s[0], k, deltas[0], prep) if spec.dgd else None
 
     def read_layer(l: int, x: Array, rows: slice) -> Array:
         z = co.decay[rows, None] * (x @ run[l].T)

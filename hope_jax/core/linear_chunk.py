@@ -67,28 +67,28 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     v_eff = v - cy * k if residual else v
     eye = jnp.eye(d_k, dtype=k.dtype)
     has_mom = co.carry is not None
-    gkk = k @ k.T
-    gw_in = co.grad_weights[:c] * gkk  # rows t−1: weights of δ_i in B_t
-
-    # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c.
+    # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c (terms with c = 0 are skipped).
     if spec.dgd:
         t = prep.system_inverse
         p_w = t @ (co.decay[:c, None] * k)
         p_s = t @ (co.carry[:c, None] * k) if has_mom else None
-        p_n = -cy * (t @ (gw_in @ k))
+        gw_in = co.grad_weights[:c] * prep.kk  # rows t−1: weights of δ_i in B_t
+        p_n = -cy * (t @ (gw_in @ k)) if cy else None
         u_c = t @ (gw_in @ v_eff)
+
+    def add(a, b):
+        return b if a is None else (a if b is None else a + b)
 
     # Reads.
     if read == "snapshot":
-        zeros = jnp.zeros_like(q)
-        read_w, read_s, read_n = zeros, None, q
+        read_w, read_s, read_n = jnp.zeros_like(q), None, q
         read_c = q if residual else jnp.zeros_like(v)
     else:
         rows = slice(1, c + 1) if read == "post" else slice(0, c)
         gw_r = co.grad_weights[rows] * prep.qk
         read_w = co.decay[rows, None] * q
         read_s = co.carry[rows, None] * q if has_mom else None
-        read_n = -cy * (gw_r @ k)
+        read_n = -cy * (gw_r @ k) if cy else None
         read_c = gw_r @ v_eff
         if residual:
             read_c = read_c + q
@@ -96,31 +96,34 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
             cu_r = co.precond_weights[rows] * prep.qk
             read_w = read_w - cu_r @ p_w
             read_s = None if p_s is None else read_s - cu_r @ p_s
-            read_n = read_n - cu_r @ p_n
+            read_n = None if p_n is None else read_n - cu_r @ p_n
             read_c = read_c - cu_r @ u_c
 
     # Chunk end (row C).
     gk = co.grad_weights[c][:, None] * k  # diag(c_G[C]) K
     end_w = co.decay[c] * eye
     end_s = co.carry[c] * eye if has_mom else None
-    end_n = -cy * (k.T @ gk)
+    end_n = -cy * (k.T @ gk) if cy else None
     end_c = v_eff.T @ gk
     if spec.dgd:
         dk = co.precond_weights[c][:, None] * k  # diag(c_U[C]) K
         end_w = end_w - p_w.T @ dk
         end_s = None if p_s is None else end_s - p_s.T @ dk
-        end_n = end_n - p_n.T @ dk
+        end_n = None if p_n is None else end_n - p_n.T @ dk
         end_c = end_c - u_c.T @ dk
     mom_decay = mom_n = mom_c = None
     if has_mom:
         mk = co.momentum_grad_weights[:, None] * k
         mom_decay = co.momentum_decay
-        mom_n = -cy * (k.T @ mk)
+        mom_n = -cy * (k.T @ mk) if cy else None
         mom_c = v_eff.T @ mk
 
-    if not separate_snapshot:
-        read_w, read_n = read_w + read_n, None
-        end_w, end_n = end_w + end_n, None  # mom_n then acts on W_0 (= W_ξ)
+    if separate_snapshot:  # keep explicit (zero) W_ξ maps so the step's structure is static
+        read_n = jnp.zeros_like(q) if read_n is None else read_n
+        end_n = jnp.zeros_like(eye) if end_n is None else end_n
+    else:
+        read_w, read_n = add(read_w, read_n), None
+        end_w, end_n = add(end_w, end_n), None  # mom_n then acts on W_0 (= W_ξ)
     return LinearChunkMaps(read_w, read_s, read_n, read_c, end_w, end_s, end_n, end_c,
                            mom_decay, mom_n, mom_c)
 
@@ -148,7 +151,9 @@ def linear_chunk(maps: LinearChunkMaps, stop_writes: bool, q: Array, w0: Array,
         if maps.read_s is not None:  # snapshot reads do not see the momentum
             y = y + maps.read_s @ s0.T
         w_end = w_end + s0 @ maps.end_s
-        s_end = maps.mom_decay * s0 + w_n @ maps.mom_n + maps.mom_c
+        s_end = maps.mom_decay * s0 + maps.mom_c
+        if maps.mom_n is not None:
+            s_end = s_end + w_n @ maps.mom_n
     if stop_writes:
         y = y + q @ (live_w0 - w0).T  # zero value; the read's gradient w.r.t. W_0
         w_end = w_end + (live_w0 - w0)

@@ -157,7 +157,7 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
             last_snap = jax.tree.map(lambda a, b_: jnp.where(jnp.any(mc), a, b_), snap_used, last_snap)
         return (new_run, new_opt, new_snap, last_snap), y
 
-    if level.remat:
+    if level.remat and level.path != "linear":  # the linear step keeps no activations worth dropping
         body = jax.checkpoint(body, prevent_cse=False)
     memory = tuple(w.astype(dtype) for w in state.memory)
     snap0 = tuple(w.astype(dtype) for w in state.snapshot) if dynamic else None
