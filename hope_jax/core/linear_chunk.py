@@ -19,6 +19,7 @@ sequence parallelism.
 """
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -52,6 +53,26 @@ class LinearChunkMaps(NamedTuple):
     mom_c: Array | None
 
 
+def _left_matmul(left: Array, blocks: list) -> list:
+    """[left @ b for b in blocks] as one product (None blocks give None)."""
+    present = [b for b in blocks if b is not None]
+    widths = [b.shape[1] for b in present]
+    out = left @ jnp.concatenate(present, axis=1)
+    parts = iter(jnp.split(out, list(itertools.accumulate(widths))[:-1], axis=1)
+                 if len(present) > 1 else [out])
+    return [None if b is None else next(parts) for b in blocks]
+
+
+def _right_matmul(blocks: list, right: Array) -> list:
+    """[b.T @ right for b in blocks] as one product (None blocks give None)."""
+    present = [b for b in blocks if b is not None]
+    widths = [b.shape[1] for b in present]
+    out = jnp.concatenate(present, axis=1).T @ right
+    parts = iter(jnp.split(out, list(itertools.accumulate(widths))[:-1], axis=0)
+                 if len(present) > 1 else [out])
+    return [None if b is None else next(parts) for b in blocks]
+
+
 def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, read: str,
                          stop_writes: bool, separate_snapshot: bool, q: Array, k: Array,
                          v: Array, eta: Array, alpha: Array | None, beta: Array | None,
@@ -67,14 +88,15 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     v_eff = v - cy * k if residual else v
     eye = jnp.eye(d_k, dtype=k.dtype)
     has_mom = co.carry is not None
+    # Matmuls that share an operand are batched into one (fewer, larger products).
     # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c (terms with c = 0 are skipped).
     if spec.dgd:
-        t = prep.system_inverse
-        p_w = t @ (co.decay[:c, None] * k)
-        p_s = t @ (co.carry[:c, None] * k) if has_mom else None
         gw_in = co.grad_weights[:c] * prep.kk  # rows t−1: weights of δ_i in B_t
-        p_n = -cy * (t @ (gw_in @ k)) if cy else None
-        u_c = t @ (gw_in @ v_eff)
+        k_n, v_n = _left_matmul(gw_in, [k if cy else None, v_eff])
+        p_w, p_s, p_n, u_c = _left_matmul(prep.system_inverse, [
+            co.decay[:c, None] * k, co.carry[:c, None] * k if has_mom else None,
+            -cy * k_n if cy else None, v_n])
+        u_parts = [p_w, p_s, p_n, u_c]
 
     def add(a, b):
         return b if a is None else (a if b is None else a + b)
@@ -88,35 +110,35 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
         gw_r = co.grad_weights[rows] * prep.qk
         read_w = co.decay[rows, None] * q
         read_s = co.carry[rows, None] * q if has_mom else None
-        read_n = -cy * (gw_r @ k) if cy else None
-        read_c = gw_r @ v_eff
+        r_k, read_c = _left_matmul(gw_r, [k if cy else None, v_eff])
+        read_n = -cy * r_k if cy else None
         if residual:
             read_c = read_c + q
         if spec.dgd:
             cu_r = co.precond_weights[rows] * prep.qk
-            read_w = read_w - cu_r @ p_w
-            read_s = None if p_s is None else read_s - cu_r @ p_s
-            read_n = None if p_n is None else read_n - cu_r @ p_n
-            read_c = read_c - cu_r @ u_c
+            d_w, d_s, d_n, d_c = _left_matmul(cu_r, u_parts)
+            read_w, read_c = read_w - d_w, read_c - d_c
+            read_s = None if d_s is None else read_s - d_s
+            read_n = None if d_n is None else read_n - d_n
 
-    # Chunk end (row C).
+    # Chunk end (row C) and momentum end.
     gk = co.grad_weights[c][:, None] * k  # diag(c_G[C]) K
     end_w = co.decay[c] * eye
     end_s = co.carry[c] * eye if has_mom else None
-    end_n = -cy * (k.T @ gk) if cy else None
-    end_c = v_eff.T @ gk
+    e_k, end_c = _right_matmul([k if cy else None, v_eff], gk)
+    end_n = -cy * e_k if cy else None
     if spec.dgd:
         dk = co.precond_weights[c][:, None] * k  # diag(c_U[C]) K
-        end_w = end_w - p_w.T @ dk
-        end_s = None if p_s is None else end_s - p_s.T @ dk
-        end_n = None if p_n is None else end_n - p_n.T @ dk
-        end_c = end_c - u_c.T @ dk
+        f_w, f_s, f_n, f_c = _right_matmul(u_parts, dk)
+        end_w, end_c = end_w - f_w, end_c - f_c
+        end_s = None if f_s is None else end_s - f_s
+        end_n = None if f_n is None else end_n - f_n
     mom_decay = mom_n = mom_c = None
     if has_mom:
         mk = co.momentum_grad_weights[:, None] * k
         mom_decay = co.momentum_decay
-        mom_n = -cy * (k.T @ mk) if cy else None
-        mom_c = v_eff.T @ mk
+        m_k, mom_c = _right_matmul([k if cy else None, v_eff], mk)
+        mom_n = -cy * m_k if cy else None
 
     if separate_snapshot:  # keep explicit (zero) W_ξ maps so the step's structure is static
         read_n = jnp.zeros_like(q) if read_n is None else read_n
