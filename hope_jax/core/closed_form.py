@@ -150,7 +150,9 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
             z = z + x @ (live_run[l] - run[l]).T  # zero value; gradient of the read w.r.t. W_0
         return z
 
-    if read == "snapshot":
+    if read == "none":  # a write-only level (e.g. the k/v/η/α memories of self-modifying Titans)
+        y = None
+    elif read == "snapshot":
         base = snap if not stop_writes else tuple(w + (lw - sg(lw)) for w, lw in zip(snap, live_run))
         y = memory.apply(base, q)
     else:

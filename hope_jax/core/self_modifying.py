@@ -1,0 +1,291 @@
+"""Self-modifying Titans (spec §6, NL Eqs. 83–90): levels that generate each other's inputs.
+
+Per head, a set of residual-MLP memories learns in context: `M_k`, `M_v` produce keys and values,
+`M_η`, `M_α` produce the gates, the output memory `M_out` (NL's `M_mem`) is read by static
+queries, and every memory fits its own self-generated target `v̂_□ = M_□(v)` (Eq. 84) with the
+same keys, gates and inner optimizer (DGD + momentum + retention by default, D3–D5):
+
+    k_t = L2Norm(M_k(x̃_k)),  v_t = M_v(x̃_v),  q_t = L2Norm(x̃_q)                (D6, D17)
+    η_t = η_max σ(w_ηᵀ M_η(x̃_k) + b_η),  α_t = σ(w_αᵀ M_α(x̃_k) + b_α),  β_t = σ(w_βᵀ M_α(x̃_k) + b_β)
+    o_t = M_{out,t−1}(q_t)                                                      (Eq. 94, D2)
+    S_□ ← β S_□ − η' ∇L(M_□; k, v̂_□);  M_□ ← M_□(α I − η' k kᵀ) + S_□           (Eq. 88, D5)
+
+Two chunk sizes (D12): k, v, η, α (and q) are generated from snapshots taken every `chunk_other`
+tokens; the output memory's gradients use a snapshot taken every `chunk_memory` tokens (a multiple
+of `chunk_other`). One `lax.scan` runs over sub-chunks of `chunk_other` tokens (spec §6.4); each
+sub-chunk's writes use the closed form of `closed_form.py` with the shared keys and gates, and the
+output memory keeps a running state that is read in dual form while its snapshot lags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from hope_jax.core import inner_optimizers as inner_opt
+from hope_jax.core.closed_form import closed_form_chunk, prepare_chunk
+from hope_jax.core.memories import MLPMemory, residual_mlp_memory
+from hope_jax.core.objectives import Objective, l2
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+SMALL = ("k", "v", "eta", "alpha", "q")  # memories on the chunk_other clock
+
+
+class GateHeads(NamedTuple):
+    """Per-head projections of `M_η`, `M_α` outputs to scalars (spec §6.3): [H, d_h] and [H]."""
+
+    w_eta: Array
+    b_eta: Array
+    w_alpha: Array
+    b_alpha: Array
+    w_beta: Array
+    b_beta: Array
+
+
+class SelfModifyingParams(NamedTuple):
+    """Meta-learned (outer) parameters: initial memories `M_□,0` ([H, ...] leaves) and gate heads."""
+
+    memories: dict
+    gates: GateHeads
+
+
+class SelfModifyingState(NamedTuple):
+    """Per-sequence state (leaves [B, H, ...]).
+
+    memories: running states `M_□,t`; momenta: `S_□,t` (empty dict without momentum);
+    snapshots: the snapshot each memory's current chunk uses (D2); position: tokens written, or
+    None for a fresh state.
+    """
+
+    memories: dict
+    momenta: dict
+    snapshots: dict
+    position: Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfModifyingLevel:
+    """The in-context part of a self-modifying Titans mixer (spec §6.1–6.4).
+
+    Attributes:
+      memory: architecture of M_k, M_v, M_η, M_α (and M_q): residual MLP, expansion 1 (D11).
+      out_memory: architecture of the output memory: residual MLP, expansion 4 (D11).
+      objective: inner objective of every memory (L2 by default, D4; "dot" ablation).
+      optimizer: inner optimizer in canonical order (DGD + momentum + retention by default).
+      chunk_other / chunk_memory: C_oth and C_mem (D12); C_mem must be a multiple of C_oth.
+      adaptive_k / adaptive_v / adaptive_q: the ablation switches of D14 (q static by default, D6).
+      out_target: "self" → v̂_out = M_out(v) (Eq. 85, default); "value" → v̂_out = v (D18).
+      read: "pre" (Eq. 94, default) or "snapshot" for the output memory; "post" also allowed.
+      eta_max: upper bound of the step size, η = η_max σ(·) (D7, D19).
+      gradient: "full" (meta-gradient through every write, D8) or "stop".
+      stop_target: stop the outer gradient through the targets v̂ (D8 option).
+      remat: rematerialise each sub-chunk in the backward pass (D30).
+    """
+
+    memory: MLPMemory = residual_mlp_memory(expansion=1.0)
+    out_memory: MLPMemory = residual_mlp_memory(expansion=4.0)
+    objective: Objective = l2()
+    optimizer: inner_opt.InnerTransform = inner_opt.dgd()
+    chunk_other: int = 16
+    chunk_memory: int = 64
+    adaptive_k: bool = True
+    adaptive_v: bool = True
+    adaptive_q: bool = False
+    out_target: str = "self"
+    read: str = "pre"
+    eta_max: float = 1.0
+    gradient: str = "full"
+    stop_target: bool = False
+    remat: bool = True
+
+    def __post_init__(self):
+        for name in ("chunk_other", "chunk_memory"):
+            c = getattr(self, name)
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+                raise ValueError(f"SelfModifyingLevel.{name} must be a positive int, got {c!r}")
+        if self.chunk_memory % self.chunk_other:
+            raise ValueError(f"SelfModifyingLevel.chunk_memory ({self.chunk_memory}) must be a multiple "
+                             f"of chunk_other ({self.chunk_other}) (D12)")
+        if inner_opt.recurrence_spec(self.optimizer) is None:
+            raise ValueError("SelfModifyingLevel.optimizer must be in canonical order (step size → "
+                             "[momentum] → [retention] → [DGD])")
+        if self.out_target not in ("self", "value"):
+            raise ValueError(f"SelfModifyingLevel.out_target must be 'self' or 'value', got {self.out_target!r}")
+        if self.read not in ("pre", "post", "snapshot"):
+            raise ValueError(f"SelfModifyingLevel.read must be 'pre', 'post' or 'snapshot', got {self.read!r}")
+        if self.gradient not in ("full", "stop"):
+            raise ValueError(f"SelfModifyingLevel.gradient must be 'full' or 'stop', got {self.gradient!r}")
+
+    @property
+    def spec(self) -> inner_opt.RecurrenceSpec:
+        return inner_opt.recurrence_spec(self.optimizer)
+
+    @property
+    def small_memories(self) -> tuple[str, ...]:
+        names = ["eta", "alpha"]
+        if self.adaptive_k:
+            names.insert(0, "k")
+        if self.adaptive_v:
+            names.insert(1 if self.adaptive_k else 0, "v")
+        if self.adaptive_q:
+            names.append("q")
+        return tuple(names)
+
+    @property
+    def memory_names(self) -> tuple[str, ...]:
+        return self.small_memories + ("out",)
+
+    def _arch(self, name: str) -> MLPMemory:
+        return self.out_memory if name == "out" else self.memory
+
+    def init_params(self, key: Array, num_heads: int, d_head: int, dtype=jnp.float32
+                    ) -> SelfModifyingParams:
+        """Initial memories (D19: W_in ~ N(0, 1/d_h), W_out ~ N(0, 0.02²)) and gate heads
+        (zero weights; b_η = −2, b_α = 5, b_β = 2)."""
+        keys = jax.random.split(key, len(self.memory_names))
+        memories = {n: self._arch(n).init(k, num_heads, d_head, d_head, dtype)
+                    for n, k in zip(self.memory_names, keys)}
+        zeros = jnp.zeros((num_heads, d_head), dtype)
+        full = lambda v: jnp.full((num_heads,), v, dtype)  # noqa: E731
+        gates = GateHeads(zeros, full(-2.0), zeros, full(5.0), zeros, full(2.0))
+        return SelfModifyingParams(memories, gates)
+
+    def init_state(self, params: SelfModifyingParams, batch_size: int) -> SelfModifyingState:
+        """A fresh per-sequence state: every memory at its meta-learned initial value (D33)."""
+        bcast = lambda w: jnp.broadcast_to(w, (batch_size,) + w.shape)  # noqa: E731
+        memories = {n: tuple(bcast(w) for w in params.memories[n]) for n in self.memory_names}
+        momenta = {}
+        if self.spec.momentum_slot is not None:
+            momenta = {n: tuple(jnp.zeros_like(w) for w in m) for n, m in memories.items()}
+        return SelfModifyingState(memories, momenta, dict(memories), None)
+
+
+def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
+def _generate(level: SelfModifyingLevel, snaps: dict, gates: GateHeads, xq, xk, xv):
+    """q, k, v, η, α, β of one sub-chunk from the snapshots (one head): [C, d] and [C]."""
+    apply = lambda n, x: level._arch(n).apply(snaps[n], x)  # noqa: E731
+    k = _l2_normalize(apply("k", xk) if level.adaptive_k else xk)
+    v = apply("v", xv) if level.adaptive_v else xv
+    q = _l2_normalize(apply("q", xq) if level.adaptive_q else xq)
+    h_eta, h_alpha = apply("eta", xk), apply("alpha", xk)
+    eta = level.eta_max * jax.nn.sigmoid(h_eta @ gates.w_eta + gates.b_eta)
+    alpha = jax.nn.sigmoid(h_alpha @ gates.w_alpha + gates.b_alpha)
+    beta = jax.nn.sigmoid(h_alpha @ gates.w_beta + gates.b_beta)
+    return q, k, v, eta, alpha, beta
+
+
+def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, running: dict, momenta: dict,
+               snaps: dict, xq, xk, xv, mask):
+    """One sub-chunk of `chunk_other` tokens for one head: (o [C, d], running', momenta')."""
+    spec = level.spec
+    stop = level.gradient == "stop"
+    q, k, v, eta, alpha, beta = _generate(level, snaps, gates, xq, xk, xv)
+    prep = prepare_chunk(spec, stop, q, k, eta, alpha if spec.retention or spec.dgd_gated else None,
+                         beta if spec.momentum_slot is not None else None, mask)
+    new_running, new_momenta, out = {}, {}, None
+    for name in level.memory_names:
+        arch = level._arch(name)
+        if name == "out" and level.out_target == "value":
+            target = v
+        else:
+            target = arch.apply(snaps[name], v)  # v̂_□ = M_□(v) at the snapshot (Eq. 84)
+        if level.stop_target:
+            target = sg(target)
+        read = level.read if name == "out" else "none"
+        y, w, s = closed_form_chunk(arch, level.objective, spec, read, stop, running[name],
+                                    momenta.get(name), snaps[name], q, k, target, prep)
+        new_running[name] = w
+        if s is not None:
+            new_momenta[name] = s
+        if name == "out":
+            out = y
+    return out, new_running, new_momenta
+
+
+def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
+                        state: SelfModifyingState, xq: Array, xk: Array, xv: Array
+                        ) -> tuple[Array, SelfModifyingState]:
+    """Runs the self-modifying memories over a sequence.
+
+    Args:
+      xq, xk, xv: the q-, k- and v-paths after projection, convolution and SiLU (spec §6.6),
+        [B, T, H, d_h]. L2 normalisation of q and k happens inside.
+      params: meta-learned initial memories and gate heads; state: per-sequence state.
+
+    Returns:
+      (o [B, T, H, d_h], new state): o = M_out read at q (before the output norm and gate).
+    """
+    for name, x in (("xq", xq), ("xk", xk), ("xv", xv)):
+        if getattr(x, "ndim", 0) != 4 or x.shape != xk.shape:
+            raise ValueError(f"{name} must have shape [B, T, H, d_h] like xk {tuple(xk.shape)}, "
+                             f"got {tuple(getattr(x, 'shape', ()))}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    b, t, h, d = xk.shape
+    first = state.memories["out"][0]
+    if first.shape[:2] != (b, h):
+        raise ValueError(f"state memories have leading dims {first.shape[:2]}, expected [B, H] = "
+                         f"{(b, h)} from xk {tuple(xk.shape)}; build the state with init_state")
+    dtype = first.dtype
+    c_oth, c_mem = level.chunk_other, level.chunk_memory
+    ratio = c_mem // c_oth
+    dynamic = state.position is not None
+
+    # Buffer aligned to the output memory's chunks; tokens sit at their absolute offsets and the
+    # padding around them does not write (D35).
+    n_mem = math.ceil((t + (c_mem - 1 if dynamic else 0)) / c_mem)
+    total = n_mem * c_mem
+    offset = (state.position % c_mem).astype(jnp.int32) if dynamic else 0
+
+    def place(x):
+        x = jnp.moveaxis(x.astype(dtype), 2, 1)  # [B, H, T, d]
+        buf = jnp.zeros((b, h, total, d), dtype)
+        zero = jnp.zeros((), jnp.int32)
+        return jax.lax.dynamic_update_slice(buf, x, (zero, zero, jnp.asarray(offset, jnp.int32), zero))
+
+    n_sub = total // c_oth
+    chunks = lambda x: jnp.moveaxis(x.reshape(b, h, n_sub, c_oth, d), 2, 0)  # noqa: E731
+    xs = tuple(chunks(place(x)) for x in (xq, xk, xv))
+    pos = jnp.arange(total)
+    real = (pos >= offset) & (pos < offset + t)
+    mask = real.reshape(n_sub, c_oth)
+    ends_real = mask[:, -1]  # a snapshot moves only when a chunk really ends (D2)
+    ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
+    all_real = not dynamic and total == t
+    gates = jax.tree.map(lambda g: g.astype(dtype), params.gates)
+
+    # Gate heads are per head: mapped over the head axis, shared across the batch.
+    axes = (0, 0, 0, 0, 0, 0, None)
+    per_head = jax.vmap(lambda g, *a: _sub_chunk(level, g, *a), in_axes=(0,) + axes)
+    per_batch = jax.vmap(per_head, in_axes=(None,) + axes)
+
+    def body(carry, inputs):
+        running, momenta, snaps = carry
+        (xq_c, xk_c, xv_c), m, end_real, end_mem = inputs
+        o, new_running, new_momenta = per_batch(gates, running, momenta, snaps, xq_c, xk_c, xv_c,
+                                                None if all_real else m)
+        keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)  # noqa: E731
+        new_snaps = {}
+        for name in level.memory_names:
+            when = end_real & (end_mem if name == "out" else True)
+            new_snaps[name] = keep(new_running[name], snaps[name], when)
+        return (new_running, new_momenta, new_snaps), o
+
+    if level.remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype), tree)  # noqa: E731
+    carry = (cast(state.memories), cast(state.momenta), cast(state.snapshots))
+    (running, momenta, snaps), o = jax.lax.scan(body, carry, (xs, mask, ends_real, ends_memory))
+    o = jnp.moveaxis(o, 0, 2).reshape(b, h, total, d)
+    o = jax.lax.dynamic_slice_in_dim(o, offset, t, axis=2) if dynamic else o[:, :, :t]
+    position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)
+    new_state = SelfModifyingState(running, momenta, snaps, position.astype(jnp.int32))
+    return jnp.moveaxis(o, 1, 2).astype(xq.dtype), new_state
