@@ -1,0 +1,84 @@
+"""The kernels lower for their hardware from this CPU host: TPU kernels for "tpu" (Mosaic custom
+call), GPU kernels for "cuda" (Triton custom call). Each lowers the whole differentiable op:
+forward kernel plus the custom_vjp backward (XLA), under `jit(value_and_grad)`.
+
+What this checks: block shapes against Mosaic's (8, 128) tiling, primitives Mosaic / Triton can
+lower (no cumsum, sort, reverse; Triton's power-of-two sizes and `dot` shapes), ref shapes. What it
+cannot check without the hardware: Mosaic's own layout and VMEM passes (libtpu) and Triton's PTX
+compilation, register / shared-memory pressure and speed.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from hope_jax.kernels import _compat
+from hope_jax.kernels.linear_chunk_update import LinearBlockSizes, LinearUpdateConfig
+from hope_jax.kernels.linear_chunk_update import api as linear_api
+from hope_jax.kernels.linear_chunk_update.backward import make_op as linear_op
+from hope_jax.kernels.mlp_chunk_update import MLPBlockSizes, MLPUpdateConfig
+from hope_jax.kernels.mlp_chunk_update import api as mlp_api
+from hope_jax.kernels.mlp_chunk_update.backward import make_op as mlp_op
+
+S = jax.ShapeDtypeStruct
+CUSTOM_CALL = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
+
+
+def _lower(fn, args, platform: str) -> str:
+    def loss(*a):
+        y, state = fn(*a)
+        return jnp.sum(y.astype(jnp.float32)) + sum(jnp.sum(s) for s in jax.tree.leaves(state))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
+    with _compat.gpu_lowering_context():
+        return grad.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+def _linear_case(kind: str):
+    bh, n, c, d = 4, 3, 64, 128
+    config = LinearUpdateConfig(chunk_size=c, read="pre")
+    block = LinearBlockSizes(block_dv=64) if kind == "gpu" else LinearBlockSizes()
+    t = n * c - 5  # padded last chunk
+    op = linear_op(config, t, linear_api._forward(kind, config, block, t, False))
+    seq = S((bh, n, c, d), jnp.bfloat16)
+    gate = S((bh, n, c), jnp.float32)
+    return op, (seq, seq, seq, gate, gate, S((bh, d, d), jnp.float32))
+
+
+def _mlp_case(kind: str):
+    bh, n, c, d, h = 4, 2, 64, 64, 256
+    config = MLPUpdateConfig(chunk_size=c, read="pre")
+    t = n * c
+    op = mlp_op(config, t, mlp_api._forward(kind, config, MLPBlockSizes(), t, False))
+    seq = S((bh, n, c, d), jnp.float32)
+    gate = S((bh, n, c), jnp.float32)
+    state = (S((bh, h, d), jnp.float32), S((bh, d, h), jnp.float32)) * 2
+    return op, (seq, seq, seq, gate, gate, gate, state)
+
+
+@pytest.mark.fast
+def test_linear_tpu_kernel_lowers_for_tpu():
+    """linear_chunk_update, Mosaic TPU kernel, C = 64, d = 128, bf16 inputs: lowers for "tpu"."""
+    op, args = _linear_case("tpu")
+    assert CUSTOM_CALL["tpu"] in _lower(op, args, "tpu")
+
+
+@pytest.mark.fast
+def test_linear_gpu_kernel_lowers_for_cuda():
+    """linear_chunk_update, Triton kernel, value rows blocked by 64: lowers for "cuda" (jax 0.10
+    directly, jax 0.12 under an abstract GPU device; see `_compat.gpu_lowering_context`)."""
+    op, args = _linear_case("gpu")
+    assert CUSTOM_CALL["cuda"] in _lower(op, args, "cuda")
+
+
+def test_mlp_tpu_kernel_lowers_for_tpu():
+    """mlp_chunk_update (DGD + momentum), Mosaic TPU kernel, d = 64, h = 256: lowers for "tpu"."""
+    op, args = _mlp_case("tpu")
+    assert CUSTOM_CALL["tpu"] in _lower(op, args, "tpu")
+
+
+def test_mlp_gpu_kernel_lowers_for_cuda():
+    """mlp_chunk_update, Triton kernel, d = 64, h = 256: lowers for "cuda"."""
+    op, args = _mlp_case("gpu")
+    assert CUSTOM_CALL["cuda"] in _lower(op, args, "cuda")
