@@ -1,0 +1,89 @@
+"""In-context levels of the Continuum Memory System (spec §5.3, D9, D20–D22, D35).
+
+A CMS level is a SwiGLU MLP `F_θ(z) = W_down (SiLU(W_g z) ⊙ W_up z)` applied residually. An
+*in-context* level (chunk `C` < sequence length) is updated inside the forward pass, once per chunk,
+by plain GD on a local associative objective, and reset to its meta-learned state at every new
+sequence:
+
+    reads:  z_t ↦ z_t + F_{θ_j}(z_t)                          for t in chunk j (snapshot θ_j, D2)
+    write:  θ_{j+1} = θ_j − η · (1/C) Σ_{t ∈ chunk j} ∇_θ ℓ_loc(θ_j; z_t)          (Eq. 71, D22)
+    ℓ_loc(θ; z) = ½ ‖F_θ(z) − W_tgt z‖²                        (W_tgt: outer parameter, init 0)
+    η = η_max σ(ρ)                                              (ρ: outer scalar, η_max = 0.1)
+
+The chunk's summed gradient is one batched backward pass of the MLP (per-layer outer-product sums
+as matmuls); no per-token gradient is materialised. A chunk whose end falls in the padding does not
+write (D35); padded tokens never contribute to a gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class SwiGLUParams(NamedTuple):
+    """`W_g`, `W_up`: [d, h]; `W_down`: [h, d] (row-major: `F(z) = (silu(z W_g) ⊙ z W_up) W_down`)."""
+
+    w_gate: Array
+    w_up: Array
+    w_down: Array
+
+
+def swiglu(params: SwiGLUParams, z: Array) -> Array:
+    """F_θ(z) for rows z [..., d] → [..., d] (spec §5.1)."""
+    return (jax.nn.silu(z @ params.w_gate) * (z @ params.w_up)) @ params.w_down
+
+
+def local_loss(params: SwiGLUParams, w_target: Array, z: Array, weights: Array) -> Array:
+    """Σ_t weights_t · ½‖F_θ(z_t) − W_tgt z_t‖²  (D9's default local objective; W_tgt [d, d])."""
+    residual = swiglu(params, z) - z @ w_target
+    return 0.5 * jnp.sum(weights[..., None] * jnp.square(residual))
+
+
+def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,
+                     eta_max: float = 0.1) -> tuple[Array, SwiGLUParams]:
+    """Runs one in-context CMS level over sequences, resetting it per sequence.
+
+    Args:
+      params: meta-learned initial MLP θ_0 (shared by all sequences).
+      w_target: W_tgt [d, d]; rho: the step-size logit ρ [] (η = η_max σ(ρ)).
+      z: the level's input [B, T, d]; chunk: the update period C.
+
+    Returns:
+      (F_θ(z) [B, T, d] with each token read at its chunk's snapshot, final θ per sequence).
+      The caller adds the residual.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    if z.ndim != 3 or z.shape[-1] != params.w_gate.shape[0]:
+        raise ValueError(f"z must have shape [B, T, d] with d = {params.w_gate.shape[0]} "
+                         f"(the level's width), got {tuple(z.shape)}")
+    b, t, d = z.shape
+    n = math.ceil(t / chunk)
+    total = n * chunk
+    zp = jnp.pad(z, ((0, 0), (0, total - t), (0, 0)))
+    real = (jnp.arange(total) < t).astype(z.dtype).reshape(n, chunk)
+    chunks = jnp.moveaxis(zp.reshape(b, n, chunk, d), 1, 0)  # [n, B, C, d]
+    eta = eta_max * jax.nn.sigmoid(rho)
+    grad_loss = jax.grad(local_loss)
+
+    def one_sequence(theta, zc, w):
+        y = swiglu(theta, zc)  # reads at the snapshot θ_j
+        g = grad_loss(theta, w_target, zc, w)
+        writes = w[-1]  # the chunk's end is a real token (D35)
+        new = jax.tree.map(lambda p, gp: p - writes * eta * gp / chunk, theta, g)
+        return y, new
+
+    def body(thetas, inputs):
+        zc, w = inputs
+        y, thetas = jax.vmap(one_sequence, in_axes=(0, 0, None))(thetas, zc, w)
+        return thetas, y
+
+    thetas = jax.tree.map(lambda p: jnp.broadcast_to(p, (b,) + p.shape), params)
+    thetas, ys = jax.lax.scan(body, thetas, (chunks, real))
+    y = jnp.moveaxis(ys, 0, 1).reshape(b, total, d)[:, :t]
+    return y, thetas
