@@ -80,7 +80,7 @@ def test_meta_gradients_match_finite_differences(x64):
 
 
 @pytest.mark.fast
-def test_bad_inputs_raise():
+def test_bad_inputs_raise(x64):
     p, w_tgt, rho, z = _setup()
     with pytest.raises(ValueError, match="chunk must be a positive int"):
         in_context_level(p, w_tgt, rho, z, 0)
