@@ -44,18 +44,39 @@ def local_loss(params: SwiGLUParams, w_target: Array, z: Array, weights: Array) 
     return 0.5 * jnp.sum(weights[..., None] * jnp.square(residual))
 
 
+class InContextState(NamedTuple):
+    """Streaming state of an in-context level (leaves [B, ...]).
+
+    theta: the current snapshot θ_j; grad_sum: Σ ∇ℓ_loc over the tokens of the current, unfinished
+    chunk; position: tokens seen (int32 scalar), or None for a fresh sequence.
+    """
+
+    theta: SwiGLUParams
+    grad_sum: SwiGLUParams
+    position: Array | None = None
+
+
+def init_in_context_state(params: SwiGLUParams, batch_size: int) -> InContextState:
+    """A fresh sequence: θ = θ_0 (meta-learned), nothing accumulated (D9: reset per sequence)."""
+    theta = jax.tree.map(lambda p: jnp.broadcast_to(p, (batch_size,) + p.shape), params)
+    return InContextState(theta, jax.tree.map(jnp.zeros_like, theta), None)
+
+
 def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,
-                     eta_max: float = 0.1) -> tuple[Array, SwiGLUParams]:
-    """Runs one in-context CMS level over sequences, resetting it per sequence.
+                     eta_max: float = 0.1, state: InContextState | None = None
+                     ) -> tuple[Array, InContextState]:
+    """Runs one in-context CMS level over sequences.
 
     Args:
       params: meta-learned initial MLP θ_0 (shared by all sequences).
       w_target: W_tgt [d, d]; rho: the step-size logit ρ [] (η = η_max σ(ρ)).
       z: the level's input [B, T, d]; chunk: the update period C.
+      state: None for fresh sequences, or the state a previous call returned (streaming: the
+        sequence continues, mid-chunk included).
 
     Returns:
-      (F_θ(z) [B, T, d] with each token read at its chunk's snapshot, final θ per sequence).
-      The caller adds the residual.
+      (F_θ(z) [B, T, d], each token read at its chunk's snapshot; the new state). The caller adds
+      the residual.
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
@@ -63,27 +84,36 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
         raise ValueError(f"z must have shape [B, T, d] with d = {params.w_gate.shape[0]} "
                          f"(the level's width), got {tuple(z.shape)}")
     b, t, d = z.shape
-    n = math.ceil(t / chunk)
+    if state is None:
+        state = init_in_context_state(params, b)
+    dynamic = state.position is not None
+    n = math.ceil((t + (chunk - 1 if dynamic else 0)) / chunk)
     total = n * chunk
-    zp = jnp.pad(z, ((0, 0), (0, total - t), (0, 0)))
-    real = (jnp.arange(total) < t).astype(z.dtype).reshape(n, chunk)
+    offset = (state.position % chunk).astype(jnp.int32) if dynamic else 0
+    zero = jnp.zeros((), jnp.int32)
+    zp = jax.lax.dynamic_update_slice(jnp.zeros((b, total, d), z.dtype), z,
+                                      (zero, jnp.asarray(offset, jnp.int32), zero))
+    pos = jnp.arange(total)
+    real = ((pos >= offset) & (pos < offset + t)).astype(z.dtype).reshape(n, chunk)
     chunks = jnp.moveaxis(zp.reshape(b, n, chunk, d), 1, 0)  # [n, B, C, d]
     eta = eta_max * jax.nn.sigmoid(rho)
     grad_loss = jax.grad(local_loss)
 
-    def one_sequence(theta, zc, w):
+    def one_sequence(theta, acc, zc, w):
         y = swiglu(theta, zc)  # reads at the snapshot θ_j
-        g = grad_loss(theta, w_target, zc, w)
-        writes = w[-1]  # the chunk's end is a real token (D35)
-        new = jax.tree.map(lambda p, gp: p - writes * eta * gp / chunk, theta, g)
-        return y, new
+        acc = jax.tree.map(jnp.add, acc, grad_loss(theta, w_target, zc, w))
+        writes = w[-1]  # the chunk really ends here (D35): write the mean and start afresh
+        theta = jax.tree.map(lambda p, g: p - writes * eta * g / chunk, theta, acc)
+        acc = jax.tree.map(lambda g: (1 - writes) * g, acc)
+        return y, theta, acc
 
-    def body(thetas, inputs):
+    def body(carry, inputs):
         zc, w = inputs
-        y, thetas = jax.vmap(one_sequence, in_axes=(0, 0, None))(thetas, zc, w)
-        return thetas, y
+        y, theta, acc = jax.vmap(one_sequence, in_axes=(0, 0, 0, None))(*carry, zc, w)
+        return (theta, acc), y
 
-    thetas = jax.tree.map(lambda p: jnp.broadcast_to(p, (b,) + p.shape), params)
-    thetas, ys = jax.lax.scan(body, thetas, (chunks, real))
-    y = jnp.moveaxis(ys, 0, 1).reshape(b, total, d)[:, :t]
-    return y, thetas
+    (theta, acc), ys = jax.lax.scan(body, (state.theta, state.grad_sum), (chunks, real))
+    y = jnp.moveaxis(ys, 0, 1).reshape(b, total, d)
+    y = jax.lax.dynamic_slice_in_dim(y, offset, t, axis=1) if dynamic else y[:, :t]
+    position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)
+    return y, InContextState(theta, acc, position.astype(jnp.int32))

@@ -86,3 +86,20 @@ def test_bad_inputs_raise(x64):
         in_context_level(p, w_tgt, rho, z, 0)
     with pytest.raises(ValueError, match="z must have shape"):
         in_context_level(p, w_tgt, rho, z[..., :3], 2)
+
+
+@pytest.mark.fast
+def test_streaming_mid_chunk_equals_one_call(x64):
+    """Calls split anywhere, with the state carried (θ_j and the partial chunk's gradient sum),
+    equal one call; so do single-token steps after a prefill."""
+    p, w_tgt, rho, z = _setup(t=10)
+    y, s = in_context_level(p, w_tgt, rho, z, 4, eta_max=0.5)
+    y1, s1 = in_context_level(p, w_tgt, rho, z[:, :6], 4, eta_max=0.5)
+    y2, s2 = in_context_level(p, w_tgt, rho, z[:, 6:], 4, eta_max=0.5, state=s1)
+    assert_close(jnp.concatenate([y1, y2], 1), y, 1e-12)
+    assert_close((s2.theta, s2.grad_sum), (s.theta, s.grad_sum), 1e-12)
+    ys, st = [], in_context_level(p, w_tgt, rho, z[:, :3], 4, eta_max=0.5)[1]
+    for t in range(3, 10):
+        yt, st = in_context_level(p, w_tgt, rho, z[:, t:t + 1], 4, eta_max=0.5, state=st)
+        ys.append(yt)
+    assert_close(jnp.concatenate(ys, 1), y[:, 3:], 1e-12)

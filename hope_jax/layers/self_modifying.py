@@ -1,0 +1,146 @@
+"""Self-modifying Titans as a sequence mixer: the attention replacement of the Hope block.
+
+Spec §6.6 (D11, D17), with the in-context work in `hope_jax.core.self_modifying`:
+
+    x̃_p = SiLU(CausalConv₄(u W_p)),  p ∈ {q, k, v}        W_p ∈ R^{d×H d_h}, split into heads
+    o   = self-modifying memories (M_k, M_v, M_η, M_α, M_out; §6.1–6.4) read at q
+    y   = W_O( RMSNorm_head(o) ⊙ σ(u W_gate) )
+
+Ablation switches (D14; NL Table 6): `dgd`, `momentum`, `retention`, `adaptive_k`, `adaptive_v`,
+`adaptive_q`, `objective` ("l2" / "dot"). Recurrent inference: pass the state back in; a call
+with one token continues the sequence exactly (its cost is one output-memory chunk).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hope_jax import core
+from hope_jax.core.self_modifying import (GateHeads, SelfModifyingLevel, SelfModifyingParams,
+                                          SelfModifyingState, self_modifying_scan)
+from hope_jax.layers.conv import CausalConv
+from hope_jax.layers.norms import HeadRMSNorm
+from hope_jax.layers.params import Dense
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfModifyingConfig:
+    """Settings of a self-modifying Titans mixer.
+
+    num_heads, head_dim (default d / H); chunk_other / chunk_memory: C_oth, C_mem (D12);
+    expansion / out_expansion: hidden width of M_k, M_v, M_η, M_α (and M_q) / of M_out (D11);
+    dgd, momentum, retention, normalize: the inner optimizer (D3, D5); objective: "l2" or "dot";
+    adaptive_k / adaptive_v / adaptive_q: D14 switches; out_target: "self" (Eq. 85) or "value"
+    (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); gradient: "full" / "stop"
+    (D8); conv_kernel: width of the causal convolutions.
+    """
+
+    num_heads: int
+    head_dim: int | None = None
+    chunk_other: int = 16
+    chunk_memory: int = 64
+    expansion: float = 1.0
+    out_expansion: float = 4.0
+    dgd: bool = True
+    momentum: bool = True
+    retention: bool = True
+    normalize: bool = True
+    objective: str = "l2"
+    adaptive_k: bool = True
+    adaptive_v: bool = True
+    adaptive_q: bool = False
+    out_target: str = "self"
+    read: str = "pre"
+    eta_max: float = 1.0
+    gradient: str = "full"
+    remat: bool = True
+    conv_kernel: int = 4
+
+    def __post_init__(self):
+        self.level()  # validates chunk sizes, objective and switches early
+
+    def level(self) -> SelfModifyingLevel:
+        if self.dgd:
+            opt = core.dgd(momentum=self.momentum, retention=self.retention, normalize=self.normalize)
+        elif self.momentum:
+            opt = core.momentum_gd(retention=self.retention, normalize=self.normalize)
+        else:
+            opt = core.gd(retention=self.retention, normalize=self.normalize)
+        return SelfModifyingLevel(
+            memory=core.residual_mlp_memory(expansion=self.expansion),
+            out_memory=core.residual_mlp_memory(expansion=self.out_expansion),
+            objective=core.objectives.by_name(self.objective), optimizer=opt,
+            chunk_other=self.chunk_other, chunk_memory=self.chunk_memory,
+            adaptive_k=self.adaptive_k, adaptive_v=self.adaptive_v, adaptive_q=self.adaptive_q,
+            out_target=self.out_target, read=self.read, eta_max=self.eta_max,
+            gradient=self.gradient, remat=self.remat)
+
+    def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+              param_dtype=jnp.float32) -> "SelfModifyingMixer":
+        return SelfModifyingMixer(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+
+class SelfModifyingMixerState(NamedTuple):
+    conv: tuple
+    level: SelfModifyingState
+
+
+class SelfModifyingMixer(nnx.Module):
+    """Self-modifying Titans mixer; `(u [B, T, d], state) -> (y [B, T, d], state)`."""
+
+    def __init__(self, d_model: int, config: SelfModifyingConfig, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        h = config.num_heads
+        if d_model % h and config.head_dim is None:
+            raise ValueError(f"num_heads ({h}) must divide d_model ({d_model})")
+        dh = config.head_dim or d_model // h
+        self.config, self.num_heads, self.head_dim, self.dtype = config, h, dh, dtype
+        self.level = config.level()
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.w_q = Dense(d_model, h * dh, ("embed", "heads"), **kw)
+        self.w_k = Dense(d_model, h * dh, ("embed", "heads"), **kw)
+        self.w_v = Dense(d_model, h * dh, ("embed", "heads"), **kw)
+        self.convs = nnx.List([CausalConv(h * dh, config.conv_kernel, **kw) for _ in range(3)])
+        init = self.level.init_params(rngs.params(), h, dh, jnp.float32)
+        self.memories = nnx.Dict({
+            name: nnx.List([nnx.Param(w.astype(param_dtype), logical_axes=("heads", "memory_out", "memory_in"))
+                            for w in ws]) for name, ws in init.memories.items()})
+        self.gate_heads = nnx.List([
+            nnx.Param(g.astype(param_dtype), logical_axes=("heads", "head_dim") if g.ndim == 2 else ("heads",))
+            for g in init.gates])
+        self.out_norm = HeadRMSNorm(h, dh, **kw)
+        self.out_gate = Dense(d_model, h * dh, ("embed", "heads"), **kw)
+        self.w_o = Dense(h * dh, d_model, ("heads", "embed"), **kw)
+
+    def level_params(self) -> SelfModifyingParams:
+        """The meta-learned initial memories and gate heads, in float32 (D30)."""
+        memories = {n: tuple(w[...].astype(jnp.float32) for w in ws) for n, ws in self.memories.items()}
+        gates = GateHeads(*(g[...].astype(jnp.float32) for g in self.gate_heads))
+        return SelfModifyingParams(memories, gates)
+
+    def init_state(self, batch_size: int, max_len: int = 0) -> SelfModifyingMixerState:
+        conv = tuple(c.init_state(batch_size) for c in self.convs)
+        return SelfModifyingMixerState(conv, self.level.init_state(self.level_params(), batch_size))
+
+    def __call__(self, u: Array, state: SelfModifyingMixerState | None = None
+                 ) -> tuple[Array, SelfModifyingMixerState | None]:
+        """u [B, T, d] → (y [B, T, d], state). state None = a fresh sequence (training)."""
+        fresh = state is None
+        if fresh:
+            state = self.init_state(u.shape[0])
+        params = self.level_params()
+        paths, conv_state = [], []
+        for proj, conv, s in zip((self.w_q, self.w_k, self.w_v), self.convs, state.conv):
+            x, s = conv(proj(u), s)  # spec §6.6: projection → causal conv 4 → SiLU
+            paths.append(jax.nn.silu(x).reshape(*u.shape[:2], self.num_heads, self.head_dim))
+            conv_state.append(s)
+        o, level_state = self_modifying_scan(self.level, params, state.level, *paths)
+        o = self.out_norm(o).reshape(*u.shape[:2], -1).astype(self.dtype)
+        y = self.w_o(o * jax.nn.sigmoid(self.out_gate(u)))
+        return y, None if fresh else SelfModifyingMixerState(tuple(conv_state), level_state)
