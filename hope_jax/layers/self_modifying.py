@@ -37,8 +37,9 @@ class SelfModifyingConfig:
     expansion / out_expansion: hidden width of M_k, M_v, M_η, M_α (and M_q) / of M_out (D11);
     dgd, momentum, retention, normalize: the inner optimizer (D3, D5); objective: "l2" or "dot";
     adaptive_k / adaptive_v / adaptive_q: D14 switches; out_target: "self" (Eq. 85) or "value"
-    (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); gradient: "full" / "stop"
-    (D8); conv_kernel: width of the causal convolutions.
+    (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); eta_bias, alpha_bias,
+    beta_bias: initial gate biases (D19: −2, 5, 2); gradient: "full" / "stop" (D8); conv_kernel:
+    width of the causal convolutions.
     """
 
     num_heads: int
@@ -58,6 +59,9 @@ class SelfModifyingConfig:
     out_target: str = "self"
     read: str = "pre"
     eta_max: float = 1.0
+    eta_bias: float = -2.0
+    alpha_bias: float = 5.0
+    beta_bias: float = 2.0
     gradient: str = "full"
     remat: bool = True
     conv_kernel: int = 4
@@ -108,6 +112,10 @@ class SelfModifyingMixer(nnx.Module):
         self.w_v = Dense(d_model, h * dh, ("embed", "heads"), **kw)
         self.convs = nnx.List([CausalConv(h * dh, config.conv_kernel, **kw) for _ in range(3)])
         init = self.level.init_params(rngs.params(), h, dh, jnp.float32)
+        g = init.gates
+        init = init._replace(gates=g._replace(b_eta=jnp.full_like(g.b_eta, config.eta_bias),
+                                              b_alpha=jnp.full_like(g.b_alpha, config.alpha_bias),
+                                              b_beta=jnp.full_like(g.b_beta, config.beta_bias)))
         self.memories = nnx.Dict({
             name: nnx.List([nnx.Param(w.astype(param_dtype), logical_axes=("heads", "memory_out", "memory_in"))
                             for w in ws]) for name, ws in init.memories.items()})

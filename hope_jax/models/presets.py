@@ -2,7 +2,8 @@
 
 `get_config(arch, size)` → DecoderConfig. Architectures: "transformer" (Transformer++: RoPE
 attention + SwiGLU), the linear baselines, and Titans "titans_lmm" / "titans_mag" / "titans_mal".
-Hope presets are added by hope_jax/layers/hope.py's owner (register them in `ARCHS`).
+"hope" and "hope_attention" come from hope_jax/layers/hope.py (self-modifying Titans or attention,
+with a CMS in the MLP slot); their keyword overrides may also be Table-6 switches.
 
 Sizes: tiny = 2 × 64, 4 heads, T = 64, byte vocabulary (256 + 4 specials); small = 6 × 256,
 4 heads, T = 512; 340M = 24 × 1024 (16 heads), 760M = 24 × 1536 (16 heads), 1.3B = 24 × 2048
@@ -80,6 +81,11 @@ ARCHS: dict[str, Callable[[Size], object]] = {
 }
 
 
+# Hope and Hope-Attention (hope_jax.layers.hope): a CMS fills their MLP slot.
+HOPE_ARCHS = ("hope", "hope_attention")
+DECODER_FIELDS = frozenset(f.name for f in dataclasses.fields(DecoderConfig))
+
+
 def _mixer_params(mixer, d: int) -> int:
     """Parameters of one mixer at width d (abstract build)."""
     m = nnx.eval_shape(lambda: mixer.build(d, rngs=nnx.Rngs(0)))
@@ -96,8 +102,14 @@ def matched_swiglu(mixer, s: Size) -> SwiGLUConfig:
 
 def get_config(arch: str, size: str, **overrides) -> DecoderConfig:
     """The DecoderConfig of `arch` at `size`; keyword overrides replace DecoderConfig fields."""
+    if arch in HOPE_ARCHS:  # the self-modifying mixer and the CMS live in hope_jax.layers.hope
+        from hope_jax.layers.hope import hope_config
+        switches = {k: overrides.pop(k) for k in list(overrides) if k not in DECODER_FIELDS}
+        cfg = hope_config(arch, size, **switches)
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
+        raise ValueError(f"unknown arch {arch!r}; expected one of "
+                         f"{sorted(list(ARCHS) + list(HOPE_ARCHS))}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
     s = SIZES[size]
@@ -110,4 +122,4 @@ def get_config(arch: str, size: str, **overrides) -> DecoderConfig:
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
-__all__ = ["ARCHS", "BYTE_VOCAB", "SIZES", "Size", "get_config", "matched_swiglu"]
+__all__ = ["ARCHS", "BYTE_VOCAB", "HOPE_ARCHS", "SIZES", "Size", "get_config", "matched_swiglu"]

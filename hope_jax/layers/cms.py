@@ -1,0 +1,155 @@
+"""The Continuum Memory System (spec §5; D9, D10, D20–D23): a chain of MLP levels at many clocks.
+
+It fills the decoder's MLP slot. Levels are listed in application order, fastest first (D10):
+
+* an **in-context** level (`CMSLevel(chunk=C)`, C < T) is a SwiGLU whose weights are written inside
+  the forward pass every C tokens by GD on its local objective and reset per sequence
+  (`hope_jax.core.cms`);
+* an **outer** level (`CMSLevel(period=P)`) is an ordinary SwiGLU whose parameters the outer
+  optimizer updates only every P steps (D23). `update_periods(model)` labels every parameter with
+  its period for `hope_jax.optim.multi_frequency`; the chunk of such a level is C = P · N_step.
+
+Wiring (D20), with z_0 the block's normalised stream:
+  sequential (default):  z_ℓ = z_{ℓ−1} + F_ℓ(z_{ℓ−1}); the block adds z_K − z_0 = Σ_ℓ F_ℓ(z_{ℓ−1})
+  independent (Eq. 74):  the block adds Σ_ℓ w_ℓ F_ℓ(z_0), learned w_ℓ initialised to 1/K
+Each level's width is roundup_64((8/3)·d/K), so K levels cost about one Transformer++ MLP. With a
+single outer level of period 1 this is exactly a Llama MLP (the "w/o CMS" ablation).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hope_jax.core import cms as core_cms
+from hope_jax.layers.mlp import SwiGLU, swiglu_hidden
+from hope_jax.layers.params import constant, param
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class CMSLevel:
+    """One level: in-context with chunk `chunk` (tokens), or outer with `period` (outer steps)."""
+
+    chunk: int | None = None
+    period: int | None = None
+    eta_max: float = 0.1
+
+    def __post_init__(self):
+        if (self.chunk is None) == (self.period is None):
+            raise ValueError("a CMSLevel needs exactly one of chunk (in-context, tokens) or "
+                             f"period (outer, steps), got chunk={self.chunk}, period={self.period}")
+        value = self.chunk if self.chunk is not None else self.period
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"CMSLevel chunk/period must be a positive int, got {value!r}")
+
+    @property
+    def in_context(self) -> bool:
+        return self.chunk is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class CMSConfig:
+    """A CMS chain for the decoder's MLP slot.
+
+    levels: CMSLevel tuple in application order; variant: "sequential" or "independent";
+    hidden: per-level SwiGLU width (default roundup_64((8/3)·d/K), D20).
+    """
+
+    levels: tuple = (CMSLevel(chunk=16), CMSLevel(period=2), CMSLevel(period=32))
+    variant: str = "sequential"
+    hidden: int | None = None
+
+    def __post_init__(self):
+        if not self.levels or not all(isinstance(l, CMSLevel) for l in self.levels):
+            raise ValueError("CMSConfig.levels must be a non-empty tuple of CMSLevel")
+        if self.variant not in ("sequential", "independent"):
+            raise ValueError(f"CMSConfig.variant must be 'sequential' or 'independent', got {self.variant!r}")
+
+    def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+              param_dtype=jnp.float32) -> "CMS":
+        return CMS(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+
+class InContextSwiGLU(nnx.Module):
+    """An in-context level: θ_0 (SwiGLU), W_tgt (init 0) and the step logit ρ (init 0), D22."""
+
+    def __init__(self, d: int, hidden: int, level: CMSLevel, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        self.mlp = SwiGLU(d, hidden, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.w_target = param(rngs, constant(0.0), (d, d), ("embed", None), param_dtype)
+        self.rho = param(rngs, constant(0.0), (), (), param_dtype)
+        self.chunk, self.eta_max, self.dtype = level.chunk, level.eta_max, dtype
+
+    def theta0(self) -> core_cms.SwiGLUParams:
+        k = lambda dense: dense.kernel[...].astype(jnp.float32)  # noqa: E731  fp32 state (D30)
+        return core_cms.SwiGLUParams(k(self.mlp.w_gate), k(self.mlp.w_up), k(self.mlp.w_down))
+
+    def init_state(self, batch_size: int, max_len: int = 0) -> core_cms.InContextState:
+        return core_cms.init_in_context_state(self.theta0(), batch_size)
+
+    def __call__(self, z: Array, state=None):
+        y, new = core_cms.in_context_level(self.theta0(), self.w_target[...].astype(jnp.float32),
+                                           self.rho[...].astype(jnp.float32),
+                                           z.astype(jnp.float32), self.chunk, self.eta_max, state)
+        return y.astype(self.dtype), new
+
+
+class CMS(nnx.Module):
+    """A CMS chain; `(z_0 [B, T, d], state) -> (Σ_ℓ contributions [B, T, d], state)`."""
+
+    def __init__(self, d_model: int, config: CMSConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        k = len(config.levels)
+        hidden = config.hidden or swiglu_hidden(int(round(d_model / k)))
+        self.config = config
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.levels = nnx.List([
+            InContextSwiGLU(d_model, hidden, lvl, **kw) if lvl.in_context
+            else SwiGLU(d_model, hidden, **kw) for lvl in config.levels])
+        self.weights = (param(rngs, constant(1.0 / k), (k,), (None,), param_dtype)
+                        if config.variant == "independent" else None)
+
+    def init_state(self, batch_size: int, max_len: int = 0) -> tuple:
+        return tuple(l.init_state(batch_size, max_len) for l in self.levels)
+
+    def __call__(self, z0: Array, state: tuple | None = None) -> tuple[Array, tuple | None]:
+        """z0 [B, T, d] (the normalised stream) → (what the block adds [B, T, d], state)."""
+        states = (None,) * len(self.levels) if state is None else state
+        new_states, out, z = [], jnp.zeros_like(z0), z0
+        for i, (level, s) in enumerate(zip(self.levels, states)):
+            x = z0 if self.weights is not None else z
+            f, s = level(x, s)
+            new_states.append(s)
+            if self.weights is None:
+                z = z + f.astype(z.dtype)  # sequential: z_ℓ = z_{ℓ−1} + F_ℓ(z_{ℓ−1})
+            else:
+                out = out + self.weights[...][i].astype(f.dtype) * f
+        if self.weights is None:
+            out = z - z0
+        return out, None if state is None else tuple(new_states)
+
+
+def update_periods(model: nnx.Module) -> Any:
+    """The update period (in outer steps) of every parameter: a pytree shaped like
+    `nnx.state(model, nnx.Param)` holding ints, 1 except inside outer CMS levels (D23)."""
+    prefixes = {}
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, CMS):
+            for i, lvl in enumerate(module.config.levels):
+                if not lvl.in_context:
+                    prefixes[tuple(path) + ("levels", i)] = lvl.period
+    state = nnx.state(model, nnx.Param)
+
+    def period(path, _leaf):
+        keys = tuple(getattr(p, "key", getattr(p, "name", p)) for p in path)
+        for prefix, value in prefixes.items():
+            if keys[:len(prefix)] == prefix:
+                return value
+        return 1
+
+    return jax.tree_util.tree_map_with_path(period, state)

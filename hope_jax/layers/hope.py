@@ -1,0 +1,95 @@
+"""Hope and Hope-Attention (spec §6.6, D11, D13, D13a, D20, D21).
+
+A Hope block is the decoder's pre-norm block with self-modifying Titans in the mixer slot and a
+CMS chain in the MLP slot:
+
+    h ← h + W_O(RMSNorm_head(o) ⊙ σ(u W_gate)),  o from the self-modifying memories (§6.6)
+    h ← h + CMS(RMSNorm(h))                        fastest level first (D10, D20)
+
+Hope-Attention swaps the mixer for causal softmax attention with RoPE; with the CMS reduced to one
+outer level of period 1 it is exactly Transformer++ (spec §6.9.9).
+
+`hope_config(arch, size, **switches)` builds the DecoderConfig of a preset; the switches are the
+ablations of NL Table 6 (D14): dgd, momentum, retention, cms, adaptive_k, adaptive_v, adaptive_q,
+objective.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from hope_jax.layers.attention import AttentionConfig
+from hope_jax.layers.cms import CMSConfig, CMSLevel
+from hope_jax.layers.mlp import SwiGLUConfig
+from hope_jax.layers.self_modifying import SelfModifyingConfig
+from hope_jax.models.decoder import DecoderConfig
+from hope_jax.models.presets import SIZES, matched_swiglu
+
+# (C_oth, C_mem) per size (D12, D13a) and the CMS rows of spec §5.6 (chunks of outer levels are
+# given as periods in outer steps: C = P · N_step).
+MEMORY_CHUNKS = {"tiny": (4, 8), "small": (16, 64), "340m": (16, 64), "760m": (16, 64),
+                 "1.3b": (16, 64)}
+CMS_LEVELS = {
+    "tiny": (CMSLevel(chunk=8), CMSLevel(period=2), CMSLevel(period=8)),
+    "small": (CMSLevel(chunk=16), CMSLevel(period=4), CMSLevel(period=16)),
+    "paper": (CMSLevel(chunk=16), CMSLevel(period=2), CMSLevel(period=32)),
+}
+# Inner step bound of the presets. D19's η_max = 1 (η ≈ 0.12 at init) makes the self-modifying
+# memories diverge within ~25–60 tokens of real text, at every chunk size including the exact
+# recurrence (C = 1), because each memory's target M_□(v) feeds back through the memory itself;
+# η ≤ 0.01 with β ≈ 0.88 stayed finite over 512 tokens. See docs/hope.md.
+PRESET_ETA_MAX = 0.01
+ABLATIONS = ("dgd", "momentum", "retention", "cms", "adaptive_k", "adaptive_v", "adaptive_q",
+             "objective")
+
+
+def cms_config(size: str, enabled: bool = True, mixer=None) -> CMSConfig | SwiGLUConfig:
+    """The CMS of a size (spec §5.6); `enabled=False` is the "w/o CMS" ablation: one SwiGLU of
+    width roundup_64((8/3)·d) (D20).
+
+    At paper sizes the level width is matched so that a Hope block has the parameters of a
+    Transformer++ block (the self-modifying mixer costs more than attention), as the baselines'
+    MLPs are; on CPU sizes it is D20's roundup_64((8/3)·d/K).
+    """
+    s = SIZES[size]
+    if not enabled:
+        return SwiGLUConfig(hidden=matched_swiglu(mixer, s).hidden) if s.param_matched else SwiGLUConfig()
+    levels = CMS_LEVELS.get(size, CMS_LEVELS["paper"])
+    hidden = None
+    if s.param_matched and mixer is not None:
+        d, k = s.d_model, len(levels)
+        in_context = sum(lvl.in_context for lvl in levels)
+        budget = 3 * d * matched_swiglu(mixer, s).hidden - in_context * (d * d + 1)
+        hidden = max(64, int(round(budget / (3 * d * k) / 64)) * 64)
+    return CMSConfig(levels=levels, hidden=hidden)
+
+
+def hope_config(arch: str = "hope", size: str = "tiny", **switches) -> DecoderConfig:
+    """DecoderConfig for "hope" or "hope_attention" at a size, with Table-6 ablation switches."""
+    if arch not in ("hope", "hope_attention"):
+        raise ValueError(f"unknown Hope arch {arch!r}; expected 'hope' or 'hope_attention'")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+    unknown = set(switches) - set(ABLATIONS) - {"eta_max", "eta_bias", "alpha_bias", "beta_bias"}
+    if unknown:
+        raise ValueError(f"unknown Hope switches {sorted(unknown)}; expected some of {ABLATIONS}")
+    s = SIZES[size]
+    cms_on = switches.pop("cms", True)
+    if arch == "hope":
+        c_oth, c_mem = MEMORY_CHUNKS[size]
+        switches.setdefault("eta_max", PRESET_ETA_MAX)
+        mixer = SelfModifyingConfig(num_heads=s.num_heads, chunk_other=c_oth, chunk_memory=c_mem,
+                                    **switches)
+    else:
+        if switches:
+            raise ValueError(f"hope_attention has no memory switches, got {sorted(switches)}")
+        mixer = AttentionConfig(num_heads=s.num_heads)
+    return DecoderConfig(vocab_size=s.vocab_size, d_model=s.d_model, num_blocks=s.num_blocks,
+                         mixers=(mixer,), mlp=cms_config(size, cms_on, mixer), max_len=s.max_len,
+                         name=f"{arch}-{size}")
+
+
+def with_switches(config: DecoderConfig, **switches) -> DecoderConfig:
+    """A Hope DecoderConfig with some mixer switches changed (e.g. `dgd=False`)."""
+    mixers = tuple(dataclasses.replace(m, **switches) if isinstance(m, SelfModifyingConfig) else m
+                   for m in config.mixers)
+    return dataclasses.replace(config, mixers=mixers)
