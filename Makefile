@@ -6,7 +6,7 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.ver
 REQS := requirements/py$(if $(filter 311,$(PYVER)),311,312).txt
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast bench venv clean
+.PHONY: test test-fast bench bench-optimizers bench-kernels venv clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ test-fast: venv
 
 bench: venv
 	$(PY) experiments/bench/bench_chunked_scan.py
+
+bench-optimizers: venv
+	$(PY) experiments/bench/bench_optimizers.py
+
+bench-kernels: venv
+	$(PY) experiments/bench/bench_kernels.py
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache
