@@ -104,7 +104,7 @@ def test_meta_gradients_equal_token_loop(x64):
     """Gradients w.r.t. every initial memory, the gate heads and the inputs equal the loop's (C = 2, 4)."""
     level = SelfModifyingLevel(chunk_other=2, chunk_memory=4)
     params = _params(level, 3)
-    xs = _inputs(6, 4)
+    xs = _inputs(5, 4)
 
     def f_scan(p, xq, xk, xv):
         o, st = self_modifying_scan(level, p, level.init_state(p, B), xq, xk, xv)
@@ -115,7 +115,7 @@ def test_meta_gradients_equal_token_loop(x64):
         return jnp.sum(jnp.sin(o)) + sum(jnp.sum(jnp.tanh(a)) for a in jax.tree.leaves(w))
 
     got = jax.jit(jax.grad(f_scan, argnums=(0, 1, 2, 3)))(params, *xs)
-    want = jax.jit(jax.grad(f_loop, argnums=(0, 1, 2, 3)))(params, *xs)
+    want = jax.grad(f_loop, argnums=(0, 1, 2, 3))(params, *xs)  # eager: compiling the unrolled loop costs more
     assert_close(got, want, 1e-10)
     assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(got[0].memories))
 
