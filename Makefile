@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)
 REQS := requirements/py$(if $(filter 311,$(PYVER)),311,312).txt
 PYTEST_ARGS ?=
+# Tests are compile-bound and XLA compiles on one thread: two workers use both cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: test test-fast bench bench-optimizers bench-kernels venv clean
 
@@ -19,11 +21,11 @@ $(VENV)/.installed: pyproject.toml setup.py $(REQS)
 	@touch $@
 
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The subset that CI also runs under Python 3.12 / jax 0.12.
 test-fast: venv
-	$(PY) -m pytest -m fast $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m fast $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) experiments/bench/bench_chunked_scan.py

@@ -26,11 +26,10 @@ def test_bf16_inputs_stay_close_to_float32(memory, objective, optimizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("memory, objective, optimizer", [("mlp", "l2", "dgd"), ("matrix", "dot", "gdn"),
-                                                          ("mlp", "l2", "momentum")])
+@pytest.mark.parametrize("memory, objective, optimizer", [("mlp", "l2", "dgd"), ("matrix", "dot", "gdn")])
 def test_no_nan_at_16k_tokens(memory, objective, optimizer):
     """T = 16384, C = 64, random inputs with D19-like gates: forward and gradients are finite."""
-    b, t, h, d = 1, 16384, 2, 16
+    b, t, h, d = 1, 16384, 1, 16
     x = random_inputs(9, b, t, h, d, d, jnp.float32, eta_shift=-2.0)
     gates = gates_for(OPTIMIZERS[optimizer], x)
     level = make_level(memory, objective, optimizer, chunk_size=64)

@@ -16,8 +16,9 @@ GRID = [(m, o, p) for m in ("matrix", "mlp") for o in OBJECTIVES for p in OPTIMI
 GRID += [("residual_linear", "l2", "dgd"), ("mlp3_tanh", "l2", "dgd"), ("mlp3_tanh", "dot", "momentum")]
 
 
-def _compare(memory, objective, optimizer, read, dtype, rtol, b=2, t=7, h=2, d=4, seed=0):
-    level = make_level(memory, objective, optimizer, chunk_size=1, read=read)
+def _compare(memory, objective, optimizer, read, dtype, rtol, b=2, t=7, h=2, d=4, seed=0,
+             remat=True):
+    level = make_level(memory, objective, optimizer, chunk_size=1, read=read, remat=remat)
     params = level.memory.init(jax.random.PRNGKey(seed + 1), h, d, d, dtype)
     inputs = random_inputs(seed, b, t, h, d, d, dtype)
     gates = gates_for(OPTIMIZERS[optimizer], inputs)
@@ -29,8 +30,9 @@ def _compare(memory, objective, optimizer, read, dtype, rtol, b=2, t=7, h=2, d=4
 
 @pytest.mark.parametrize("memory, objective, optimizer", GRID)
 def test_chunk_size_one_equals_reference_float64(x64, memory, objective, optimizer):
-    """Every combination, post-write reads, float64: relative error ≤ 1e-10."""
-    _compare(memory, objective, optimizer, "post", jnp.float64, 1e-10)
+    """Every combination, post-write reads, float64: relative error ≤ 1e-10 (without remat, which
+    only changes how the backward pass is scheduled; the float32 cases keep it)."""
+    _compare(memory, objective, optimizer, "post", jnp.float64, 1e-10, remat=False)
 
 
 @pytest.mark.fast

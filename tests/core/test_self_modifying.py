@@ -104,7 +104,7 @@ def test_meta_gradients_equal_token_loop(x64):
     """Gradients w.r.t. every initial memory, the gate heads and the inputs equal the loop's (C = 2, 4)."""
     level = SelfModifyingLevel(chunk_other=2, chunk_memory=4)
     params = _params(level, 3)
-    xs = _inputs(5, 4)
+    xs = _inputs(4, 4)
 
     def f_scan(p, xq, xk, xv):
         o, st = self_modifying_scan(level, p, level.init_state(p, B), xq, xk, xv)
