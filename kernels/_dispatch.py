@@ -12,7 +12,7 @@ An explicit choice that cannot run raises ValueError with the reason.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 
@@ -26,7 +26,7 @@ def backend_platform() -> str:
 
 
 def resolve_implementation(implementation: str, why_not: Callable[[str], str | None],
-                           op: str) -> str:
+                           op: str, stacklevel: int = 3) -> str:
     """The implementation to run.
 
     Args:
@@ -51,8 +51,28 @@ def resolve_implementation(implementation: str, why_not: Callable[[str], str | N
     if reason is None:
         return wanted
     warnings.warn(f"{op}: implementation='auto' falls back to 'xla' on {platform}: {reason}",
-                  stacklevel=3)
+                  stacklevel=stacklevel)
     return "xla"
+
+
+def resolve_with_block_sizes(implementation: str, op: str, block_for: Callable[[str], Any],
+                             dims: tuple[int, ...]) -> str:
+    """`resolve_implementation` with the ops' common reasons: reference and xla always run; a
+    Pallas kernel needs its backend and block sizes (`block_for(platform)`, with `tpu_reason` /
+    `gpu_reason` methods) that fit `dims`; the interpreter needs TPU-valid blocks."""
+
+    def why_not(name: str) -> str | None:
+        if name in ("reference", "xla"):
+            return None
+        if name in ("pallas_tpu", "pallas_gpu"):
+            reason = platform_reason(name)
+            if reason is not None:
+                return reason
+        if name == "pallas_gpu":
+            return block_for("gpu").gpu_reason(*dims)
+        return block_for("tpu").tpu_reason(*dims)
+
+    return resolve_implementation(implementation, why_not, op, stacklevel=4)
 
 
 def platform_reason(implementation: str) -> str | None:

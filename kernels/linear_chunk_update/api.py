@@ -103,18 +103,7 @@ def linear_chunk_update(q: Array, k: Array, v: Array, eta: Array, alpha: Array |
         return block_sizes if block_sizes is not None else default_block_sizes(
             platform, q.dtype, d_k, d_v)
 
-    def why_not(name: str) -> str | None:
-        if name in ("reference", "xla"):
-            return None
-        if name in ("pallas_tpu", "pallas_gpu"):
-            reason = _dispatch.platform_reason(name)
-            if reason is not None:
-                return reason
-        if name == "pallas_gpu":
-            return block_for("gpu").gpu_reason(c, d_k, d_v)
-        return block_for("tpu").tpu_reason(c, d_k, d_v)
-
-    impl = _dispatch.resolve_implementation(implementation, why_not, OP)
+    impl = _dispatch.resolve_with_block_sizes(implementation, OP, block_for, (c, d_k, d_v))
     if impl == "reference":
         return linear_chunk_update_reference(q, k, v, eta, alpha, w0, config)
     if impl == "xla":
