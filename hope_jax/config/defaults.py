@@ -1,0 +1,96 @@
+"""The experiment config schema: every key a run accepts, with its default.
+
+An experiment file in `experiments/configs/` starts from `default_config()` and changes values; it
+never adds keys (the config is locked, so an unknown key is an error that names it). The groups:
+
+  model  — which architecture and size preset, dtypes, remat, Table-6 switches (Hope only)
+  data   — corpus, tokenizer, sequence length, shards and the grain pipeline
+  optim  — the outer optimizer: AdamW, warm-up + cosine, clipping, weight-decay mask,
+           multi-frequency CMS updates (D9/D23), gradient accumulation
+  train  — steps, batch, seeds, logging, held-out evaluation, checkpoints, NaN policy
+  mesh   — device mesh axes data / fsdp / tensor / sequence (-1 = fill with the rest)
+  distributed — jax.distributed initialisation (multi-host)
+  sample — what `hope-jax generate` and the end of `make train` print
+"""
+from __future__ import annotations
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def default_config() -> ConfigDict:
+    c = ConfigDict()
+
+    c.model = ConfigDict(dict(
+        arch="hope",              # hope | hope_attention | transformer | titans_lmm | titans_mag |
+                                  # titans_mal | linear_attention | deltanet | gated_deltanet |
+                                  # ttt_linear | ttt_mlp (hope_jax.models.presets)
+        size="tiny",              # tiny | small | 340m | 760m | 1.3b
+        dtype="float32",          # compute dtype: float32 | bfloat16 (params and memory state stay float32)
+        param_dtype="float32",
+        remat="none",             # none | block (jax.checkpoint each block) | full (also inside mixers)
+        tie_embeddings=False,
+        # Hope Table-6 switches (NL Table 6, D14); ignored by other architectures.
+        switches=ConfigDict(dict(dgd=True, momentum=True, retention=True, cms=True,
+                                 adaptive_k=True, adaptive_v=True, adaptive_q=False,
+                                 objective="l2")),
+    ))
+
+    c.data = ConfigDict(dict(
+        corpus="en_pip",          # en_pip (SOURCES.md §6 default, pip only) | files
+        files=(),                 # with corpus="files": text / jsonl / parquet paths (or globs)
+        text_field="text",        # jsonl / parquet column holding the text
+        hf_dataset="",            # optional: a Hugging Face dataset name (needs `datasets`)
+        held_out_fraction=0.02,   # files corpus only: fraction of whole documents held out
+        tokenizer="byte",         # byte | bpe (sentencepiece, trained offline on the corpus)
+        vocab_size=8192,          # bpe only; byte vocabulary is 256 + 4 specials
+        seq_len=64,               # training context T (overrides the preset's max_len)
+        cache_dir="~/.cache/hope_jax",  # downloaded sources, tokenizers and token shards
+        shuffle_seed=0,
+        worker_count=0,           # grain worker processes (0 = in-process)
+    ))
+
+    c.optim = ConfigDict(dict(
+        name="adamw",
+        lr=3e-3,
+        warmup_steps=20,
+        schedule="cosine",        # cosine | constant
+        min_lr_ratio=0.1,         # cosine floor as a fraction of lr
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,         # applied to matrices only (not norms, biases, gates, embeddings' norm)
+        clip_norm=1.0,            # global-norm clipping (0 = off)
+        grad_accum=1,             # micro-batches per step
+        multi_frequency=True,     # CMS outer levels update every P steps with the summed gradient
+    ))
+
+    c.train = ConfigDict(dict(
+        steps=300,
+        global_batch=16,          # sequences per optimizer step, over all processes
+        seed=0,
+        log_every=10,
+        eval_every=100,           # held-out bits per byte every N steps (0 = only at the end)
+        eval_batches=8,
+        checkpoint_every=100,
+        keep_checkpoints=3,
+        max_bad_steps=5,          # stop after this many consecutive non-finite steps
+        progress=True,            # progress bar on stderr
+    ))
+
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))
+
+    c.distributed = ConfigDict(dict(
+        enabled=False,            # call jax.distributed.initialize (auto on TPU pods / SLURM)
+        coordinator_address="",   # host:port of process 0 (GPU clusters); empty = auto-detect
+        num_processes=0,          # 0 = auto-detect
+        process_id=-1,            # -1 = auto-detect
+    ))
+
+    c.sample = ConfigDict(dict(prompt="ROMEO:", max_tokens=200, temperature=0.8, top_k=0,
+                               top_p=0.95, seed=0))
+    return c
+
+
+__all__ = ["ConfigDict", "default_config"]
