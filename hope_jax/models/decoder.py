@@ -42,6 +42,9 @@ class DecoderConfig:
       max_len: the training context T (also the default cache length of `prefill`).
       dtype / param_dtype: compute and parameter dtypes ("float32", "bfloat16").
       norm_eps: RMSNorm ε.
+      remat: "none", or "block" to recompute each block's activations in the backward pass
+        (`nnx.remat` per block: activation memory O(blocks · B·T·d) instead of every
+        intermediate; memory levels keep their own per-chunk remat either way).
       name: a label (presets set it).
     """
 
@@ -55,6 +58,7 @@ class DecoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     norm_eps: float = 1e-6
+    remat: str = "none"
     name: str = ""
 
     def __post_init__(self):
@@ -62,6 +66,8 @@ class DecoderConfig:
             raise ValueError("DecoderConfig.mixers must be a non-empty tuple of mixer configs")
         if self.num_blocks < 1 or self.d_model < 1 or self.vocab_size < 1:
             raise ValueError("num_blocks, d_model and vocab_size must be positive")
+        if self.remat not in ("none", "block"):
+            raise ValueError(f"DecoderConfig.remat must be 'none' or 'block', got {self.remat!r}")
         for m in self.mixers + (self.mlp if isinstance(self.mlp, tuple) else (self.mlp,)):
             if not hasattr(m, "build"):
                 raise ValueError(f"{type(m).__name__} has no build(d_model, *, rngs, ...) method")
@@ -114,6 +120,12 @@ class Block(nnx.Module):
         return h, None if state is None else BlockState(s_mix, s_mlp)
 
 
+@nnx.remat
+def _remat_block(block: Block, h: Array) -> Array:
+    """A training-mode block whose activations are recomputed in the backward pass."""
+    return block(h)[0]
+
+
 class DecoderCache(NamedTuple):
     blocks: tuple
 
@@ -155,7 +167,11 @@ class Decoder(nnx.Module):
         h = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
         states = []
         for i, block in enumerate(self.blocks):
-            h, s = block(h, None if cache is None else cache.blocks[i])
+            if cache is None and self.config.remat == "block":
+                h = _remat_block(block, h)
+                s = None
+            else:
+                h, s = block(h, None if cache is None else cache.blocks[i])
             states.append(s)
         return self._logits(h), None if cache is None else DecoderCache(tuple(states))
 
