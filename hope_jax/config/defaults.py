@@ -31,6 +31,13 @@ def default_config() -> ConfigDict:
         param_dtype="float32",
         remat="none",             # none | block (jax.checkpoint each block) | full (also inside mixers)
         tie_embeddings=False,
+        # Shape overrides of the size preset (0 = the preset's value).
+        d_model=0,
+        num_blocks=0,
+        num_heads=0,              # every mixer's heads; d_model must be a multiple
+        chunk_size=0,             # memory chunk C of Titans / the linear baselines
+        chunk_other=0,            # Hope C_oth (k, v, η, α memories; D12)
+        chunk_memory=0,           # Hope C_mem (output memory; D12: a multiple of C_oth)
         # Hope Table-6 switches (NL Table 6, D14); ignored by other architectures.
         switches=ConfigDict(dict(dgd=True, momentum=True, retention=True, cms=True,
                                  adaptive_k=True, adaptive_v=True, adaptive_q=False,

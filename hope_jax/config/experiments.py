@@ -1,0 +1,41 @@
+"""Size-dependent experiment defaults shared by the files in experiments/configs/.
+
+`experiment_config(arch, size)` is `default_config()` with the model, data, optimiser and mesh
+settings that suit a size:
+  tiny / small — CPU (D13a): byte tokenizer, T = 64 / 512, 4 / 16 sequences per step, lr 3e-3,
+  data-parallel mesh, float32;
+  340m / 760m / 1.3b — D13 (Atlas Table 7 recipe): 32K BPE, T = 4096, bf16 compute, FSDP over all
+  devices, AdamW with cosine decay, weight decay 0.1, ≈ 0.5M tokens per step (128 × 4096).
+"""
+from __future__ import annotations
+
+from hope_jax.config.defaults import ConfigDict, default_config
+
+# D13: peak learning rates of Atlas Table 7 by size.
+PAPER_LR = {"340m": 1.5e-3, "760m": 1.25e-3, "1.3b": 7e-4}
+
+
+def experiment_config(arch: str, size: str) -> ConfigDict:
+    c = default_config()
+    c.model.arch, c.model.size = arch, size
+    if size == "tiny":
+        c.data.seq_len, c.train.global_batch, c.train.steps = 64, 4, 1000
+        c.train.eval_every, c.train.checkpoint_every = 250, 250
+    elif size == "small":
+        c.data.seq_len, c.train.global_batch, c.train.steps = 512, 16, 2000
+        c.optim.warmup_steps = 50
+        c.train.eval_every, c.train.checkpoint_every = 250, 250
+    elif size in PAPER_LR:
+        c.model.dtype = "bfloat16"
+        c.model.remat = "block"
+        c.data.tokenizer, c.data.vocab_size, c.data.seq_len = "bpe", 32000, 4096
+        c.optim.lr, c.optim.warmup_steps = PAPER_LR[size], 300   # D31: 1% of the steps
+        c.train.global_batch, c.train.steps = 128, 30000
+        c.train.eval_every, c.train.checkpoint_every, c.train.log_every = 1000, 1000, 50
+        c.mesh.data, c.mesh.fsdp = 1, -1
+    else:
+        raise ValueError(f"unknown size {size!r}; expected tiny, small, 340m, 760m or 1.3b")
+    return c
+
+
+__all__ = ["PAPER_LR", "experiment_config"]

@@ -1,0 +1,230 @@
+"""Config validation: every mistake is reported before anything compiles, naming the key.
+
+`validate(config, device_count=...)` checks, in order:
+  1. the schema: no unknown keys (a typo such as `optim.learning_rate` is an error, not a silently
+     ignored setting) and the type of every value against `default_config()`;
+  2. values: enumerations (arch, size, dtype, tokenizer, corpus …) and ranges (lr > 0, …);
+  3. shapes: the model builds abstractly, heads divide the width, Hope's C_mem is a multiple of
+     C_oth (D12), chunk sizes are positive;
+  4. the mesh: at most one -1, and the mesh fills the devices exactly; the global batch splits over
+     processes, micro-batches and the data-parallel axes.
+All problems found are reported together in one ConfigError.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hope_jax.config.defaults import ConfigDict, default_config
+
+DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "block", "full")
+CORPORA = ("en_pip", "python_stdlib", "japanese", "files")
+TOKENIZERS = ("byte", "bpe")
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw",)
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+BYTE_VOCAB = 260
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names every offending key."""
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list, str))
+    return True
+
+
+def schema_errors(config: Any, schema: Any, prefix: str = "config") -> list[str]:
+    """Unknown keys and wrongly typed values of `config` against `schema` (recursively)."""
+    errors = []
+    if not isinstance(config, (ConfigDict, dict)):
+        return [f"{prefix}: expected a group of settings, got {_type_name(config)}"]
+    for key in config.keys():
+        name = f"{prefix}.{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema.keys()))
+            errors.append(f"{name}: unknown key (known keys of {prefix}: {known})")
+            continue
+        value, default = config[key], schema[key]
+        if isinstance(default, ConfigDict):
+            errors += schema_errors(value, default, name)
+        elif not _type_ok(value, default):
+            errors.append(f"{name}: expected {_type_name(default)}, got {_type_name(value)} "
+                          f"({value!r})")
+    return errors
+
+
+def resolve_mesh(mesh: Any, device_count: int) -> dict[str, int]:
+    """Mesh axis sizes with the -1 axis filled; raises ConfigError if they don't fit the devices."""
+    sizes = {ax: int(mesh[ax]) for ax in MESH_AXES}
+    bad = [ax for ax, n in sizes.items() if n == 0 or n < -1]
+    if bad:
+        raise ConfigError("; ".join(f"config.mesh.{ax}: must be -1 (fill) or ≥ 1, got "
+                                    f"{sizes[ax]}" for ax in bad))
+    fill = [ax for ax, n in sizes.items() if n == -1]
+    if len(fill) > 1:
+        raise ConfigError(f"config.mesh: at most one axis may be -1, got {fill}")
+    fixed = math.prod(n for n in sizes.values() if n != -1)
+    shape = " × ".join(f"{ax}={n}" for ax, n in sizes.items())
+    if fill:
+        if device_count % fixed:
+            raise ConfigError(f"config.mesh: {shape} — the fixed axes (product {fixed}) do not "
+                              f"divide the {device_count} devices")
+        sizes[fill[0]] = device_count // fixed
+    elif fixed != device_count:
+        raise ConfigError(f"config.mesh: {shape} has {fixed} devices but {device_count} are "
+                          f"available; set one axis to -1 to fill")
+    return sizes
+
+
+def _value_errors(c: Any) -> list[str]:
+    from hope_jax.models.presets import ARCHS, HOPE_ARCHS, SIZES
+    e = []
+
+    def need(ok: bool, key: str, msg: str):
+        if not ok:
+            e.append(f"config.{key}: {msg}, got {c[key.split('.')[0]][key.split('.')[1]]!r}")
+
+    archs = sorted(list(ARCHS) + list(HOPE_ARCHS))
+    need(c.model.arch in archs, "model.arch", f"expected one of {archs}")
+    need(c.model.size in SIZES, "model.size", f"expected one of {sorted(SIZES)}")
+    need(c.model.dtype in DTYPES, "model.dtype", f"expected one of {DTYPES}")
+    need(c.model.param_dtype in DTYPES, "model.param_dtype", f"expected one of {DTYPES}")
+    need(c.model.remat in REMAT, "model.remat", f"expected one of {REMAT}")
+    for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory"):
+        need(c.model[k] >= 0, f"model.{k}", "must be ≥ 0 (0 = the size preset's value)")
+    need(c.model.switches.objective in ("l2", "dot"), "model.switches",
+         "switches.objective must be 'l2' or 'dot'")
+
+    d = c.data
+    need(d.corpus in CORPORA, "data.corpus", f"expected one of {CORPORA}")
+    need(d.corpus != "files" or bool(d.files) or bool(d.hf_dataset), "data.files",
+         "corpus='files' needs data.files (paths or globs) or data.hf_dataset")
+    need(d.tokenizer in TOKENIZERS, "data.tokenizer", f"expected one of {TOKENIZERS}")
+    need(d.tokenizer != "bpe" or 300 <= d.vocab_size <= 2 ** 20, "data.vocab_size",
+         "a BPE vocabulary needs 300 ≤ vocab_size ≤ 2^20")
+    need(d.seq_len >= 2, "data.seq_len", "must be ≥ 2")
+    need(0.0 <= d.held_out_fraction < 1.0, "data.held_out_fraction", "must be in [0, 1)")
+    need(d.worker_count >= 0, "data.worker_count", "must be ≥ 0")
+
+    o = c.optim
+    need(o.name in OPTIMIZERS, "optim.name", f"expected one of {OPTIMIZERS}")
+    need(o.lr > 0, "optim.lr", "must be > 0")
+    need(o.warmup_steps >= 0, "optim.warmup_steps", "must be ≥ 0")
+    need(o.schedule in SCHEDULES, "optim.schedule", f"expected one of {SCHEDULES}")
+    need(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "must be in [0, 1]")
+    need(0.0 <= o.b1 < 1.0, "optim.b1", "must be in [0, 1)")
+    need(0.0 <= o.b2 < 1.0, "optim.b2", "must be in [0, 1)")
+    need(o.eps > 0, "optim.eps", "must be > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay", "must be ≥ 0")
+    need(o.clip_norm >= 0, "optim.clip_norm", "must be ≥ 0 (0 = off)")
+    need(o.grad_accum >= 1, "optim.grad_accum", "must be ≥ 1")
+
+    t = c.train
+    need(t.steps >= 1, "train.steps", "must be ≥ 1")
+    need(t.global_batch >= 1, "train.global_batch", "must be ≥ 1")
+    need(t.log_every >= 1, "train.log_every", "must be ≥ 1")
+    need(t.eval_every >= 0, "train.eval_every", "must be ≥ 0 (0 = only at the end)")
+    need(t.eval_batches >= 1, "train.eval_batches", "must be ≥ 1")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be ≥ 0 (0 = only at the end)")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be ≥ 1")
+    need(t.max_bad_steps >= 1, "train.max_bad_steps", "must be ≥ 1")
+
+    s = c.sample
+    need(s.max_tokens >= 1, "sample.max_tokens", "must be ≥ 1")
+    need(s.temperature >= 0, "sample.temperature", "must be ≥ 0 (0 = greedy)")
+    need(s.top_k >= 0, "sample.top_k", "must be ≥ 0 (0 = off)")
+    need(0.0 < s.top_p <= 1.0, "sample.top_p", "must be in (0, 1]")
+    return e
+
+
+def _shape_errors(c: Any) -> list[str]:
+    """The model must build: heads divide the width, D12 chunk sizes, positive chunks."""
+    import dataclasses
+
+    from hope_jax.config.build import decoder_config
+    vocab = BYTE_VOCAB if c.data.tokenizer == "byte" else c.data.vocab_size
+    try:
+        cfg = decoder_config(c, vocab)
+    except (ValueError, TypeError, KeyError) as err:
+        keys = [k for k in ("chunk_memory", "chunk_other", "chunk_size", "num_heads", "d_model",
+                            "num_blocks") if k in str(err)]
+        return [f"config.model{'.' + keys[0] if keys else ''}: the model cannot be built ({err})"]
+    e = []
+
+    def walk(obj: Any, path: str):
+        if isinstance(obj, tuple):
+            for i, o in enumerate(obj):
+                walk(o, path)
+            return
+        if not dataclasses.is_dataclass(obj):
+            return
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        heads, head_dim = fields.get("num_heads"), fields.get("head_dim")
+        if heads is not None and head_dim is None and cfg.d_model % heads:
+            key = "model.num_heads" if c.model.num_heads else "model.d_model"
+            e.append(f"config.{key}: {type(obj).__name__} has {heads} heads, which do not "
+                     f"divide d_model={cfg.d_model}")
+        for k in ("chunk_size", "chunk_other", "chunk_memory"):
+            if k in fields and fields[k] is not None and fields[k] < 1:
+                e.append(f"config.model.{k}: chunk sizes must be ≥ 1, got {fields[k]}")
+        co, cm = fields.get("chunk_other"), fields.get("chunk_memory")
+        if co and cm and cm % co:
+            e.append(f"config.model.chunk_memory: C_mem={cm} must be a multiple of "
+                     f"C_oth={co} (D12)")
+        for f in fields.values():
+            walk(f, path)
+
+    walk(cfg.mixers, "mixers")
+    walk(cfg.mlp, "mlp")
+    return sorted(set(e))
+
+
+def validate(config: Any, *, device_count: int | None = None,
+             process_count: int | None = None) -> dict[str, int]:
+    """Raises ConfigError naming every invalid key; returns the resolved mesh axis sizes."""
+    errors = schema_errors(config, default_config())
+    if errors:  # later checks assume the schema holds
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    errors = _value_errors(config)
+    if not errors:
+        errors = _shape_errors(config)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    if device_count is None or process_count is None:
+        import jax
+        device_count = jax.device_count() if device_count is None else device_count
+        process_count = jax.process_count() if process_count is None else process_count
+    mesh = resolve_mesh(config.mesh, device_count)
+    t, o = config.train, config.optim
+    if t.global_batch % process_count:
+        raise ConfigError(f"config.train.global_batch: {t.global_batch} does not split over "
+                          f"{process_count} processes")
+    micro, rem = divmod(t.global_batch, o.grad_accum)
+    if rem:
+        raise ConfigError(f"config.optim.grad_accum: {o.grad_accum} micro-batches do not divide "
+                          f"train.global_batch={t.global_batch}")
+    dp = mesh["data"] * mesh["fsdp"]
+    if micro % dp:
+        raise ConfigError(f"config.train.global_batch: the micro-batch of {micro} sequences "
+                          f"(global_batch / grad_accum) does not split over the data-parallel "
+                          f"mesh axes data × fsdp = {dp}")
+    return mesh
+
+
+__all__ = ["ConfigError", "resolve_mesh", "schema_errors", "validate"]
