@@ -45,7 +45,8 @@ def default_config() -> ConfigDict:
     ))
 
     c.data = ConfigDict(dict(
-        corpus="en_pip",          # en_pip (SOURCES.md §6 default, pip only) | files
+        corpus="en_pip",          # en_pip (SOURCES.md §6 default, pip only) | python_stdlib |
+                                  # japanese | files | hf_dataset (docs/data.md)
         files=(),                 # with corpus="files": text / jsonl / parquet paths (or globs)
         text_field="text",        # jsonl / parquet column holding the text
         hf_dataset="",            # optional: a Hugging Face dataset name (needs `datasets`)
@@ -56,6 +57,7 @@ def default_config() -> ConfigDict:
         cache_dir="~/.cache/hope_jax",  # downloaded sources, tokenizers and token shards
         shuffle_seed=0,
         worker_count=0,           # grain worker processes (0 = in-process)
+        max_bytes=4_000_000,      # python_stdlib only: cap on the text taken from the stdlib
     ))
 
     c.optim = ConfigDict(dict(

@@ -1,0 +1,43 @@
+"""Tokenizer factory: train one by kind, or load what `save()` wrote."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+from .byte_tokenizer import TOKENIZER_JSON, ByteTokenizer
+from .sentencepiece_tokenizer import SentencePieceTokenizer
+
+Tokenizer = ByteTokenizer | SentencePieceTokenizer
+TOKENIZER_KINDS = ("byte", "bpe")
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
+                    directory: str | os.PathLike | None = None) -> Tokenizer:
+    """Builds a tokenizer of `kind` ("byte" ignores texts and vocab_size; "bpe" trains on texts)
+    and saves it into `directory` when one is given."""
+    if kind == "byte":
+        tok: Tokenizer = ByteTokenizer()
+    elif kind == "bpe":
+        tok = SentencePieceTokenizer.train(texts, vocab_size)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}: expected one of {TOKENIZER_KINDS}")
+    if directory is not None:
+        tok.save(directory)
+    return tok
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """Reads the tokenizer that `save(directory)` wrote (tokenizer.json, plus tokenizer.model for bpe)."""
+    path = os.path.join(directory, TOKENIZER_JSON)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"no readable tokenizer at {path}: {e}") from e
+    kind = meta.get("kind")
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe":
+        return SentencePieceTokenizer.load(directory)
+    raise ValueError(f"{path}: unknown tokenizer kind {kind!r}: expected one of {TOKENIZER_KINDS}")

@@ -1,0 +1,103 @@
+"""Reading the user's own text: .txt (one document per file), .jsonl (one per line), .parquet (a column)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+def expand_paths(paths_or_globs: str | Iterable[str]) -> list[str]:
+    """Paths and glob patterns → existing file paths (sorted within each pattern, in given order)."""
+    if isinstance(paths_or_globs, (str, os.PathLike)):
+        paths_or_globs = [paths_or_globs]
+    out: list[str] = []
+    for pattern in paths_or_globs:
+        pattern = os.path.expanduser(os.fspath(pattern))
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"no file matches the pattern {pattern!r}")
+            out.extend(matches)
+        elif os.path.isfile(pattern):
+            out.append(pattern)
+        else:
+            raise FileNotFoundError(f"data file {pattern!r} does not exist (or is not a file)")
+    if not out:
+        raise ValueError("no data files given")
+    return out
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError as e:
+        raise OSError(f"cannot read data file {path!r}: {e}") from e
+
+
+def _txt(path: str) -> Iterator[tuple[str, str]]:
+    yield path, _read_text(path)
+
+
+def _jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
+        if not isinstance(record, dict) or text_field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise KeyError(f"{path}:{n}: no field {text_field!r} (has {keys}); set data.text_field")
+        if not isinstance(record[text_field], str):
+            raise ValueError(f"{path}:{n}: field {text_field!r} is not a string")
+        yield f"{path}:{n}", record[text_field]
+
+
+def _parquet(path: str, text_field: str) -> Iterator[tuple[str, str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError(f"reading {path!r} needs pyarrow: pip install pyarrow "
+                          "(or `pip install hope-jax[parquet]`)") from e
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise OSError(f"cannot read parquet file {path!r}: {e}") from e
+    if text_field not in table.column_names:
+        raise KeyError(f"{path}: no column {text_field!r} (has {table.column_names}); set data.text_field")
+    for n, text in enumerate(table.column(text_field).to_pylist()):
+        if text:
+            yield f"{path}:{n}", str(text)
+
+
+def read_user_documents(paths_or_globs: str | Iterable[str], text_field: str = "text"
+                        ) -> Iterator[tuple[str, str]]:
+    """(name, text) of every document in the files; a file with no text is an error naming it."""
+    for path in expand_paths(paths_or_globs):
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix == ".txt":
+            docs = _txt(path)
+        elif suffix == ".jsonl":
+            docs = _jsonl(path, text_field)
+        elif suffix == ".parquet":
+            docs = _parquet(path, text_field)
+        else:
+            raise ValueError(f"data file {path!r}: unsupported suffix {suffix!r} (expected {SUFFIXES})")
+        count = 0
+        for name, text in docs:
+            if text.strip():
+                count += 1
+                yield name, text
+        if count == 0:
+            raise ValueError(f"data file {path!r} is empty (no text found)")
+
+
+def read_user_files(paths_or_globs: str | Iterable[str], text_field: str = "text") -> Iterator[str]:
+    """The text of every document: one per .txt file, one per .jsonl line, one per parquet row."""
+    for _, text in read_user_documents(paths_or_globs, text_field):
+        yield text
