@@ -70,12 +70,12 @@ def hf_dataset(name: str, text_field: str, held_out_fraction: float) -> dict[str
     def docs(split: str) -> list[Document]:
         column = loaded[split]
         if text_field not in column.column_names:
-            raise KeyError(f"dataset {name!r} split {split!r}: no column {text_field!r} "
+            raise ValueError(f"dataset {name!r} split {split!r}: no column {text_field!r} "
                            f"(has {column.column_names}); set data.text_field")
         return [Document(f"{split}:{i}", t) for i, t in enumerate(column[text_field]) if t and t.strip()]
 
     if "train" not in loaded:
-        raise KeyError(f"dataset {name!r} has no 'train' split (has {list(loaded)})")
+        raise ValueError(f"dataset {name!r} has no 'train' split (has {list(loaded)})")
     for held in ("validation", "valid", "test"):
         if held in loaded:
             return {"train": docs("train"), "valid": docs(held)}

@@ -52,7 +52,7 @@ def _jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
             raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
         if not isinstance(record, dict) or text_field not in record:
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise KeyError(f"{path}:{n}: no field {text_field!r} (has {keys}); set data.text_field")
+            raise ValueError(f"{path}:{n}: no field {text_field!r} (has {keys}); set data.text_field")
         if not isinstance(record[text_field], str):
             raise ValueError(f"{path}:{n}: field {text_field!r} is not a string")
         yield f"{path}:{n}", record[text_field]
@@ -69,7 +69,7 @@ def _parquet(path: str, text_field: str) -> Iterator[tuple[str, str]]:
     except Exception as e:  # pyarrow raises several types for a bad file
         raise OSError(f"cannot read parquet file {path!r}: {e}") from e
     if text_field not in table.column_names:
-        raise KeyError(f"{path}: no column {text_field!r} (has {table.column_names}); set data.text_field")
+        raise ValueError(f"{path}: no column {text_field!r} (has {table.column_names}); set data.text_field")
     for n, text in enumerate(table.column(text_field).to_pylist()):
         if text:
             yield f"{path}:{n}", str(text)
