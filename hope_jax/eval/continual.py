@@ -1,0 +1,121 @@
+"""Continual learning over phases of domains, and forgetting.
+
+After phase p (training on domains[p]) held-out bits per byte is measured on every domain seen so
+far, filling row p of bpb[phase, domain] (NaN for domains not yet seen unless eval_unseen=True).
+
+Forgetting of domain d (default reference "own", the standard one):
+
+    forgetting[d] = bpb[P−1, d] − bpb[d, d]                 (end of the run − just after its phase)
+
+reference="best" uses min over phases p ≥ d of bpb[p, d] instead. Positive = forgot; the last
+domain's forgetting is 0 by construction.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+DEFAULT_PHASES = ("en_pip", "python_stdlib", "japanese")
+
+
+def run_continual(train_fn: Callable[[int, str], None], eval_fn: Callable[[str], float],
+                  domains: Sequence[str], eval_unseen: bool = False) -> np.ndarray:
+    """Calls train_fn(phase, domains[phase]) then eval_fn(d) for the domains seen so far (all
+    domains if eval_unseen). Returns bpb float[len(domains), len(domains)], NaN where unmeasured."""
+    n = len(domains)
+    if n == 0:
+        raise ValueError("no domains")
+    bpb = np.full((n, n), np.nan)
+    for p, domain in enumerate(domains):
+        train_fn(p, domain)
+        for d in range(n if eval_unseen else p + 1):
+            bpb[p, d] = float(eval_fn(domains[d]))
+    return bpb
+
+
+def forgetting(matrix: np.ndarray, reference: str = "own") -> np.ndarray:
+    """Per-domain forgetting float[D] from bpb[P, D] (P = D phases; see the module docstring)."""
+    m = np.asarray(matrix, np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"expected a square bpb[phase, domain] matrix, got shape {m.shape}")
+    final = m[-1]
+    if reference == "own":
+        ref = np.diag(m)
+    elif reference == "best":
+        ref = np.array([np.nanmin(m[d:, d]) for d in range(m.shape[1])])
+    else:
+        raise ValueError(f"reference must be 'own' or 'best', got {reference!r}")
+    return final - ref
+
+
+def _init_kwarg(train_fn: Callable) -> str | None:
+    """The trainer's keyword for "start from another workdir's parameters", if it has one."""
+    try:
+        params = inspect.signature(train_fn).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((k for k in ("init_from", "init_workdir") if k in params), None)
+
+
+def continual_learning(config, workdir_root: str,
+                       phases: Sequence[str] = DEFAULT_PHASES, steps_per_phase: int = 200,
+                       eval_batches: int = 8, eval_unseen: bool = False) -> dict:
+    """The default runner: trains `config` (a hope_jax ConfigDict) on each corpus in turn.
+
+    One byte tokenizer throughout (data.tokenizer must be "byte"). Phase p continues from phase
+    p−1's parameters:
+      * if hope_jax.train.train accepts `init_from` (or `init_workdir`), phase p trains
+        steps_per_phase steps in `workdir_root/phase{p}_{corpus}` from the previous workdir;
+      * otherwise every phase shares `workdir_root/continual` and relies on the trainer resuming
+        from the workdir's latest checkpoint, with train.steps = (p+1) · steps_per_phase (the
+        optimizer state and step counter carry over too; the LR schedule spans the new total).
+    After each phase the model comes from train.load_for_inference(workdir) and held-out bpb from
+    data.eval_batches(prepared, "valid", ...). Returns dict(domains, bpb, forgetting, workdirs).
+    """
+    from hope_jax import data as hdata  # lazy: data and train are heavy and optional here
+    from hope_jax import train as htrain
+    from hope_jax.eval.perplexity import bits_per_byte
+
+    if config.data.tokenizer != "byte":
+        raise ValueError("continual_learning needs one tokenizer throughout: set "
+                         "data.tokenizer='byte'")
+    init_kw = _init_kwarg(htrain.train)
+    prepared: dict = {}
+    state: dict = dict(model=None, workdir=None)
+    workdirs: list[str] = []
+
+    def phase_config(corpus: str, steps: int):
+        c = config.copy_and_resolve_references()
+        c.data.corpus = corpus
+        c.train.steps = steps
+        return c
+
+    def train_fn(p: int, corpus: str) -> None:
+        if init_kw is not None:
+            workdir = os.path.join(workdir_root, f"phase{p}_{corpus}")
+            kwargs = {} if state["workdir"] is None else {init_kw: state["workdir"]}
+            htrain.train(phase_config(corpus, steps_per_phase), workdir, **kwargs)
+        else:
+            workdir = os.path.join(workdir_root, "continual")
+            htrain.train(phase_config(corpus, (p + 1) * steps_per_phase), workdir)
+        workdirs.append(workdir)
+        state["model"] = htrain.load_for_inference(workdir)[0]
+        state["workdir"] = workdir
+
+    def eval_fn(corpus: str) -> float:
+        if corpus not in prepared:
+            prepared[corpus] = hdata.prepare(phase_config(corpus, steps_per_phase).data)
+        prep = prepared[corpus]
+        batches = hdata.eval_batches(prep, "valid", seq_len=config.data.seq_len,
+                                     batch_size=config.train.global_batch,
+                                     max_batches=eval_batches)
+        return bits_per_byte(state["model"], batches, prep.tokenizer.token_bytes())["bpb"]
+
+    bpb = run_continual(train_fn, eval_fn, phases, eval_unseen)
+    return dict(domains=list(phases), bpb=bpb, forgetting=forgetting(bpb), workdirs=workdirs)
+
+
+__all__ = ["DEFAULT_PHASES", "continual_learning", "forgetting", "run_continual"]

@@ -1,0 +1,90 @@
+"""Test-time memorisation: bits per byte over a stream of documents, memory reset or carried.
+
+Each document is read in chunks of T tokens through `model.forward(chunk, cache)`. At every
+document boundary the *context* state restarts (attention KV caches and short-conv buffers), and
+the *memory* state (the levels: Titans / self-modifying memories, in-context CMS levels, linear
+recurrences) is either
+
+  * off — reset to its initial value, as in training (D33): each document is scored alone;
+  * on  — carried over from the previous document: what the memories wrote while reading earlier
+          documents is still there (test-time learning across documents).
+
+For a pure-attention model both give identical numbers (its state is only context), which the
+tests check; for memory models they differ.
+
+Documents are truncated to whole chunks: a document of n tokens scores ⌊(n−1)/T⌋ · T targets
+(documents shorter than T + 1 tokens are skipped), so no padding ever enters a memory.
+At most `max_chunks` chunks are read per document (the KV cache holds max_chunks · T tokens).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from hope_jax.eval._scoring import progress_bar, target_logprobs
+from hope_jax.layers.attention import KVCache
+
+
+def _is_context(x: Any) -> bool:
+    return isinstance(x, KVCache) or (isinstance(x, tuple) and hasattr(x, "_fields")
+                                      and "conv" in x._fields)
+
+
+def reset_context(carried: Any, fresh: Any) -> Any:
+    """`carried` with its KV caches and conv buffers replaced by those of `fresh` (same tree)."""
+    def pick(c, f):
+        if isinstance(c, KVCache):
+            return f
+        if isinstance(c, tuple) and hasattr(c, "_fields") and "conv" in c._fields:
+            return c._replace(conv=f.conv, **{k: reset_context(getattr(c, k), getattr(f, k))
+                                              for k in c._fields if k != "conv"})
+        return c
+    return jax.tree.map(pick, carried, fresh, is_leaf=_is_context)
+
+
+@nnx.jit
+def _chunk_nll(model: nnx.Module, tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+    """tokens [B, T+1] → (Σ NLL of the T targets (nats) [B], cache after the T inputs)."""
+    logits, cache = model.forward(tokens[:, :-1], cache)
+    return -target_logprobs(logits, tokens[:, 1:]).sum(axis=-1), cache
+
+
+def memorization_bpb(model: nnx.Module, documents: Sequence[np.ndarray],
+                     token_bytes: np.ndarray, chunk_len: int, max_chunks: int = 8,
+                     progress: bool = False) -> dict:
+    """bits per byte over `documents` (int token arrays, read in order) with memory off and on.
+
+    Returns dict(off=dict(bpb, nats, tokens, bytes), on=dict(...), gain=off.bpb − on.bpb,
+    documents=number scored).
+    """
+    token_bytes = np.asarray(token_bytes, np.int64)
+    docs = []
+    for d in documents:
+        d = np.asarray(d, np.int32)
+        n = min((len(d) - 1) // chunk_len, max_chunks)
+        if n >= 1:
+            docs.append(d[: n * chunk_len + 1])
+    if not docs:
+        raise ValueError(f"no document has more than chunk_len = {chunk_len} tokens")
+    fresh = model.init_state(1, max_chunks * chunk_len)
+    out = {}
+    for mode in ("off", "on"):
+        cache = fresh
+        nats = 0.0
+        for d in progress_bar(docs, progress, desc=f"memorisation {mode}", unit="doc"):
+            cache = fresh if mode == "off" else reset_context(cache, fresh)
+            for c in range((len(d) - 1) // chunk_len):
+                piece = d[c * chunk_len: (c + 1) * chunk_len + 1][None]
+                nll, cache = _chunk_nll(model, piece, cache)
+                nats += float(nll[0])
+        n_tok = sum(len(d) - 1 for d in docs)
+        n_bytes = float(sum(token_bytes[d[1:]].sum() for d in docs))
+        out[mode] = dict(bpb=nats / math.log(2) / n_bytes, nats=nats, tokens=n_tok,
+                         bytes=int(n_bytes))
+    out["gain"] = out["off"]["bpb"] - out["on"]["bpb"]
+    out["documents"] = len(docs)
+    return out
