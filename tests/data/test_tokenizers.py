@@ -39,7 +39,6 @@ def test_byte_round_trip_and_token_bytes():
     assert tok.token_bytes().shape == (260,) and tok.token_bytes()[256:].sum() == 0
 
 
-@pytest.mark.fast
 def test_byte_decode_skips_specials_and_replaces_invalid_utf8(tmp_path):
     """Specials vanish on decode; a lone continuation byte decodes to U+FFFD; save/load gives it back."""
     tok = ByteTokenizer()
