@@ -1,0 +1,114 @@
+"""The device mesh of a run and the shardings of its state and batches (docs/training.md).
+
+Mesh axes (data, fsdp, tensor, sequence) come from `config.mesh`; exactly one may be -1 and
+takes the remaining devices. Axes are Auto (GSPMD style; JAX_STACK.md §3 pitfall 1). Parameters
+are sharded by the logical-axis rules (`hope_jax.sharding.rules`), optimizer-state leaves shaped
+like a parameter follow it, every other leaf (step counts, phases) is replicated (pitfall 2),
+and batches are split over ("data", "fsdp") on their first dimension.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from hope_jax.sharding.rules import MESH_AXES, make_mesh, param_shardings
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
+    """{axis: size} with the -1 filled in; raises ValueError (naming the keys and the device
+    count) unless the product equals `device_count`."""
+    sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}
+    unknown = set(mesh_cfg) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES}")
+    desc = ", ".join(f"mesh.{a}={s}" for a, s in sizes.items())
+    fill = [a for a, s in sizes.items() if s == -1]
+    if len(fill) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {desc}")
+    bad = [a for a, s in sizes.items() if s == 0 or s < -1]
+    if bad:
+        raise ValueError(f"mesh axis sizes must be ≥ 1 or -1, got {desc}")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if fill:
+        if device_count % fixed:
+            raise ValueError(f"{desc}: the fixed axes ({fixed} devices) do not divide the "
+                             f"{device_count} devices")
+        sizes[fill[0]] = device_count // fixed
+    elif fixed != device_count:
+        raise ValueError(f"{desc}: product {fixed} ≠ jax.device_count() = {device_count}")
+    return sizes
+
+
+def build_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The run's Mesh (Auto axes) over `devices` (default: all of `jax.devices()`)."""
+    if devices is None:  # jax.make_mesh orders devices for the hardware topology (TPU/GPU)
+        sizes = mesh_shape(dict(mesh_cfg), jax.device_count())
+        return make_mesh(sizes)
+    devs = list(devices)
+    sizes = mesh_shape(dict(mesh_cfg), len(devs))
+    arr = np.asarray(devs, dtype=object).reshape([sizes[a] for a in MESH_AXES])
+    return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def validate_batch(global_batch: int, mesh: Mesh, grad_accum: int = 1, process_count: int = 1
+                   ) -> None:
+    """Raises ValueError unless each micro-batch (global_batch / grad_accum) splits over
+    data×fsdp and the global batch splits over the processes."""
+    dp = data_parallel_size(mesh)
+    if global_batch % grad_accum:
+        raise ValueError(f"train.global_batch={global_batch} is not divisible by "
+                         f"optim.grad_accum={grad_accum}")
+    if (global_batch // grad_accum) % dp:
+        raise ValueError(f"micro-batch train.global_batch/optim.grad_accum = "
+                         f"{global_batch // grad_accum} is not divisible by mesh data×fsdp = "
+                         f"{mesh.shape['data']}×{mesh.shape['fsdp']} = {dp}")
+    if global_batch % process_count:
+        raise ValueError(f"train.global_batch={global_batch} is not divisible by "
+                         f"jax.process_count()={process_count}")
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches [B, …]: B over ("data", "fsdp"), the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def flat_param_shardings(param_state, codec, mesh: Mesh) -> dict[str, NamedSharding]:
+    """{name: NamedSharding} from the params' `logical_axes` metadata and the rules table."""
+    return codec.to_flat(param_shardings(param_state, mesh))
+
+
+def opt_state_shardings(abstract_opt_state: Any, params_sharding: Mapping[str, NamedSharding],
+                        abstract_params: Mapping[str, Any], mesh: Mesh) -> Any:
+    """Shardings for an optimizer state: a leaf under a dict key naming a parameter and of that
+    parameter's shape gets the parameter's sharding; everything else is replicated."""
+    rep = replicated(mesh)
+
+    def one(path, leaf):
+        for k in reversed(path):
+            name = getattr(k, "key", None)
+            if isinstance(name, str) and name in params_sharding:
+                if tuple(getattr(leaf, "shape", ())) == tuple(abstract_params[name].shape):
+                    return params_sharding[name]
+                break
+        return rep
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+
+__all__ = ["BATCH_AXES", "batch_sharding", "build_mesh", "data_parallel_size",
+           "flat_param_shardings", "mesh_shape", "opt_state_shardings", "replicated",
+           "validate_batch"]
