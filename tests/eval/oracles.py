@@ -29,7 +29,7 @@ def _hash(windows: np.ndarray) -> np.ndarray:
 class KGramOracle(nnx.Module):
     """Puts logit `strength` on the next token of every k-gram seen in `sequences` (else 0)."""
 
-    def __init__(self, sequences, vocab: int, k: int = 8, strength: float = 12.0):
+    def __init__(self, sequences, vocab: int, k: int = 16, strength: float = 12.0):
         table = {}
         for seq in sequences:
             padded = np.concatenate([np.full(k - 1, PAD), np.asarray(seq)]).astype(np.int64)
