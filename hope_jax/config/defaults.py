@@ -86,6 +86,10 @@ def default_config() -> ConfigDict:
         keep_checkpoints=3,
         max_bad_steps=5,          # stop after this many consecutive non-finite steps
         progress=True,            # progress bar on stderr
+        peak_flops=0.0,           # MFU denominator in FLOP/s (0 = measure a matmul at start-up)
+        stop_at=0,                # stop (with a checkpoint) once this step is reached, 0 = off;
+                                  # the schedule still ends at `steps` (time-sliced jobs, tests)
+        poison_steps=(),          # tests of the NaN policy only: steps whose loss is made NaN
     ))
 
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))

@@ -1,0 +1,405 @@
+"""The training loop: `train(config, workdir) -> metrics` and `load_for_inference(workdir)`.
+
+    mesh → model (params created sharded) → optimizer → data iterator → restore → loop:
+      batch → jitted step (NaN policy inside) → log (tqdm, TensorBoard, metrics.jsonl)
+            → held-out bpb every eval_every → checkpoint every checkpoint_every
+      SIGTERM: finish the step, checkpoint, wait, return normally (exit status 0)
+    final eval, final checkpoint, loss.png, print where everything is.
+
+See docs/training.md for the TensorBoard tags, the MFU definition and the resume guarantees.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hope_jax.config.build import decoder_config
+from hope_jax.config.defaults import default_config
+from hope_jax.models.decoder import Decoder
+from hope_jax.train import mesh as mesh_lib
+from hope_jax.train.build import Trainer, build_trainer
+from hope_jax.train.checkpoint import Checkpointer
+from hope_jax.train.distributed import is_main_process, maybe_initialize
+from hope_jax.train.state import ParamCodec
+from hope_jax.train.step import memory_groups, memory_norms
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """`train.max_bad_steps` consecutive steps had a non-finite loss or gradient."""
+
+
+# --------------------------------------------------------------------------- helpers
+class _SigtermFlag:
+    """Sets `.raised` on SIGTERM (main thread only); the previous handler is restored on exit."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        self.raised = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def _any_process(flag: bool) -> bool:
+    """True if `flag` is set on any process (all processes must stop at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+
+
+def _gather_json(obj: Any) -> list:
+    """[obj of process 0, obj of process 1, …] on every process."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int32))).ravel()
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:raw.size] = raw
+    allbuf = np.asarray(multihost_utils.process_allgather(buf)).reshape(len(sizes), -1)
+    return [json.loads(bytes(allbuf[i, :sizes[i]]).decode()) for i in range(len(sizes))]
+
+
+def measure_peak_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
+    """Peak matmul FLOP/s of this host's devices, measured once: best of `repeats` n×n matmuls
+    in the compute dtype (float32 accumulation) on device 0, × the device count on
+    accelerators (on CPU the fake devices share the host's cores, so one measurement is the
+    host's peak)."""
+    dev = jax.local_devices()[0]
+    a = jax.device_put(jnp.ones((n, n), dtype), dev)
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    per_device = 2 * n ** 3 / max(best, 1e-9)
+    return per_device * (1 if dev.platform == "cpu" else jax.device_count())
+
+
+def model_flops_per_token(trainer: Trainer, seq_len: int) -> float:
+    """Training FLOPs per token ≈ 6·N + 12·L·d·T (N: parameters except the embedding table;
+    the second term counts attention-like token mixing in every block, forward + backward)."""
+    n = sum(int(np.prod(a.shape)) for k, a in trainer.abstract_state.params.items()
+            if k != "embed")
+    cfg = trainer.model_config
+    return 6.0 * n + 12.0 * cfg.num_blocks * cfg.d_model * seq_len
+
+
+def _global_batch(local: np.ndarray, sharding, global_rows: int) -> jax.Array:
+    """A global [global_rows, …] array from this process's rows."""
+    local = np.asarray(local)
+    return jax.make_array_from_process_local_data(sharding, local,
+                                                  (global_rows,) + local.shape[1:])
+
+
+def _local_rows(x: np.ndarray) -> np.ndarray:
+    """This process's contiguous share of rows of an array every process holds."""
+    n, p = jax.process_count(), jax.process_index()
+    rows = x.shape[0] // n
+    return x[p * rows:(p + 1) * rows]
+
+
+def evaluate(trainer: Trainer, params, batches: Iterator[dict], token_bytes: jax.Array,
+             batch_rows: int) -> dict[str, float]:
+    """Held-out bits per byte over `batches` (every process iterates the same batches):
+    bpb = Σ nats / ln 2 / Σ bytes; also the loss per token."""
+    nats = toks = nbytes = 0.0
+    for batch in batches:
+        tokens = np.asarray(batch["tokens"], np.int32)
+        mask = np.asarray(batch.get("mask", np.ones(tokens[:, 1:].shape)), np.float32)
+        if tokens.shape[0] < batch_rows:  # pad a short last batch with masked rows
+            pad = batch_rows - tokens.shape[0]
+            tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
+            mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), np.float32)])
+        t = _global_batch(_local_rows(tokens), trainer.batch_sharding, batch_rows)
+        m = _global_batch(_local_rows(mask), trainer.batch_sharding, batch_rows)
+        a, b, c = jax.device_get(trainer.eval_step(params, t, m, token_bytes))
+        nats, toks, nbytes = nats + float(a), toks + float(b), nbytes + float(c)
+    return dict(bpb=nats / math.log(2) / max(nbytes, 1.0), eval_loss=nats / max(toks, 1.0),
+                eval_tokens=toks)
+
+
+def plot_losses(metrics_path: str, out_path: str) -> None:
+    """loss.png: training loss (and held-out bpb) against the step, from metrics.jsonl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    train_pts, eval_pts = {}, {}
+    with open(metrics_path) as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r:
+                train_pts[r["step"]] = r["loss"]
+            if "bpb" in r:
+                eval_pts[r["step"]] = r["bpb"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train_pts:
+        s = sorted(train_pts)
+        ax.plot(s, [train_pts[i] for i in s], label="train loss (nats/token)")
+    if eval_pts:
+        s = sorted(eval_pts)
+        ax.plot(s, [eval_pts[i] for i in s], "o-", label="held-out bits/byte")
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
+def _data_api(data_api):
+    return data_api if data_api is not None else importlib.import_module("hope_jax.data")
+
+
+# --------------------------------------------------------------------------- train
+def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
+    """Trains per `config` in `workdir` (auto-resumes from its latest checkpoint).
+
+    Args:
+      config: an experiment config (`hope_jax.config.default_config()` schema).
+      workdir: checkpoints in `<workdir>/checkpoints`, TensorBoard in `<workdir>/tb`,
+        `metrics.jsonl` and `loss.png` in `<workdir>`.
+      data_api: the data package (default `hope_jax.data`); tests may pass another with the
+        same interface.
+      devices: mesh devices (default all).
+
+    Returns:
+      {step, loss, bpb, eval_loss, tokens_per_s, mfu, stopped ('done' | 'sigterm' | 'stop_at'),
+       checkpoint_dir, tensorboard_dir, plot}.
+    """
+    maybe_initialize(config.get("distributed"))
+    data = _data_api(data_api)
+    main = is_main_process()
+    tc, oc = config.train, config.optim
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    pc, pi = jax.process_count(), jax.process_index()
+    G, T = int(tc.global_batch), int(config.data.seq_len)
+
+    # Validate the shapes before anything compiles.
+    mesh = mesh_lib.build_mesh(config.mesh, devices)
+    mesh_lib.validate_batch(G, mesh, int(oc.grad_accum), pc)
+
+    prepared = data.prepare(config.data, progress=bool(tc.progress and main))
+    tok = prepared.tokenizer
+    V = int(tok.vocab_size)
+    trainer = build_trainer(config, V, mesh, pad_id=int(tok.pad_id))
+    ckpt = Checkpointer(workdir, int(tc.keep_checkpoints))
+    it = data.train_iterator(prepared, seq_len=T, batch_size=G // pc,
+                             seed=int(config.data.shuffle_seed), process_index=pi,
+                             process_count=pc, worker_count=int(config.data.worker_count))
+
+    restored = ckpt.restore(trainer.abstract_state, config, V)
+    if restored is None:
+        state = trainer.init_state()
+    else:
+        state, data_states, rstep = restored
+        if len(data_states) == pc:
+            it.set_state(data_states[pi])
+        else:
+            warnings.warn(f"checkpoint {rstep} holds {len(data_states)} data-iterator states for "
+                          f"{pc} processes: the data order restarts", stacklevel=2)
+        if main:
+            print(f"resumed from {ckpt.directory}/{rstep}", flush=True)
+    step = int(jax.device_get(state.step))
+
+    rep = mesh_lib.replicated(mesh)
+    token_bytes = jax.device_put(np.asarray(tok.token_bytes(), np.int32), rep)
+    peak = float(tc.get("peak_flops", 0.0)) or measure_peak_flops(config.model.dtype)
+    flops_tok = model_flops_per_token(trainer, T)
+    groups = memory_groups(trainer.codec.names)
+    mem_norms = jax.jit(lambda p: memory_norms(p, groups), out_shardings=rep)
+    poison_steps = {int(s) for s in tc.get("poison_steps", ())}
+    stop_at = int(tc.get("stop_at", 0))
+    max_bad = int(tc.max_bad_steps)
+    log_every, eval_every = max(int(tc.log_every), 1), int(tc.eval_every)
+    ckpt_every = int(tc.checkpoint_every)
+    tb_dir = os.path.join(workdir, "tb")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    plot_path = os.path.join(workdir, "loss.png")
+
+    writer = None
+    if main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(logdir=tb_dir)
+    bar = None
+    if main and tc.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=int(tc.steps), initial=step, unit="step", dynamic_ncols=True)
+
+    def record(row: dict) -> None:
+        if not main:
+            return
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                writer.add_scalar(k if "/" in k else f"train/{k}" if k not in
+                                  ("bpb", "eval_loss", "eval_tokens") else f"eval/{k}",
+                                  v, row["step"])
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def save() -> None:
+        ckpt.save(state, data_states=_gather_json(it.get_state()), config=config, vocab_size=V)
+
+    def run_eval() -> dict:
+        batches = data.eval_batches(prepared, "valid", seq_len=T, batch_size=G,
+                                    max_batches=int(tc.eval_batches))
+        return evaluate(trainer, state.params, batches, token_bytes, G)
+
+    stopped, last, tps, mfu, ev = "done", {}, 0.0, 0.0, {}
+    t_mark, steps_mark = None, 0
+    with _SigtermFlag() as sig:
+        try:
+            while step < int(tc.steps):
+                if stop_at and step >= stop_at:
+                    stopped = "stop_at"
+                    break
+                raw = np.asarray(next(it)["tokens"], np.int32)
+                data.check_token_ids(raw, V)
+                tokens = _global_batch(raw, trainer.batch_sharding, G)
+                poison = jax.device_put(np.asarray((step + 1) in poison_steps), rep)
+                state, m = trainer.train_step(state, tokens, poison)
+                step += 1
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                if t_mark is None:  # the first step compiles: time from its end
+                    t_mark, steps_mark = time.perf_counter(), step
+                if m["finite"] < 1:
+                    msg = (f"step {step}: non-finite loss/gradient (loss={m['loss']}, "
+                           f"grad_norm={m['grad_norm']}); update skipped "
+                           f"({int(m['bad_steps'])}/{max_bad} consecutive)")
+                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                    if m["bad_steps"] >= max_bad:
+                        raise NonFiniteTrainingError(
+                            f"{int(m['bad_steps'])} consecutive non-finite steps (ending at step "
+                            f"{step}) ≥ train.max_bad_steps={max_bad}: stopping. The last "
+                            f"checkpoint in {ckpt.directory} holds finite parameters; lower "
+                            "optim.lr or check the data.")
+                else:
+                    last = m
+                if step % log_every == 0 or step == int(tc.steps):
+                    now = time.perf_counter()
+                    if step > steps_mark:
+                        tps = (step - steps_mark) * G * T / max(now - t_mark, 1e-9)
+                        mfu = tps * flops_tok / peak
+                    t_mark, steps_mark = now, step
+                    row = dict(step=step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
+                               bad_steps=m["bad_steps"], tokens_per_s=tps, mfu=mfu)
+                    row.update({f"memory/{k}_norm": float(v)
+                                for k, v in jax.device_get(mem_norms(state.params)).items()})
+                    record(row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                if eval_every and step % eval_every == 0 and step < int(tc.steps):
+                    ev = run_eval()
+                    record(dict(step=step, **ev))
+                if ckpt_every and step % ckpt_every == 0:
+                    save()
+                if _any_process(sig.raised):
+                    stopped = "sigterm"
+                    if main:
+                        print(f"SIGTERM: checkpointing step {step} and stopping", flush=True)
+                    break
+            if stopped == "done":
+                ev = run_eval()
+                record(dict(step=step, **ev))
+            save()
+            ckpt.wait()
+        finally:
+            if bar is not None:
+                bar.close()
+            ckpt.close()
+            if writer is not None:
+                writer.close()
+
+    if main:
+        if os.path.exists(metrics_path):
+            plot_losses(metrics_path, plot_path)
+        print(f"checkpoints: {ckpt.directory}\ntensorboard: {tb_dir}  "
+              f"(tensorboard --logdir {tb_dir})\nloss curve:  {plot_path}", flush=True)
+    return dict(step=step, loss=last.get("loss", float("nan")), bpb=ev.get("bpb", float("nan")),
+                eval_loss=ev.get("eval_loss", float("nan")), tokens_per_s=tps, mfu=mfu,
+                stopped=stopped, checkpoint_dir=ckpt.directory, tensorboard_dir=tb_dir,
+                plot=plot_path)
+
+
+# ------------------------------------------------------------------ inference loading
+def _set_recursive(cfg, values: dict) -> None:
+    for k, v in values.items():
+        if k not in cfg:
+            continue
+        if isinstance(v, dict):
+            _set_recursive(cfg[k], v)
+        else:
+            cfg[k] = tuple(v) if isinstance(v, list) else v
+
+
+def load_for_inference(workdir: str, *, data_api: Any = None):
+    """(model, tokenizer, config) from the latest readable checkpoint of `workdir` (params on
+    the default device; the config is the one saved with the checkpoint)."""
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        steps = ckpt.steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+        errors = []
+        for step in steps:
+            try:
+                meta, _, saved = ckpt.read_json(step)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"step {step}: {e}")
+                continue
+            config = default_config()
+            _set_recursive(config, saved)
+            prepared = _data_api(data_api).prepare(config.data, progress=False)
+            tok = prepared.tokenizer
+            dcfg = decoder_config(config, int(tok.vocab_size))
+            make = lambda: Decoder(dcfg, rngs=nnx.Rngs(int(config.train.seed)))  # noqa: E731
+            graphdef, abs_params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+            codec = ParamCodec(abs_params)
+            dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev)
+                        for k, v in codec.to_flat(abs_params).items()}
+            try:
+                params = ckpt.restore_params(step, abstract)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"step {step}: {e}")
+                continue
+            rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+            return nnx.merge(graphdef, codec.to_state(params), rest), tok, config
+        raise RuntimeError(f"no checkpoint in {ckpt.directory} could be restored: {errors}")
+    finally:
+        ckpt.close()
+
+
+__all__ = ["NonFiniteTrainingError", "evaluate", "load_for_inference", "measure_peak_flops",
+           "model_flops_per_token", "plot_losses", "train"]
