@@ -16,7 +16,10 @@ import inspect
 import os
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
+import optax
+from flax import nnx
 
 DEFAULT_PHASES = ("en_pip", "python_stdlib", "japanese")
 
@@ -60,6 +63,42 @@ def _init_kwarg(train_fn: Callable) -> str | None:
     return next((k for k in ("init_from", "init_workdir") if k in params), None)
 
 
+def _lm_loss(model: nnx.Module, tokens: jax.Array) -> jax.Array:
+    logits = model(tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+
+@nnx.jit
+def _lm_step(model: nnx.Module, opt: nnx.Optimizer, tokens: jax.Array) -> jax.Array:
+    loss, grads = nnx.value_and_grad(_lm_loss)(model, tokens)
+    opt.update(model, grads)
+    return loss
+
+
+class _InProcessTrainer:
+    """The fallback when hope_jax.train.train cannot start from other parameters: one model and
+    one AdamW state (config.optim lr / betas / eps / weight decay / clip; constant LR after a
+    linear warm-up) carried through every phase, trained on data.train_iterator batches."""
+
+    def __init__(self, config, hdata, vocab_size: int):
+        from hope_jax.config.build import decoder_config
+        from hope_jax.models import Decoder
+        self.config, self.hdata = config, hdata
+        self.model = Decoder(decoder_config(config, vocab_size),
+                             rngs=nnx.Rngs(int(config.train.seed)))
+        o = config.optim
+        lr = optax.linear_schedule(0.0, float(o.lr), max(1, int(o.warmup_steps)))
+        parts = [optax.clip_by_global_norm(float(o.clip_norm))] if o.clip_norm else []
+        parts.append(optax.adamw(lr, b1=float(o.b1), b2=float(o.b2), eps=float(o.eps),
+                                 weight_decay=float(o.weight_decay)))
+        self.opt = nnx.Optimizer(self.model, optax.chain(*parts), wrt=nnx.Param)
+
+    def train(self, prepared, steps: int, seed: int) -> list[float]:
+        it = self.hdata.train_iterator(prepared, seq_len=int(self.config.data.seq_len),
+                                       batch_size=int(self.config.train.global_batch), seed=seed)
+        return [float(_lm_step(self.model, self.opt, next(it)["tokens"])) for _ in range(steps)]
+
+
 def continual_learning(config, workdir_root: str,
                        phases: Sequence[str] = DEFAULT_PHASES, steps_per_phase: int = 200,
                        eval_batches: int = 8, eval_unseen: bool = False) -> dict:
@@ -68,12 +107,13 @@ def continual_learning(config, workdir_root: str,
     One byte tokenizer throughout (data.tokenizer must be "byte"). Phase p continues from phase
     p−1's parameters:
       * if hope_jax.train.train accepts `init_from` (or `init_workdir`), phase p trains
-        steps_per_phase steps in `workdir_root/phase{p}_{corpus}` from the previous workdir;
-      * otherwise every phase shares `workdir_root/continual` and relies on the trainer resuming
-        from the workdir's latest checkpoint, with train.steps = (p+1) · steps_per_phase (the
-        optimizer state and step counter carry over too; the LR schedule spans the new total).
-    After each phase the model comes from train.load_for_inference(workdir) and held-out bpb from
-    data.eval_batches(prepared, "valid", ...). Returns dict(domains, bpb, forgetting, workdirs).
+        steps_per_phase steps in `workdir_root/phase{p}_{corpus}` starting from the previous
+        workdir's checkpoint, and the model is read back with train.load_for_inference;
+      * otherwise (the trainer refuses to resume a checkpoint on another corpus: data.corpus is
+        one of its shape keys) an in-process loop trains one model and one AdamW state through
+        all phases (`_InProcessTrainer`; no checkpoints are written, workdirs are empty).
+    Held-out bpb: data.eval_batches(prepared, "valid", ...). Returns dict(domains, bpb,
+    forgetting, workdirs, losses (the in-process loop's per-phase losses, else empty)).
     """
     from hope_jax import data as hdata  # lazy: data and train are heavy and optional here
     from hope_jax import train as htrain
@@ -86,36 +126,46 @@ def continual_learning(config, workdir_root: str,
     prepared: dict = {}
     state: dict = dict(model=None, workdir=None)
     workdirs: list[str] = []
+    losses: list[list[float]] = []
+    fallback: list = []   # the in-process trainer, built at the first phase (needs the vocab)
 
-    def phase_config(corpus: str, steps: int):
+    def phase_config(corpus: str):
         c = config.copy_and_resolve_references()
         c.data.corpus = corpus
-        c.train.steps = steps
+        c.train.steps = steps_per_phase
         return c
 
+    def prepare(corpus: str):
+        if corpus not in prepared:
+            prepared[corpus] = hdata.prepare(phase_config(corpus).data)
+        return prepared[corpus]
+
     def train_fn(p: int, corpus: str) -> None:
-        if init_kw is not None:
-            workdir = os.path.join(workdir_root, f"phase{p}_{corpus}")
-            kwargs = {} if state["workdir"] is None else {init_kw: state["workdir"]}
-            htrain.train(phase_config(corpus, steps_per_phase), workdir, **kwargs)
-        else:
-            workdir = os.path.join(workdir_root, "continual")
-            htrain.train(phase_config(corpus, (p + 1) * steps_per_phase), workdir)
+        if init_kw is None:
+            prep = prepare(corpus)
+            if not fallback:
+                fallback.append(_InProcessTrainer(config, hdata, int(prep.tokenizer.vocab_size)))
+            seed = int(config.data.shuffle_seed) + p
+            losses.append(fallback[0].train(prep, steps_per_phase, seed))
+            state["model"] = fallback[0].model
+            return
+        workdir = os.path.join(workdir_root, f"phase{p}_{corpus}")
+        kwargs = {} if state["workdir"] is None else {init_kw: state["workdir"]}
+        htrain.train(phase_config(corpus), workdir, **kwargs)
         workdirs.append(workdir)
         state["model"] = htrain.load_for_inference(workdir)[0]
         state["workdir"] = workdir
 
     def eval_fn(corpus: str) -> float:
-        if corpus not in prepared:
-            prepared[corpus] = hdata.prepare(phase_config(corpus, steps_per_phase).data)
-        prep = prepared[corpus]
-        batches = hdata.eval_batches(prep, "valid", seq_len=config.data.seq_len,
-                                     batch_size=config.train.global_batch,
+        prep = prepare(corpus)
+        batches = hdata.eval_batches(prep, "valid", seq_len=int(config.data.seq_len),
+                                     batch_size=int(config.train.global_batch),
                                      max_batches=eval_batches)
         return bits_per_byte(state["model"], batches, prep.tokenizer.token_bytes())["bpb"]
 
     bpb = run_continual(train_fn, eval_fn, phases, eval_unseen)
-    return dict(domains=list(phases), bpb=bpb, forgetting=forgetting(bpb), workdirs=workdirs)
+    return dict(domains=list(phases), bpb=bpb, forgetting=forgetting(bpb), workdirs=workdirs,
+                losses=losses)
 
 
 __all__ = ["DEFAULT_PHASES", "continual_learning", "forgetting", "run_continual"]
