@@ -8,7 +8,7 @@ import pytest
 import hope_jax
 from hope_jax.config.defaults import default_config
 from hope_jax.eval import continual_learning, forgetting, run_continual
-from oracles import Bigram
+from eval_oracles import Bigram
 
 PHASES = ["en_pip", "python_stdlib", "japanese"]   # the default phases; domain p is text "a" + p
 M = np.array([[1.0, np.nan, np.nan],

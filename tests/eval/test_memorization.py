@@ -7,7 +7,7 @@ import pytest
 from hope_jax.eval import memorization_bpb, reset_context
 from hope_jax.layers import titans_lmm
 from hope_jax.layers.attention import KVCache
-from conftest import tiny_model
+from eval_helpers import tiny_model
 
 TB = np.asarray([1] * 256 + [0] * 4)
 # D19 gate biases make random tiny Titans diverge on random bytes (see tests/models/test_overfit.py)

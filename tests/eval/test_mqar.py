@@ -5,10 +5,9 @@ import pytest
 
 from hope_jax.eval import mqar_accuracy, mqar_batch, mqar_batches, train_mqar
 from hope_jax.models import get_config
-from oracles import Bigram
+from eval_oracles import Bigram
 
 
-@pytest.mark.fast
 def test_every_query_is_solvable():
     V, T, N = 64, 63, 6
     batch = mqar_batch(np.random.default_rng(0), 16, T, N, V)

@@ -7,14 +7,13 @@ from flax import nnx
 
 from hope_jax.eval import make_niah_example, niah_accuracy, niah_grid
 from hope_jax.eval.niah import NOISE, split_sentences
-from conftest import tiny_model
+from eval_helpers import tiny_model
 
 ESSAY = ("Rivers carve valleys over many thousands of years. Some of them wander widely across "
          "flat plains! Others cut deep, narrow gorges into hard rock. Why do they differ so much? "
          "The answer lies in the slope, the rock and the climate of each region. ") * 3
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("task, haystack", [("passkey", None), ("number", ESSAY),
                                             ("uuid", ESSAY)])
 @pytest.mark.parametrize("depth", [0.0, 0.3, 0.75, 1.0])

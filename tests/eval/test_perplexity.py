@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from hope_jax.eval import bits_per_byte
-from oracles import Bigram
-from conftest import tiny_model
+from eval_oracles import Bigram
+from eval_helpers import tiny_model
 
 
 def _numpy_reference(table, batches, token_bytes):

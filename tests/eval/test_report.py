@@ -8,7 +8,6 @@ from hope_jax.eval.report import (markdown_table, plot_forgetting, plot_loss_cur
                                   plot_niah_heatmap, read_loss_series)
 
 
-@pytest.mark.fast
 def test_markdown_table(tmp_path):
     text = markdown_table([dict(model="hope", bpb=1.23456), dict(model="transformer", acc=0.5)],
                           path=str(tmp_path / "t.md"))

@@ -7,8 +7,8 @@ import pytest
 
 from hope_jax.eval import evaluate_jsonl, load_jsonl, score_continuations
 from hope_jax.eval.zero_shot import detect_format
-from conftest import tiny_model
-from oracles import KGramOracle
+from eval_helpers import tiny_model
+from eval_oracles import KGramOracle
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "eval")
 
@@ -55,7 +55,6 @@ def test_wrong_labels_give_zero_accuracy(tok, tmp_path):
     assert evaluate_jsonl(oracle, tok, str(flipped))["acc"] == 0.0
 
 
-@pytest.mark.fast
 def test_detect_format():
     assert detect_format({"text": "a b"}) == "lambada"
     assert detect_format({"ctx": "", "endings": [], "label": 0}) == "hellaswag"
