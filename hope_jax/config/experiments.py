@@ -38,4 +38,11 @@ def experiment_config(arch: str, size: str) -> ConfigDict:
     return c
 
 
-__all__ = ["PAPER_LR", "experiment_config"]
+__all__ = ["PAPER_LR", "experiment_config", "get_config"]
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    """The CLI's embedded default (`hope-jax train` without --config): "arch,size", default
+    "hope,tiny"."""
+    arch, _, size = (arg or "hope,tiny").rpartition(",")
+    return experiment_config(arch or "hope", size)
