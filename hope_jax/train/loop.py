@@ -322,8 +322,10 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
                 if eval_every and step % eval_every == 0 and step < int(tc.steps):
                     ev = run_eval()
                     record(dict(step=step, **ev))
+                    t_mark, steps_mark = time.perf_counter(), step  # throughput excludes eval
                 if ckpt_every and step % ckpt_every == 0:
                     save()
+                    t_mark, steps_mark = time.perf_counter(), step
                 if _any_process(sig.raised):
                     stopped = "sigterm"
                     if main:
@@ -363,6 +365,13 @@ def _set_recursive(cfg, values: dict) -> None:
             cfg[k] = tuple(v) if isinstance(v, list) else v
 
 
+def config_from_dict(values: dict):
+    """`default_config()` with the (JSON) values of a saved config; unknown keys are dropped."""
+    config = default_config()
+    _set_recursive(config, values)
+    return config
+
+
 def load_for_inference(workdir: str, *, data_api: Any = None):
     """(model, tokenizer, config) from the latest readable checkpoint of `workdir` (params on
     the default device; the config is the one saved with the checkpoint)."""
@@ -378,8 +387,7 @@ def load_for_inference(workdir: str, *, data_api: Any = None):
             except Exception as e:  # noqa: BLE001
                 errors.append(f"step {step}: {e}")
                 continue
-            config = default_config()
-            _set_recursive(config, saved)
+            config = config_from_dict(saved)
             prepared = _data_api(data_api).prepare(config.data, progress=False)
             tok = prepared.tokenizer
             dcfg = decoder_config(config, int(tok.vocab_size))
@@ -401,5 +409,5 @@ def load_for_inference(workdir: str, *, data_api: Any = None):
         ckpt.close()
 
 
-__all__ = ["NonFiniteTrainingError", "evaluate", "load_for_inference", "measure_peak_flops",
+__all__ = ["NonFiniteTrainingError", "config_from_dict", "evaluate", "load_for_inference", "measure_peak_flops",
            "model_flops_per_token", "plot_losses", "train"]

@@ -72,7 +72,8 @@ def period_labels(periods: Mapping[str, int]) -> tuple[dict[str, str], dict[str,
     return labels, {f"period_{int(p)}": int(p) for p in periods.values()}
 
 
-def make_optimizer(optim_cfg, total_steps: int, periods: Mapping[str, int] | None = None
+def make_optimizer(optim_cfg, total_steps: int, periods: Mapping[str, int] | None = None, *,
+                   inner: optax.GradientTransformation | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The outer optimizer (module docstring) and its learning-rate schedule.
 
@@ -80,6 +81,7 @@ def make_optimizer(optim_cfg, total_steps: int, periods: Mapping[str, int] | Non
       optim_cfg: `config.optim`.
       total_steps: `train.steps` (end of the cosine).
       periods: flat {param name: CMS update period} (from `update_periods(model)`), or None.
+      inner: replaces the clip + AdamW direction (tests use `optax.identity()`: plain SGD).
     """
     if optim_cfg.name != "adamw":
         raise ValueError(f"optim.name must be 'adamw' (the only outer optimizer wired into the "
@@ -92,7 +94,7 @@ def make_optimizer(optim_cfg, total_steps: int, periods: Mapping[str, int] | Non
                                      eps=float(optim_cfg.eps)))
     if float(optim_cfg.weight_decay) > 0:
         parts.append(optax.add_decayed_weights(float(optim_cfg.weight_decay), mask=_masked_decay_fn))
-    inner = optax.chain(*parts)
+    inner = optax.chain(*parts) if inner is None else inner
     if optim_cfg.multi_frequency and periods and any(int(p) > 1 for p in periods.values()):
         labels, label_periods = period_labels(periods)
         return hoptim.multi_frequency(inner, labels, label_periods, reduction="mean",

@@ -1,0 +1,50 @@
+"""Shared set-up for the trainer tests: a tiny files corpus and tiny experiment configs."""
+from __future__ import annotations
+
+import os
+import random
+
+from hope_jax.config.defaults import default_config
+
+TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
+        "it was the age of foolishness. ")
+
+
+def write_corpus(root: str, docs: int = 24, seed: int = 0) -> list[str]:
+    """`docs` small text files (shuffled words of TEXT), one document each."""
+    rng = random.Random(seed)
+    words = TEXT.split()
+    os.makedirs(root, exist_ok=True)
+    paths = []
+    for i in range(docs):
+        path = os.path.join(root, f"doc{i:03d}.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(" ".join(rng.choice(words) for _ in range(60)) + "\n")
+        paths.append(path)
+    return paths
+
+
+def tiny_config(tmp_root: str, *, arch: str = "transformer", steps: int = 6, **train):
+    """A locked experiment config: byte tokenizer over a tiny files corpus, T = 16, batch 8,
+    the `tiny` preset of `arch`, no progress bar, eval/checkpoint off unless given."""
+    c = default_config()
+    files = write_corpus(os.path.join(tmp_root, "corpus"))
+    c.model.arch = arch
+    c.data.corpus = "files"
+    c.data.files = tuple(files)
+    c.data.held_out_fraction = 0.25
+    c.data.seq_len = 16
+    c.data.cache_dir = os.path.join(tmp_root, "cache")
+    c.optim.warmup_steps = 2
+    c.train.steps = steps
+    c.train.global_batch = 8
+    c.train.log_every = 1
+    c.train.eval_every = 0
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 0
+    c.train.progress = False
+    c.train.peak_flops = 1e11
+    c.mesh.data = -1
+    for k, v in train.items():
+        c.train[k] = v
+    return c
