@@ -14,7 +14,8 @@ What orbax guarantees (orbax-checkpoint 0.12): a step is written into a temporar
 every process) has finished; `all_steps()` lists only finalised steps, so an interrupted save is
 never seen. It does not checksum finished files: a step damaged afterwards (a file deleted or
 truncated) is listed, and restoring it fails. `Checkpointer.restore` then warns and falls back
-to the previous step; if no step restores, it raises. A state with non-finite values is never
+to the previous step (deleting the unreadable newer ones, which the resumed run rewrites); if no
+step restores, it raises. A state with non-finite values is never
 saved (`save` refuses it).
 """
 from __future__ import annotations
@@ -185,6 +186,9 @@ class Checkpointer:
                 log.warning("checkpoint step %d is unreadable (%s); trying the previous one",
                             step, e)
                 continue
+            for bad in [s for s in steps if s > step]:   # would shadow the steps retrained now
+                log.warning("deleting unreadable checkpoint step %d", bad)
+                self.manager.delete(bad)
             params = {k: out["params"][_param_key(k)] for k in abstract_state.params}
             opt = jax.tree.unflatten(treedef, [out["opt_state"][f"{i:05d}"]
                                                for i in range(len(leaves))])

@@ -90,7 +90,7 @@ def make_train_step(apply: Callable[[Params, Array], Array], tx: optax.GradientT
         scale = jnp.where(poison, jnp.nan, 1.0) / n_tok
         loss = l_sum * scale
         grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), g_sum)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
 
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
