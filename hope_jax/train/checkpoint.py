@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hope_jax.train.state import TrainState, all_finite
+from hope_jax.train.state import TrainState, all_finite, to_host
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,14 @@ class Checkpointer:
              force: bool = False) -> bool:
         """Starts an async save of `state` at its step; returns False (and saves nothing) if the
         state holds non-finite values or the step is already saved."""
-        step = int(jax.device_get(state.step))
+        step = int(to_host(state.step))
         if step in self.manager.all_steps():
             return False
-        if not bool(jax.device_get(all_finite((state.params, state.opt_state)))):
+        if not bool(to_host(all_finite((state.params, state.opt_state)))):
             log.warning("not checkpointing step %d: the state holds non-finite values", step)
             return False
         leaves, treedef = jax.tree.flatten(state.opt_state)
-        meta = dict(step=step, bad_steps=int(jax.device_get(state.bad_steps)),
+        meta = dict(step=step, bad_steps=int(to_host(state.bad_steps)),
                     vocab_size=int(vocab_size), opt_structure=str(treedef))
         args = ocp.args.Composite(
             params=ocp.args.StandardSave({_param_key(k): v for k, v in state.params.items()}),

@@ -34,7 +34,7 @@ from hope_jax.train import mesh as mesh_lib
 from hope_jax.train.build import Trainer, build_trainer
 from hope_jax.train.checkpoint import Checkpointer
 from hope_jax.train.distributed import is_main_process, maybe_initialize
-from hope_jax.train.state import ParamCodec
+from hope_jax.train.state import ParamCodec, to_host
 from hope_jax.train.step import memory_groups, memory_norms
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def evaluate(trainer: Trainer, params, batches: Iterator[dict], token_bytes: jax
             mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), np.float32)])
         t = _global_batch(_local_rows(tokens), trainer.batch_sharding, batch_rows)
         m = _global_batch(_local_rows(mask), trainer.batch_sharding, batch_rows)
-        a, b, c = jax.device_get(trainer.eval_step(params, t, m, token_bytes))
+        a, b, c = to_host(trainer.eval_step(params, t, m, token_bytes))
         nats, toks, nbytes = nats + float(a), toks + float(b), nbytes + float(c)
     return dict(bpb=nats / math.log(2) / max(nbytes, 1.0), eval_loss=nats / max(toks, 1.0),
                 eval_tokens=toks)
@@ -230,7 +230,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
                           f"{pc} processes: the data order restarts", stacklevel=2)
         if main:
             print(f"resumed from {ckpt.directory}/{rstep}", flush=True)
-    step = int(jax.device_get(state.step))
+    step = int(to_host(state.step))
 
     rep = mesh_lib.replicated(mesh)
     token_bytes = jax.device_put(np.asarray(tok.token_bytes(), np.int32), rep)
@@ -261,9 +261,8 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
             return
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
-                writer.add_scalar(k if "/" in k else f"train/{k}" if k not in
-                                  ("bpb", "eval_loss", "eval_tokens") else f"eval/{k}",
-                                  v, row["step"])
+                group = "eval" if k in ("bpb", "eval_loss", "eval_tokens") else "train"
+                writer.add_scalar(k if "/" in k else f"{group}/{k}", v, row["step"])
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -289,7 +288,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
                 poison = jax.device_put(np.asarray((step + 1) in poison_steps), rep)
                 state, m = trainer.train_step(state, tokens, poison)
                 step += 1
-                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                m = {k: float(v) for k, v in to_host(m).items()}
                 if t_mark is None:  # the first step compiles: time from its end
                     t_mark, steps_mark = time.perf_counter(), step
                 if m["finite"] < 1:
@@ -314,8 +313,11 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
                     row = dict(step=step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
                                bad_steps=m["bad_steps"], tokens_per_s=tps, mfu=mfu)
                     row.update({f"memory/{k}_norm": float(v)
-                                for k, v in jax.device_get(mem_norms(state.params)).items()})
+                                for k, v in to_host(mem_norms(state.params)).items()})
                     record(row)
+                elif main:  # every step's loss goes to metrics.jsonl (for loss.png)
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(dict(step=step, loss=m["loss"])) + "\n")
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")

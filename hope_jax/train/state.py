@@ -86,6 +86,19 @@ def init_train_state(params: Params, tx: optax.GradientTransformation) -> TrainS
                       bad_steps=jnp.zeros([], jnp.int32))
 
 
+def to_host(tree: Any) -> Any:
+    """Replicated (or single-device) jax arrays → numpy, also when other processes hold other
+    shards (multi-host: `jax.device_get` refuses arrays that are not fully addressable)."""
+    import numpy as np
+
+    def one(x):
+        if isinstance(x, jax.Array):
+            return np.asarray(x.addressable_data(0)) if x.is_fully_replicated else np.asarray(x)
+        return x
+
+    return jax.tree.map(one, tree)
+
+
 def all_finite(tree: Any) -> jax.Array:
     """True iff every float leaf of `tree` is finite (a bool scalar)."""
     oks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -93,4 +106,4 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(oks)) if oks else jnp.array(True)
 
 
-__all__ = ["ParamCodec", "Params", "TrainState", "all_finite", "init_train_state"]
+__all__ = ["ParamCodec", "Params", "TrainState", "all_finite", "init_train_state", "to_host"]
