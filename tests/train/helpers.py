@@ -48,3 +48,26 @@ def tiny_config(tmp_root: str, *, arch: str = "transformer", steps: int = 6, **t
     for k, v in train.items():
         c.train[k] = v
     return c
+
+
+def read_scalars(tb_dir: str) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the tensorboardX event files in `tb_dir` (TFRecord framing:
+    uint64 length, uint32 crc, payload, uint32 crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    for name in sorted(os.listdir(tb_dir)):
+        if not name.startswith("events."):
+            continue
+        with open(os.path.join(tb_dir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out

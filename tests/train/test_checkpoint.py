@@ -19,7 +19,7 @@ from hope_jax.train.checkpoint import Checkpointer, IncompatibleCheckpointError,
 from hope_jax.train.loop import NonFiniteTrainingError, load_for_inference, train
 from hope_jax.train.state import ParamCodec, all_finite
 
-from .helpers import tiny_config
+from .helpers import read_scalars, tiny_config
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_train.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -167,6 +167,12 @@ def test_nan_steps_skipped_never_checkpointed_and_stop(tmp_path):
     assert any("step 2: non-finite" in str(w.message) for w in caught)
     rows = _metrics(workdir)
     assert rows[2]["bad_steps"] == 1 and rows[3]["bad_steps"] == 0
+    tb = read_scalars(os.path.join(workdir, "tb"))  # the TensorBoard tags are written
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu",
+                "train/bad_steps", "eval/bpb"):
+        assert tag in tb, (tag, sorted(tb))
+    assert tb["train/bad_steps"][2] == 1.0 and 0 < tb["eval/bpb"][4] < 10
+    assert os.path.getsize(os.path.join(workdir, "loss.png")) > 1000
     ck = Checkpointer(workdir)
     assert ck.steps() == [4, 3, 2, 1]
     from hope_jax.train.build import build_trainer
