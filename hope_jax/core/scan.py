@@ -113,7 +113,13 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
 
     q, k, v, eta, alpha, beta = map(prep, (q, k, v, eta, alpha, beta))
     dynamic = state.position is not None
-    if not dynamic:
+    # A decode step (one token, carried state) runs a chunk of length 1 against the carried
+    # snapshot: the same chunk math (gradient at M_ξ(t), D2; running write), O(1) in C and in T.
+    single = dynamic and t == 1
+    c_buf = 1 if single else c  # the length of one scanned chunk of the buffer
+    if single:
+        n, total, offset, mask = 1, 1, 0, None
+    elif not dynamic:
         n = math.ceil(t / c)
         total = n * c
         offset = 0
@@ -139,7 +145,7 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
         mask = ((pos >= offset) & (pos < offset + t)).reshape(n, c)
     track_last_snapshot = mask is not None
 
-    xs = tuple(None if x is None else _to_chunks(x, n, c) for x in (q, k, v, eta, alpha, beta))
+    xs = tuple(None if x is None else _to_chunks(x, n, c_buf) for x in (q, k, v, eta, alpha, beta))
     prepare, step = _chunk_step(level, dynamic)
     preps = None
     if prepare is not None:  # the state-independent work of every chunk, in parallel
@@ -165,12 +171,16 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
     carry = (memory, state.opt_state, snap0, last0)
     (run, opt_state, _, last_snap), ys = jax.lax.scan(body, carry, (xs, mask, preps))
 
-    y = jnp.moveaxis(ys, 0, 2).reshape(b, h, total, -1)  # [B, H, N·C, d_v]
+    y = jnp.moveaxis(ys, 0, 2).reshape(b, h, total, -1)  # [B, H, N·C, d_v] (N·C = 1 when single)
     y = jax.lax.dynamic_slice_in_dim(y, offset, t, axis=2) if dynamic else y[:, :, :t]
     y = jnp.moveaxis(y, 1, 2).astype(out_dtype)
 
     position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)
-    if not track_last_snapshot:
+    if single:  # the snapshot moves only when this token ends a chunk (D2)
+        aligned = position % c == 0
+        snapshot = jax.tree.map(lambda r, s: jnp.where(aligned, r, s.astype(r.dtype)), run,
+                                state.snapshot)
+    elif not track_last_snapshot:
         snapshot = run
     else:
         aligned = position % c == 0

@@ -240,10 +240,16 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
     dynamic = state.position is not None
 
     # Buffer aligned to the output memory's chunks; tokens sit at their absolute offsets and the
-    # padding around them does not write (D35).
-    n_mem = math.ceil((t + (c_mem - 1 if dynamic else 0)) / c_mem)
-    total = n_mem * c_mem
-    offset = (state.position % c_mem).astype(jnp.int32) if dynamic else 0
+    # padding around them does not write (D35). A decode step (one token, carried state) is a
+    # sub-chunk of length 1 against the carried snapshots: O(1) in C_oth, C_mem and T.
+    single = dynamic and t == 1
+    if single:
+        total, offset, c_sub = 1, 0, 1
+    else:
+        n_mem = math.ceil((t + (c_mem - 1 if dynamic else 0)) / c_mem)
+        total = n_mem * c_mem
+        offset = (state.position % c_mem).astype(jnp.int32) if dynamic else 0
+        c_sub = c_oth
 
     def place(x):
         x = jnp.moveaxis(x.astype(dtype), 2, 1)  # [B, H, T, d]
@@ -251,15 +257,20 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
         zero = jnp.zeros((), jnp.int32)
         return jax.lax.dynamic_update_slice(buf, x, (zero, zero, jnp.asarray(offset, jnp.int32), zero))
 
-    n_sub = total // c_oth
-    chunks = lambda x: jnp.moveaxis(x.reshape(b, h, n_sub, c_oth, d), 2, 0)  # noqa: E731
+    n_sub = total // c_sub
+    chunks = lambda x: jnp.moveaxis(x.reshape(b, h, n_sub, c_sub, d), 2, 0)  # noqa: E731
     xs = tuple(chunks(place(x)) for x in (xq, xk, xv))
     pos = jnp.arange(total)
     real = (pos >= offset) & (pos < offset + t)
-    mask = real.reshape(n_sub, c_oth)
-    ends_real = mask[:, -1]  # a snapshot moves only when a chunk really ends (D2)
-    ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
-    all_real = not dynamic and total == t
+    mask = real.reshape(n_sub, c_sub)
+    if single:  # the snapshots move only when this token ends their chunk (D2)
+        end = state.position + 1
+        ends_real = (end % c_oth == 0)[None]
+        ends_memory = (end % c_mem == 0)[None]
+    else:
+        ends_real = mask[:, -1]  # a snapshot moves only when a chunk really ends (D2)
+        ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
+    all_real = single or (not dynamic and total == t)
     gates = jax.tree.map(lambda g: g.astype(dtype), params.gates)
 
     # Gate heads are per head: mapped over the head axis, shared across the batch.

@@ -13,14 +13,16 @@ from hope_jax.layers.mlp import SwiGLU, SwiGLUConfig, swiglu_hidden
 from hope_jax.layers.norms import HeadRMSNorm, RMSNorm, l2_normalize, rms_normalize
 from hope_jax.layers.params import Dense, param
 from hope_jax.layers.rope import apply_rope
-from hope_jax.layers.titans import (PairState, TitansMAG, TitansMAGConfig, TitansMAL,
-                                    TitansMALConfig, titans_lmm, titans_mag, titans_mal)
+from hope_jax.layers.titans import (MACState, PairState, TitansMAC, TitansMACConfig, TitansMAG,
+                                    TitansMAGConfig, TitansMAL, TitansMALConfig, titans_lmm,
+                                    titans_mac, titans_mag, titans_mal)
 
 __all__ = [
     "Attention", "AttentionConfig", "CausalConv", "Dense", "HeadRMSNorm", "KVCache",
-    "LINEAR_MIXERS", "MemoryMixer", "MemoryMixerConfig", "MemoryMixerState", "PairState",
-    "RMSNorm", "SwiGLU", "SwiGLUConfig", "TitansMAG", "TitansMAGConfig", "TitansMAL",
-    "TitansMALConfig", "apply_rope", "causal_attention", "deltanet", "gated_deltanet",
-    "l2_normalize", "linear_attention", "param", "rms_normalize", "swiglu_hidden", "titans_lmm",
-    "titans_mag", "titans_mal", "ttt_linear", "ttt_mlp",
+    "LINEAR_MIXERS", "MACState", "MemoryMixer", "MemoryMixerConfig", "MemoryMixerState",
+    "PairState", "RMSNorm", "SwiGLU", "SwiGLUConfig", "TitansMAC", "TitansMACConfig", "TitansMAG",
+    "TitansMAGConfig", "TitansMAL", "TitansMALConfig", "apply_rope", "causal_attention",
+    "deltanet", "gated_deltanet", "l2_normalize", "linear_attention", "param", "rms_normalize",
+    "swiglu_hidden", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "ttt_linear",
+    "ttt_mlp",
 ]

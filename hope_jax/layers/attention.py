@@ -7,8 +7,9 @@ Titans Eq. 19), §3.6 (SWA with the persistent prefix, `SWA*` of MAG).
     y_t = Σ_{i ≤ t, i > t − w} softmax_i(q_tᵀ k_i / √d_h) v_i        (Eq. 63; window w optional)
 
 Persistent tokens p [N_p, d] give keys `p W_K` and values `p W_V` (no RoPE) that every query
-sees, whatever the window. The KV cache is a fixed buffer of `max_len` slots (not a ring
-buffer, even with a window); its state is `KVCache(k, v, position)`.
+sees, whatever the window. The KV cache is `KVCache(k, v, position)`: without a window a fixed
+buffer of `max_len` slots (token i in slot i); with a window w a ring buffer of w slots (token i
+in slot i mod w), so decoding costs O(w) memory and time whatever the context length.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ Array = jax.Array
 
 
 class KVCache(NamedTuple):
-    """k, v [B, max_len, H, d_h] (k already rotated); position: tokens written so far (int32)."""
+    """k, v [B, S, H, d_h] (k already rotated; S = max_len, or the window w for a ring buffer);
+    position: tokens written so far (int32)."""
 
     k: Array
     v: Array
@@ -103,8 +105,9 @@ class Attention(nnx.Module):
         self.dtype = dtype
 
     def init_state(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty cache of `max_len` slots."""
-        shape = (batch_size, max_len, self.num_heads, self.head_dim)
+        """An empty cache: `max_len` slots, or a ring of `window` slots with a sliding window."""
+        slots = max_len if self.config.window is None else self.config.window
+        shape = (batch_size, slots, self.num_heads, self.head_dim)
         return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype),
                        jnp.zeros((), jnp.int32))
 
@@ -131,14 +134,41 @@ class Attention(nnx.Module):
         if state is None:
             o = causal_attention(q, k, v, q_pos, q_pos, cfg.window, prefix_k, prefix_v)
             new_state = None
-        else:
+        elif cfg.window is None:
             zero = jnp.zeros((), jnp.int32)
             idx = (zero, start, zero, zero)
             ck = jax.lax.dynamic_update_slice(state.k, k.astype(state.k.dtype), idx)
             cv = jax.lax.dynamic_update_slice(state.v, v.astype(state.v.dtype), idx)
             k_pos = jnp.arange(ck.shape[1], dtype=jnp.int32)
             o = causal_attention(q, ck.astype(q.dtype), cv.astype(v.dtype), q_pos, k_pos,
-                                 cfg.window, prefix_k, prefix_v)
+                                 None, prefix_k, prefix_v)
             new_state = KVCache(ck, cv, start + t)
+        else:
+            o, new_state = self._ring_attention(q, k, v, q_pos, state, prefix_k, prefix_v)
         y = self.w_o(o.reshape(*o.shape[:2], -1))
         return y, new_state
+
+    def _ring_attention(self, q: Array, k: Array, v: Array, q_pos: Array, state: KVCache,
+                        prefix_k, prefix_v) -> tuple[Array, KVCache]:
+        """Sliding-window attention against a ring buffer of w slots (slot of token i: i mod w).
+
+        The T new queries see the ring (the w tokens before this call) and the new keys; then the
+        last min(T, w) new keys overwrite their slots. Cost O(w + T) per call, O(w) per step.
+        """
+        w = state.k.shape[1]
+        t = q.shape[1]
+        start = state.position
+        slot = jnp.arange(w, dtype=jnp.int32)
+        # position of the token in slot j: the latest i < start with i ≡ j (mod w); an empty
+        # slot (i < 0) gets a position after every query, so the causal mask hides it
+        ring_pos = start - 1 - jnp.mod(start - 1 - slot, w)
+        ring_pos = jnp.where(ring_pos >= 0, ring_pos, jnp.iinfo(jnp.int32).max)
+        keys = jnp.concatenate([state.k.astype(q.dtype), k], axis=1)
+        values = jnp.concatenate([state.v.astype(v.dtype), v], axis=1)
+        o = causal_attention(q, keys, values, q_pos, jnp.concatenate([ring_pos, q_pos]),
+                             self.config.window, prefix_k, prefix_v)
+        m = min(t, w)  # only the last w tokens can be seen again
+        slots = jnp.mod(q_pos[t - m:], w)
+        ck = state.k.at[:, slots].set(k[:, t - m:].astype(state.k.dtype), unique_indices=True)
+        cv = state.v.at[:, slots].set(v[:, t - m:].astype(state.v.dtype), unique_indices=True)
+        return o, KVCache(ck, cv, start + t)

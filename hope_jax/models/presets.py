@@ -1,7 +1,8 @@
 """Size presets (D13, D13a): CPU sizes tiny / small and paper sizes 340M / 760M / 1.3B.
 
 `get_config(arch, size)` → DecoderConfig. Architectures: "transformer" (Transformer++: RoPE
-attention + SwiGLU), the linear baselines, and Titans "titans_lmm" / "titans_mag" / "titans_mal".
+attention + SwiGLU), the linear baselines, and Titans "titans_lmm" / "titans_mac" /
+"titans_mag" / "titans_mal".
 "hope" and "hope_attention" come from hope_jax/layers/hope.py (self-modifying Titans or attention,
 with a CMS in the MLP slot); their keyword overrides may also be Table-6 switches.
 
@@ -24,7 +25,7 @@ from flax import nnx
 from hope_jax.layers.attention import AttentionConfig
 from hope_jax.layers.linear_mixers import LINEAR_MIXERS
 from hope_jax.layers.mlp import SwiGLUConfig, swiglu_hidden
-from hope_jax.layers.titans import titans_lmm, titans_mag, titans_mal
+from hope_jax.layers.titans import titans_lmm, titans_mac, titans_mag, titans_mal
 from hope_jax.models.decoder import DecoderConfig
 
 BYTE_VOCAB = 256 + 4  # bytes + pad / bos / eos / unk
@@ -38,7 +39,7 @@ class Size:
     max_len: int
     vocab_size: int
     chunk_size: int       # memory chunk C (Titans / baselines)
-    window: int           # SWA window of MAG / MAL (D26)
+    window: int           # SWA window of MAG / MAL, segment of MAC (D26)
     param_matched: bool   # shrink recurrent baselines' SwiGLU to Transformer++'s block budget
 
 
@@ -59,6 +60,8 @@ def _titans(kind: str):
     def make(s: Size):
         if kind == "lmm":
             return titans_lmm(s.num_heads, chunk_size=s.chunk_size)
+        if kind == "mac":  # D26: the MAC segment is the SWA window of the size
+            return titans_mac(s.num_heads, segment=s.window, chunk_size=s.chunk_size)
         make_variant = titans_mag if kind == "mag" else titans_mal
         return make_variant(s.num_heads, window=s.window, chunk_size=s.chunk_size)
     return make
@@ -77,6 +80,7 @@ ARCHS: dict[str, Callable[[Size], object]] = {
     "titans_lmm": _titans("lmm"),
     "titans_mag": _titans("mag"),
     "titans_mal": _titans("mal"),
+    "titans_mac": _titans("mac"),
     **{name: _linear(name) for name in LINEAR_MIXERS},
 }
 
