@@ -63,8 +63,8 @@ def init_in_context_state(params: SwiGLUParams, batch_size: int) -> InContextSta
 
 
 def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,
-                     eta_max: float = 0.1, state: InContextState | None = None
-                     ) -> tuple[Array, InContextState]:
+                     eta_max: float = 0.1, state: InContextState | None = None,
+                     reset_every: int | None = None) -> tuple[Array, InContextState]:
     """Runs one in-context CMS level over sequences.
 
     Args:
@@ -73,6 +73,8 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
       z: the level's input [B, T, d]; chunk: the update period C.
       state: None for fresh sequences, or the state a previous call returned (streaming: the
         sequence continues, mid-chunk included).
+      reset_every: nested CMS (Eq. 72, D24): after the write at every multiple of this many
+        tokens (a chunk boundary of the slower level above; a multiple of `chunk`), θ ← θ_0.
 
     Returns:
       (F_θ(z) [B, T, d], each token read at its chunk's snapshot; the new state). The caller adds
@@ -83,36 +85,56 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
     if z.ndim != 3 or z.shape[-1] != params.w_gate.shape[0]:
         raise ValueError(f"z must have shape [B, T, d] with d = {params.w_gate.shape[0]} "
                          f"(the level's width), got {tuple(z.shape)}")
+    if reset_every is not None and (isinstance(reset_every, bool) or not isinstance(reset_every, int)
+                                    or reset_every < 1 or reset_every % chunk):
+        raise ValueError(f"reset_every must be a positive multiple of chunk ({chunk}), got "
+                         f"{reset_every!r}")
     b, t, d = z.shape
     if state is None:
         state = init_in_context_state(params, b)
     dynamic = state.position is not None
-    n = math.ceil((t + (chunk - 1 if dynamic else 0)) / chunk)
-    total = n * chunk
-    offset = (state.position % chunk).astype(jnp.int32) if dynamic else 0
+    # A decode step (one token, carried state) is a buffer of length 1 that writes iff it ends
+    # its chunk: O(1) in C and in T.
+    single = dynamic and t == 1
+    c_buf = 1 if single else chunk
+    n = 1 if single else math.ceil((t + (chunk - 1 if dynamic else 0)) / chunk)
+    total = n * c_buf
+    offset = (state.position % chunk).astype(jnp.int32) if dynamic and not single else 0
     zero = jnp.zeros((), jnp.int32)
     zp = jax.lax.dynamic_update_slice(jnp.zeros((b, total, d), z.dtype), z,
                                       (zero, jnp.asarray(offset, jnp.int32), zero))
     pos = jnp.arange(total)
-    real = ((pos >= offset) & (pos < offset + t)).astype(z.dtype).reshape(n, chunk)
-    chunks = jnp.moveaxis(zp.reshape(b, n, chunk, d), 1, 0)  # [n, B, C, d]
+    real = ((pos >= offset) & (pos < offset + t)).astype(z.dtype).reshape(n, c_buf)
+    # a chunk writes only when it really ends (D35)
+    ends = ((state.position + 1) % chunk == 0).astype(z.dtype)[None] if single else real[:, -1]
+    chunks = jnp.moveaxis(zp.reshape(b, n, c_buf, d), 1, 0)  # [n, B, C, d]
+    # absolute position after each buffer chunk (nested resets, D24)
+    start = (state.position - offset) if dynamic else jnp.zeros((), jnp.int32)
+    chunk_ends = start + (jnp.arange(n, dtype=jnp.int32) + 1) * c_buf
+    resets = (jnp.zeros((n,), z.dtype) if reset_every is None else
+              ends * (chunk_ends % reset_every == 0).astype(z.dtype))
     eta = eta_max * jax.nn.sigmoid(rho)
     grad_loss = jax.grad(local_loss)
 
-    def one_sequence(theta, acc, zc, w):
+    def one_sequence(theta, acc, zc, w, writes, reset):
         y = swiglu(theta, zc)  # reads at the snapshot θ_j
         acc = jax.tree.map(jnp.add, acc, grad_loss(theta, w_target, zc, w))
-        writes = w[-1]  # the chunk really ends here (D35): write the mean and start afresh
+        # at the chunk end: write the mean (Eq. 71, D22) and start afresh
         theta = jax.tree.map(lambda p, g: p - writes * eta * g / chunk, theta, acc)
         acc = jax.tree.map(lambda g: (1 - writes) * g, acc)
+        # nested (Eq. 72, D24): back to θ_0 when the slower level starts a new chunk
+        theta = jax.tree.map(lambda p, p0: jnp.where(reset > 0, p0.astype(p.dtype), p), theta,
+                             params)
         return y, theta, acc
 
     def body(carry, inputs):
-        zc, w = inputs
-        y, theta, acc = jax.vmap(one_sequence, in_axes=(0, 0, 0, None))(*carry, zc, w)
+        zc, w, writes, reset = inputs
+        y, theta, acc = jax.vmap(one_sequence, in_axes=(0, 0, 0, None, None, None))(
+            *carry, zc, w, writes, reset)
         return (theta, acc), y
 
-    (theta, acc), ys = jax.lax.scan(body, (state.theta, state.grad_sum), (chunks, real))
+    (theta, acc), ys = jax.lax.scan(body, (state.theta, state.grad_sum),
+                                    (chunks, real, ends, resets))
     y = jnp.moveaxis(ys, 0, 1).reshape(b, total, d)
     y = jax.lax.dynamic_slice_in_dim(y, offset, t, axis=1) if dynamic else y[:, :t]
     position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)

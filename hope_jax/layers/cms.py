@@ -12,6 +12,9 @@ It fills the decoder's MLP slot. Levels are listed in application order, fastest
 Wiring (D20), with z_0 the block's normalised stream:
   sequential (default):  z_ℓ = z_{ℓ−1} + F_ℓ(z_{ℓ−1}); the block adds z_K − z_0 = Σ_ℓ F_ℓ(z_{ℓ−1})
   independent (Eq. 74):  the block adds Σ_ℓ w_ℓ F_ℓ(z_0), learned w_ℓ initialised to 1/K
+  nested (Eq. 72, D24):  the sequential chain, and an in-context level is reset to its θ_0 at
+                         every chunk boundary of the next (slower) level when that one is
+                         in-context; θ_0 is updated with the slower level's period (outer P)
 Each level's width is roundup_64((8/3)·d/K), so K levels cost about one Transformer++ MLP. With a
 single outer level of period 1 this is exactly a Llama MLP (the "w/o CMS" ablation).
 """
@@ -52,12 +55,15 @@ class CMSLevel:
         return self.chunk is not None
 
 
+VARIANTS = ("sequential", "independent", "nested")
+
+
 @dataclasses.dataclass(frozen=True)
 class CMSConfig:
     """A CMS chain for the decoder's MLP slot.
 
-    levels: CMSLevel tuple in application order; variant: "sequential" or "independent";
-    hidden: per-level SwiGLU width (default roundup_64((8/3)·d/K), D20).
+    levels: CMSLevel tuple in application order; variant: "sequential", "independent" or
+    "nested"; hidden: per-level SwiGLU width (default roundup_64((8/3)·d/K), D20).
     """
 
     levels: tuple = (CMSLevel(chunk=16), CMSLevel(period=2), CMSLevel(period=32))
@@ -67,8 +73,27 @@ class CMSConfig:
     def __post_init__(self):
         if not self.levels or not all(isinstance(l, CMSLevel) for l in self.levels):
             raise ValueError("CMSConfig.levels must be a non-empty tuple of CMSLevel")
-        if self.variant not in ("sequential", "independent"):
-            raise ValueError(f"CMSConfig.variant must be 'sequential' or 'independent', got {self.variant!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"CMSConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant == "nested":
+            for fast, slow in zip(self.levels, self.levels[1:]):
+                if fast.in_context and slow.in_context and slow.chunk % fast.chunk:
+                    raise ValueError(f"nested CMS: a slower level's chunk ({slow.chunk}) must be a "
+                                     f"multiple of the faster level's ({fast.chunk}) (D24)")
+
+    def reset_every(self, i: int) -> int | None:
+        """Nested (D24): level i's θ_0 reset period in tokens (the next level's chunk), or None."""
+        if self.variant != "nested" or i + 1 >= len(self.levels):
+            return None
+        fast, slow = self.levels[i], self.levels[i + 1]
+        return slow.chunk if fast.in_context and slow.in_context else None
+
+    def theta0_period(self, i: int) -> int:
+        """Nested (D24): θ_0 of level i is updated with the slower level's period (1 if in-context)."""
+        if self.variant != "nested" or i + 1 >= len(self.levels):
+            return 1
+        slow = self.levels[i + 1]
+        return 1 if slow.in_context else slow.period
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
               param_dtype=jnp.float32) -> "CMS":
@@ -79,11 +104,12 @@ class InContextSwiGLU(nnx.Module):
     """An in-context level: θ_0 (SwiGLU), W_tgt (init 0) and the step logit ρ (init 0), D22."""
 
     def __init__(self, d: int, hidden: int, level: CMSLevel, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
+                 dtype=jnp.float32, param_dtype=jnp.float32, reset_every: int | None = None):
         self.mlp = SwiGLU(d, hidden, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w_target = param(rngs, constant(0.0), (d, d), ("embed", None), param_dtype)
         self.rho = param(rngs, constant(0.0), (), (), param_dtype)
         self.chunk, self.eta_max, self.dtype = level.chunk, level.eta_max, dtype
+        self.reset_every = reset_every  # nested CMS (D24)
 
     def theta0(self) -> core_cms.SwiGLUParams:
         k = lambda dense: dense.kernel[...].astype(jnp.float32)  # noqa: E731  fp32 state (D30)
@@ -95,7 +121,8 @@ class InContextSwiGLU(nnx.Module):
     def __call__(self, z: Array, state=None):
         y, new = core_cms.in_context_level(self.theta0(), self.w_target[...].astype(jnp.float32),
                                            self.rho[...].astype(jnp.float32),
-                                           z.astype(jnp.float32), self.chunk, self.eta_max, state)
+                                           z.astype(jnp.float32), self.chunk, self.eta_max, state,
+                                           self.reset_every)
         return y.astype(self.dtype), new
 
 
@@ -109,8 +136,9 @@ class CMS(nnx.Module):
         self.config = config
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.levels = nnx.List([
-            InContextSwiGLU(d_model, hidden, lvl, **kw) if lvl.in_context
-            else SwiGLU(d_model, hidden, **kw) for lvl in config.levels])
+            InContextSwiGLU(d_model, hidden, lvl, reset_every=config.reset_every(i), **kw)
+            if lvl.in_context else SwiGLU(d_model, hidden, **kw)
+            for i, lvl in enumerate(config.levels)])
         self.weights = (param(rngs, constant(1.0 / k), (k,), (None,), param_dtype)
                         if config.variant == "independent" else None)
 
@@ -136,13 +164,16 @@ class CMS(nnx.Module):
 
 def update_periods(model: nnx.Module) -> Any:
     """The update period (in outer steps) of every parameter: a pytree shaped like
-    `nnx.state(model, nnx.Param)` holding ints, 1 except inside outer CMS levels (D23)."""
+    `nnx.state(model, nnx.Param)` holding ints, 1 except inside outer CMS levels (D23) and the
+    θ_0 of a nested CMS's in-context level below an outer one (D24)."""
     prefixes = {}
     for path, module in nnx.iter_modules(model):
         if isinstance(module, CMS):
             for i, lvl in enumerate(module.config.levels):
                 if not lvl.in_context:
                     prefixes[tuple(path) + ("levels", i)] = lvl.period
+                elif module.config.theta0_period(i) > 1:  # nested: θ_0 at the slower period
+                    prefixes[tuple(path) + ("levels", i, "mlp")] = module.config.theta0_period(i)
     state = nnx.state(model, nnx.Param)
 
     def period(path, _leaf):
@@ -153,3 +184,30 @@ def update_periods(model: nnx.Module) -> Any:
         return 1
 
     return jax.tree_util.tree_map_with_path(period, state)
+
+
+def init_from_mlp(cms: CMS, mlp: SwiGLU | core_cms.SwiGLUParams) -> None:
+    """Ad-hoc level stacking (spec §5.5, D25): every level of `cms` starts from the weights of a
+    (pretrained) SwiGLU MLP, in place, so that the CMS computes that MLP at step 0.
+
+    `mlp` is a `SwiGLU` module (e.g. a Transformer++ block's MLP) or `SwiGLUParams` ([d, h],
+    [d, h], [h, d]); every level needs width h. Independent variant: K copies with w_ℓ = 1/K
+    (their weighted sum is the MLP); sequential / nested: level 1 a copy, levels 2..K copies with
+    W_down = 0 (they add nothing until trained). An in-context level starts at these weights and
+    then writes (η = η_max σ(ρ); at η_max → 0 it stays the MLP). Its W_tgt is left as it is.
+    """
+    if isinstance(mlp, SwiGLU):
+        mlp = core_cms.SwiGLUParams(mlp.w_gate.kernel[...], mlp.w_up.kernel[...],
+                                    mlp.w_down.kernel[...])
+    for i, level in enumerate(cms.levels):
+        dense = level.mlp if isinstance(level, InContextSwiGLU) else level
+        for name, w in zip(("w_gate", "w_up", "w_down"), mlp):
+            kernel = getattr(dense, name).kernel
+            if kernel.shape != w.shape:
+                raise ValueError(f"CMS level {i} {name} has shape {kernel.shape}, the MLP's is "
+                                 f"{w.shape}: build the CMS with hidden = the MLP's width")
+            zero = name == "w_down" and i > 0 and cms.weights is None
+            kernel[...] = (jnp.zeros_like(w) if zero else w).astype(kernel.dtype)
+    if cms.weights is not None:
+        k = len(cms.levels)
+        cms.weights[...] = jnp.full((k,), 1.0 / k, cms.weights.dtype)
