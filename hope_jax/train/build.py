@@ -6,7 +6,7 @@ place on the mesh (so a model larger than one device's memory can be built).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,6 @@ See docs/training.md for the TensorBoard tags, the MFU definition and the resume
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging

@@ -18,7 +18,7 @@ norm scales (also per-head [H, d_h] ones), biases, gate biases ([H]) and scalars
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp

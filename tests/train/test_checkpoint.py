@@ -10,7 +10,6 @@ import sys
 import time
 import warnings
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

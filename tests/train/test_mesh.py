@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from hope_jax.config.defaults import default_config
 from hope_jax.train.build import build_trainer

@@ -105,3 +105,21 @@ def test_eval_step_sums():
     assert float(n) == mask.sum()
     assert float(nats) == pytest.approx(float((nll * mask).sum()), rel=1e-5)
     assert float(nbytes) == float((token_bytes[tok[:, 1:]] * mask).sum())
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss():
+    """model.dtype = bfloat16: the loss (float32) is close to the float32 model's, and params
+    and Adam moments stay float32."""
+    mesh = build_mesh({"data": 1}, jax.devices()[:1])
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        c = _config()
+        c.model.dtype = dtype
+        tr = build_trainer(c, V, mesh, pad_id=0)
+        state, m = tr.train_step(tr.init_state(), jax.device_put(_tokens(), tr.batch_sharding),
+                                 jnp.array(False))
+        losses[dtype] = float(m["loss"])
+        assert m["loss"].dtype == jnp.float32 and float(m["finite"]) == 1.0
+        assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+        assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state.opt_state))
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], abs=0.05)
