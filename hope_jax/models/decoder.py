@@ -45,6 +45,9 @@ class DecoderConfig:
       remat: "none", or "block" to recompute each block's activations in the backward pass
         (`nnx.remat` per block: activation memory O(blocks · B·T·d) instead of every
         intermediate; memory levels keep their own per-chunk remat either way).
+      scan_blocks: stack the (identical) blocks' parameters on a leading axis and run them with
+        `nnx.scan` (one block is traced and compiled, whatever num_blocks); needs a single mixer
+        and MLP config. Same function as the unrolled model (see `stack_blocks`).
       name: a label (presets set it).
     """
 
@@ -59,6 +62,7 @@ class DecoderConfig:
     param_dtype: str = "float32"
     norm_eps: float = 1e-6
     remat: str = "none"
+    scan_blocks: bool = False
     name: str = ""
 
     def __post_init__(self):
@@ -68,9 +72,13 @@ class DecoderConfig:
             raise ValueError("num_blocks, d_model and vocab_size must be positive")
         if self.remat not in ("none", "block"):
             raise ValueError(f"DecoderConfig.remat must be 'none' or 'block', got {self.remat!r}")
-        for m in self.mixers + (self.mlp if isinstance(self.mlp, tuple) else (self.mlp,)):
+        mlps = self.mlp if isinstance(self.mlp, tuple) else (self.mlp,)
+        for m in self.mixers + mlps:
             if not hasattr(m, "build"):
                 raise ValueError(f"{type(m).__name__} has no build(d_model, *, rngs, ...) method")
+        if self.scan_blocks and (len(set(self.mixers)) != 1 or len(set(mlps)) != 1):
+            raise ValueError("DecoderConfig.scan_blocks needs identical blocks: one mixer config "
+                             "and one MLP config (hybrid patterns are unrolled)")
 
     def block_mixer(self, i: int):
         return self.mixers[i % len(self.mixers)]
@@ -126,8 +134,26 @@ def _remat_block(block: Block, h: Array) -> Array:
     return block(h)[0]
 
 
+def _stack_logical_axes(blocks: nnx.Module) -> None:
+    """Stacked parameters gain a leading block axis: mark it replicated (None) in logical_axes."""
+    for _, var in nnx.iter_graph(blocks):
+        if isinstance(var, nnx.Variable):
+            names = var.get_metadata().get("logical_axes")
+            if names is not None and len(names) == var[...].ndim - 1:
+                var.set_metadata(logical_axes=(None,) + tuple(names))
+
+
+def stack_blocks(blocks) -> nnx.State:
+    """The state of unrolled blocks (a sequence of identical `Block`s) stacked on a leading axis:
+    `nnx.update(scanned_model.blocks, stack_blocks(unrolled_model.blocks))` converts weights."""
+    states = [nnx.state(b) for b in blocks]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
 class DecoderCache(NamedTuple):
-    blocks: tuple
+    """One state per block (a tuple; with scan_blocks one BlockState with stacked leaves)."""
+
+    blocks: Any
 
 
 class Decoder(nnx.Module):
@@ -141,10 +167,17 @@ class Decoder(nnx.Module):
         emb_std = d ** -0.5 if config.tie_embeddings else 1.0
         self.embed = param(rngs, normal(emb_std), (config.vocab_size, d), ("vocab", "embed"),
                            pdtype)
-        self.blocks = nnx.List([
-            Block(d, config.block_mixer(i), config.block_mlp(i), rngs=rngs, dtype=dtype,
-                  param_dtype=pdtype, eps=config.norm_eps)
-            for i in range(config.num_blocks)])
+        def make(i: int, block_rngs: nnx.Rngs) -> Block:
+            return Block(d, config.block_mixer(i), config.block_mlp(i), rngs=block_rngs,
+                         dtype=dtype, param_dtype=pdtype, eps=config.norm_eps)
+
+        if config.scan_blocks:  # one Block whose parameters carry a leading [num_blocks] axis
+            make_one = lambda block_rngs: make(0, block_rngs)  # noqa: E731
+            self.blocks = nnx.split_rngs(splits=config.num_blocks)(
+                nnx.vmap(make_one, in_axes=(0,), out_axes=0))(rngs)
+            _stack_logical_axes(self.blocks)
+        else:
+            self.blocks = nnx.List([make(i, rngs) for i in range(config.num_blocks)])
         self.norm = RMSNorm(d, eps=config.norm_eps, rngs=rngs, dtype=dtype, param_dtype=pdtype)
         self.lm_head = (None if config.tie_embeddings else
                         Dense(d, config.vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype,
@@ -153,6 +186,9 @@ class Decoder(nnx.Module):
     def init_state(self, batch_size: int, max_len: int | None = None) -> DecoderCache:
         """Fresh per-block states; attention caches hold `max_len` tokens (default config.max_len)."""
         max_len = self.config.max_len if max_len is None else max_len
+        if self.config.scan_blocks:  # per-block states stacked on a leading axis
+            init = nnx.vmap(lambda b: b.init_state(batch_size, max_len), in_axes=0, out_axes=0)
+            return DecoderCache(init(self.blocks))
         return DecoderCache(tuple(b.init_state(batch_size, max_len) for b in self.blocks))
 
     def _logits(self, h: Array) -> Array:
@@ -165,6 +201,8 @@ class Decoder(nnx.Module):
                 ) -> tuple[Array, DecoderCache | None]:
         """tokens [B, T] int → (logits [B, T, V] float32, cache). cache None = training."""
         h = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        if self.config.scan_blocks:
+            return self._scan_blocks(h, cache)
         states = []
         for i, block in enumerate(self.blocks):
             if cache is None and self.config.remat == "block":
@@ -174,6 +212,25 @@ class Decoder(nnx.Module):
                 h, s = block(h, None if cache is None else cache.blocks[i])
             states.append(s)
         return self._logits(h), None if cache is None else DecoderCache(tuple(states))
+
+    def _scan_blocks(self, h: Array, cache: DecoderCache | None
+                     ) -> tuple[Array, DecoderCache | None]:
+        """The stacked blocks run by `nnx.scan` (h carried, per-block states scanned)."""
+        if cache is None:
+            remat = self.config.remat == "block"
+
+            def train_body(block: Block, x: Array) -> Array:
+                return _remat_block(block, x) if remat else block(x)[0]
+
+            h = nnx.scan(train_body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(self.blocks, h)
+            return self._logits(h), None
+
+        def body(block: Block, x: Array, state: BlockState):
+            return block(x, state)
+
+        h, states = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))(
+            self.blocks, h, cache.blocks)
+        return self._logits(h), DecoderCache(states)
 
     def __call__(self, tokens: Array) -> Array:
         """tokens [B, T] → logits [B, T, V] (float32)."""
