@@ -29,6 +29,10 @@ def maybe_initialize(dist_cfg) -> bool:
         kwargs["num_processes"] = int(dist_cfg.num_processes)
     if int(dist_cfg.get("process_id", -1)) >= 0:
         kwargs["process_id"] = int(dist_cfg.process_id)
+    try:  # cross-process collectives on the CPU backend (tests, CPU clusters) go through gloo
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):  # option renamed or gone: the backend's default
+        pass
     try:
         jax.distributed.initialize(**kwargs)
     except RuntimeError as e:
