@@ -8,7 +8,11 @@ PYTEST_ARGS ?=
 # Tests are compile-bound and XLA compiles on one thread: two workers use both cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-fast bench bench-optimizers bench-kernels venv clean
+# `make train`: the embedded default (a tiny Hope on the pip-only English corpus, byte level, CPU).
+WORKDIR ?= workdirs/hope-tiny
+TRAIN_ARGS ?=
+
+.PHONY: train test test-fast bench bench-optimizers bench-kernels venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,6 +23,11 @@ $(VENV)/.installed: pyproject.toml setup.py $(REQS)
 	$(PY) -m pip install --quiet -r $(REQS)
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
+
+train: venv
+	$(PY) -m hope_jax.cli train --workdir=$(WORKDIR) $(TRAIN_ARGS)
+	@echo ">> a sample from the trained model (hope-jax generate --workdir=$(WORKDIR)):"
+	$(PY) -m hope_jax.cli generate --workdir=$(WORKDIR) --max_tokens=300
 
 test: venv
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)

@@ -55,6 +55,17 @@ def _define_flags() -> None:
                          "checkpoint's architecture).")
 
 
+def _enable_compilation_cache() -> None:
+    """jax's persistent compilation cache (HOPE_JAX_COMPILATION_CACHE, default
+    ~/.cache/hope_jax/jax_cache; empty = off): a second run skips most XLA compile time."""
+    path = os.environ.get("HOPE_JAX_COMPILATION_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "hope_jax", "jax_cache"))
+    if path:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def _fail(message: str) -> None:
     print(f"hope-jax: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -84,8 +95,14 @@ def cmd_train() -> None:
     workdir = _workdir(config)
     result = train(config, workdir)
     if _is_main():
-        print(json.dumps({k: v for k, v in result.items()
-                          if isinstance(v, (int, float, str))}, indent=1))
+        summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+        with open(os.path.join(workdir, "result.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        bpb = result.get("bpb")
+        print(f"step {result.get('step')}: training loss {result.get('loss', float('nan')):.4f}, "
+              f"held-out bits per byte {bpb if bpb is None else round(float(bpb), 4)}, "
+              f"{result.get('tokens_per_s', 0):,.0f} tokens/s ({result.get('stopped')}); "
+              f"summary in {os.path.join(workdir, 'result.json')}")
 
 
 def _is_main() -> bool:
@@ -229,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(err))
     except (AttributeError, KeyError) as err:  # an override of a key the config does not have
         _fail(_unknown_override(args) or f"bad --config override ({err})")
+    _enable_compilation_cache()
     _run(command, rest)
 
 
