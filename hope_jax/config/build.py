@@ -40,7 +40,7 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
     m = config.model
     overrides = dict(vocab_size=int(vocab_size), max_len=int(config.data.seq_len),
                      dtype=m.dtype, param_dtype=m.param_dtype,
-                     tie_embeddings=bool(m.tie_embeddings),
+                     tie_embeddings=bool(m.tie_embeddings), scan_blocks=bool(m.scan_blocks),
                      remat="block" if m.remat in ("block", "full") else "none")
     if m.arch == "hope":
         overrides.update(m.switches.to_dict())

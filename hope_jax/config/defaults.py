@@ -31,6 +31,7 @@ def default_config() -> ConfigDict:
         param_dtype="float32",
         remat="none",             # none | block (jax.checkpoint each block) | full (also inside mixers)
         tie_embeddings=False,
+        scan_blocks=False,        # run identical blocks with nnx.scan (faster compiles of deep models)
         # Shape overrides of the size preset (0 = the preset's value).
         d_model=0,
         num_blocks=0,
