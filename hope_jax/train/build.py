@@ -20,7 +20,7 @@ from hope_jax.layers.cms import update_periods
 from hope_jax.models.decoder import Decoder, DecoderConfig
 from hope_jax.train import mesh as mesh_lib
 from hope_jax.train.optimizer import make_optimizer
-from hope_jax.train.state import ParamCodec, TrainState
+from hope_jax.train.state import ParamCodec, TrainState, all_finite
 from hope_jax.train.step import make_apply, make_eval_step, make_train_step
 
 
@@ -42,11 +42,14 @@ class Trainer(NamedTuple):
     init_state: Callable[[], TrainState]
     train_step: Callable
     eval_step: Callable
+    state_finite: Callable
     apply: Callable
 
 
 def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Trainer:
-    """Everything `train()` needs except data and checkpoints (pure set-up, compiles lazily)."""
+    """Everything `train()` needs except data and checkpoints (pure set-up, compiles lazily).
+
+    `state_finite(state)` → bool[] (replicated): params and optimizer state all finite."""
     dcfg = decoder_config(config, vocab_size)
     seed = int(config.train.seed)
     make_model = lambda: Decoder(dcfg, rngs=nnx.Rngs(seed))  # noqa: E731
@@ -90,10 +93,13 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
                          out_shardings=(state_sh, rep), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(apply), in_shardings=(p_shard, b_shard, b_shard, rep),
                         out_shardings=rep)
+    state_finite = jax.jit(lambda st: all_finite((st.params, st.opt_state)),
+                           in_shardings=(state_sh,), out_shardings=rep)
     return Trainer(mesh=mesh, model_config=dcfg, graphdef=graphdef, rest=rest, codec=codec,
                    periods=periods, tx=tx, schedule=schedule, state_shardings=state_sh,
                    batch_sharding=b_shard, abstract_state=abstract_state, init_state=init_state,
-                   train_step=train_step, eval_step=eval_step, apply=apply)
+                   train_step=train_step, eval_step=eval_step,
+                   state_finite=state_finite, apply=apply)
 
 
 __all__ = ["Trainer", "build_trainer"]

@@ -86,6 +86,10 @@ class Checkpointer:
                         opt_state=ocp.StandardCheckpointHandler(),
                         meta=ocp.JsonCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                         config=ocp.JsonCheckpointHandler())
+        # Multi-process: orbax's barriers are jax collectives by default, and from its async
+        # commit thread they can interleave with the training step's collectives differently on
+        # each process (a deadlock, seen with 2 CPU processes): save synchronously there.
+        async_save = bool(async_save) and jax.process_count() == 1
         options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -93,13 +97,19 @@ class Checkpointer:
 
     # ---------------------------------------------------------------- save
     def save(self, state: TrainState, *, data_states: list, config, vocab_size: int,
-             force: bool = False) -> bool:
+             finite: bool | None = None, force: bool = False) -> bool:
         """Starts an async save of `state` at its step; returns False (and saves nothing) if the
-        state holds non-finite values or the step is already saved."""
+        state holds non-finite values or the step is already saved.
+
+        `finite`: whether params and optimizer state are all finite, if the caller computed it
+        (multi-process runs must: `Trainer.state_finite`, one jitted computation); None checks
+        here with eager ops."""
         step = int(to_host(state.step))
         if step in self.manager.all_steps():
             return False
-        if not bool(to_host(all_finite((state.params, state.opt_state)))):
+        if finite is None:
+            finite = bool(to_host(all_finite((state.params, state.opt_state))))
+        if not finite:
             log.warning("not checkpointing step %d: the state holds non-finite values", step)
             return False
         leaves, treedef = jax.tree.flatten(state.opt_state)

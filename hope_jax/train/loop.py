@@ -45,13 +45,23 @@ class NonFiniteTrainingError(RuntimeError):
 
 # --------------------------------------------------------------------------- helpers
 class _SigtermFlag:
-    """Sets `.raised` on SIGTERM (main thread only); the previous handler is restored on exit."""
+    """Sets `.raised` on SIGTERM (main thread only); the previous handler is restored on exit.
+
+    A second SIGTERM goes to the previous handler (by default: terminate), so a run stuck inside
+    a step can still be stopped."""
 
     def __init__(self):
         self.raised = False
         self._previous = None
 
-    def _handle(self, signum, frame):  # noqa: ARG002
+    def _handle(self, signum, frame):
+        if self.raised:
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+            if callable(self._previous):
+                self._previous(signum, frame)
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
         self.raised = True
 
     def __enter__(self):
@@ -266,7 +276,8 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
             f.write(json.dumps(row) + "\n")
 
     def save() -> None:
-        ckpt.save(state, data_states=_gather_json(it.get_state()), config=config, vocab_size=V)
+        ckpt.save(state, data_states=_gather_json(it.get_state()), config=config, vocab_size=V,
+                  finite=bool(to_host(trainer.state_finite(state))))
 
     def run_eval() -> dict:
         batches = data.eval_batches(prepared, "valid", seq_len=T, batch_size=G,
