@@ -227,7 +227,11 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
                              seed=int(config.data.shuffle_seed), process_index=pi,
                              process_count=pc, worker_count=int(config.data.worker_count))
 
-    restored = ckpt.restore(trainer.abstract_state, config, V)
+    try:
+        restored = ckpt.restore(trainer.abstract_state, config, V)
+    except Exception:
+        ckpt.close()
+        raise
     if restored is None:
         state = trainer.init_state()
     else:
