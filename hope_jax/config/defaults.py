@@ -88,6 +88,7 @@ def default_config() -> ConfigDict:
         max_bad_steps=5,          # stop after this many consecutive non-finite steps
         progress=True,            # progress bar on stderr
         peak_flops=0.0,           # MFU denominator in FLOP/s (0 = measure a matmul at start-up)
+        init_from="",             # warm start: another run's workdir whose newest params seed this one
         stop_at=0,                # stop (with a checkpoint) once this step is reached, 0 = off;
                                   # the schedule still ends at `steps` (time-sliced jobs, tests)
         poison_steps=(),          # tests of the NaN policy only: steps whose loss is made NaN

@@ -79,8 +79,11 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
     # rest: non-trainable variables (none in the decoders here); built once, replicated
     rest = jax.jit(lambda: init_params()[1], out_shardings=rep)()
 
-    def init_state() -> TrainState:
-        params, _ = init_params_jit()
+    def init_state(params: dict | None = None) -> TrainState:
+        """Step 0 with a fresh optimizer; `params` (flat, on p_shard) replaces the random init
+        (a warm start, `train.init_from`)."""
+        if params is None:
+            params, _ = init_params_jit()
         opt = jax.jit(tx.init, out_shardings=o_shard)(params)
         zero = lambda: jax.device_put(np.zeros((), np.int32), rep)  # noqa: E731 (two buffers)
         return TrainState(step=zero(), params=params, opt_state=opt, bad_steps=zero())

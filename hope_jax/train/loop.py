@@ -190,7 +190,28 @@ def _data_api(data_api):
 
 
 # --------------------------------------------------------------------------- train
-def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
+def _warm_start_params(init_from: str, trainer: Trainer) -> dict:
+    """The parameters of the newest readable checkpoint of another run `init_from`, placed on this
+    run's shardings (the architecture must match; the data and optimizer may differ)."""
+    other = Checkpointer(os.path.abspath(os.path.expanduser(init_from)), async_save=False)
+    try:
+        steps = other.steps()
+        if not steps:
+            raise FileNotFoundError(f"train.init_from: no checkpoint in {other.directory}")
+        errors = []
+        for step in steps:
+            try:
+                return other.restore_params(step, trainer.abstract_state.params)
+            except Exception as e:  # noqa: BLE001 (try the previous step)
+                errors.append(f"step {step}: {e}")
+        raise ValueError(f"train.init_from: no checkpoint of {other.directory} matches this "
+                         f"model's parameters: {errors[:2]}")
+    finally:
+        other.close()
+
+
+def train(config, workdir: str, *, data_api: Any = None, devices=None,
+          init_from: str | None = None) -> dict:
     """Trains per `config` in `workdir` (auto-resumes from its latest checkpoint).
 
     Args:
@@ -200,6 +221,10 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
       data_api: the data package (default `hope_jax.data`); tests may pass another with the
         same interface.
       devices: mesh devices (default all).
+      init_from: a warm start (default `config.train.init_from`): when `workdir` holds no
+        checkpoint yet, the parameters start from the newest checkpoint of this other run
+        (same architecture; data, schedule and optimizer state start afresh). Used by the
+        continual-learning runner (one phase per corpus) and for fine-tuning.
 
     Returns:
       {step, loss, bpb, eval_loss, tokens_per_s, mfu, stopped ('done' | 'sigterm' | 'stop_at'),
@@ -232,7 +257,12 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None) -> dict:
     except Exception:
         ckpt.close()
         raise
-    if restored is None:
+    init_from = init_from or str(tc.get("init_from", "") or "")
+    if restored is None and init_from:
+        state = trainer.init_state(_warm_start_params(init_from, trainer))
+        if main:
+            print(f"warm start from {init_from}", flush=True)
+    elif restored is None:
         state = trainer.init_state()
     else:
         state, data_states, rstep = restored
