@@ -12,7 +12,7 @@ PYTEST_WORKERS ?= 2
 WORKDIR ?= workdirs/hope-tiny
 TRAIN_ARGS ?=
 
-.PHONY: train test test-fast bench bench-optimizers bench-kernels venv clean
+.PHONY: train test test-fast bench bench-optimizers bench-kernels compare bench-models venv clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,16 @@ bench-optimizers: venv
 
 bench-kernels: venv
 	$(PY) experiments/bench/bench_kernels.py
+
+# Hope vs Titans vs Transformer++ vs Gated DeltaNet, tiny, equal tokens (docs/experiments.md).
+COMPARISON ?= tiny
+compare: venv
+	$(PY) experiments/compare/run.py --comparison=$(COMPARISON)
+
+# Training tokens/s and memory vs T, then decode ms/token vs context (docs/experiments.md).
+bench-models: venv
+	$(PY) experiments/bench/bench_models.py
+	$(PY) experiments/bench/bench_decode.py
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache
