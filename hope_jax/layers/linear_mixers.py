@@ -11,6 +11,10 @@ No mixer here has recurrence code of its own: the level's write and read are the
 | TTT-Linear       | matrix       | l2        | GD, no retention, chunk 16               | post |
 | TTT-MLP          | residual MLP | l2        | GD, no retention, chunk 16               | post |
 
+Every factory takes `implementation=` (an override like any other): the chunked scan runs
+through `hope_jax.kernels` (`linear_chunk_update`; TTT-MLP `mlp_chunk_update`), see
+`memory_mixer.kernel_route` and docs/kernels.md.
+
 (DeltaNet as dot + DGD: `M(I − η k kᵀ) + η v kᵀ`, exact at any chunk size because the dot
 gradient does not depend on the state; tests/core/test_scan_identities.py.)
 """

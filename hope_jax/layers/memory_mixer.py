@@ -10,6 +10,11 @@ Dataflow (spec §3.5; Titans §4.4):
     o = chunked_scan(level, state, q, k, v, η, α, β)          (the level's write and read)
     y = W_O( RMSNorm_head(o) ⊙ σ(u W_gate) )                  (output norm and gate)
 
+The chunked scan runs through the kernels API (`hope_jax.kernels`, `implementation=`) when an op
+covers the level (`kernel_route`): the linear memory without momentum → `linear_chunk_update`,
+the depth-2 residual MLP → `mlp_chunk_update`; everything else, and every call whose incoming state
+is mid-stream (it carries a position), runs `core.chunked_scan` (table in docs/kernels.md).
+
 Persistent memory (Titans Eq. 19): N_p learned tokens are prepended to the block input, so the
 memory writes them first; their outputs are discarded. `init_state` runs that prefix, so
 streaming from `init_state` equals one call on the whole sequence.
@@ -27,6 +32,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hope_jax import core
+from hope_jax.core.inner_optimizers import MomentumState
+from hope_jax.kernels._dispatch import IMPLEMENTATIONS
+from hope_jax.kernels.linear_chunk_update import linear_chunk_update
+from hope_jax.kernels.mlp_chunk_update import mlp_chunk_update
 from hope_jax.layers.conv import CausalConv
 from hope_jax.layers.norms import HeadRMSNorm, l2_normalize
 from hope_jax.layers.params import Dense, normal, param
@@ -55,6 +64,8 @@ class MemoryMixerConfig:
     Output: out_norm (per-head RMSNorm), out_gate (σ(u W_gate)).
     memory_init: "default" (core init, D19) or "zeros" (M_0 = 0, the baselines' usual start).
     num_persistent: N_p persistent tokens (Titans Eq. 19).
+    implementation: the kernels' `implementation=` ("auto", "reference", "xla", "pallas_tpu",
+      "pallas_gpu", "interpret") for levels an op covers (`kernel_route`); other levels ignore it.
     """
 
     num_heads: int
@@ -85,6 +96,7 @@ class MemoryMixerConfig:
     out_gate: bool = True
     memory_init: str = "default"
     num_persistent: int = 0
+    implementation: str = "auto"
 
     def __post_init__(self):
         if self.memory not in ("matrix", "mlp"):
@@ -95,6 +107,9 @@ class MemoryMixerConfig:
             raise ValueError(f"memory_init must be 'default' or 'zeros', got {self.memory_init!r}")
         if self.eta_max <= 0:
             raise ValueError(f"eta_max must be > 0, got {self.eta_max}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
+                             f"got {self.implementation!r}")
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
               param_dtype=jnp.float32) -> "MemoryMixer":
@@ -122,6 +137,31 @@ def build_level(config: MemoryMixerConfig) -> core.Level:
                       remat=config.remat, method=config.method)
 
 
+def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:
+    """Which kernels op runs this mixer's level: ("linear" | "mlp", "") or (None, why not).
+
+    linear_chunk_update: matrix memory, GD or DGD (delta / gated), retention or not, no momentum.
+    mlp_chunk_update: the depth-2 residual MLP, momentum or not (β ≡ 0), DGD or not, no gated DGD.
+    Both: any objective (l2 / dot), read mode, normalisation; `method="auto"` only (an explicit
+    method pins a core path); the MLP needs `remat=True` (the ops always keep one state per chunk).
+    """
+    if config.method != "auto":
+        return None, f"method={config.method!r} pins a core chunk path"
+    if config.delta and config.gated and not config.retention:
+        return None, "gated DGD without retention (the ops gate p by the retention α)"
+    if config.memory == "matrix":
+        if config.momentum:
+            return None, "linear_chunk_update has no momentum"
+        return "linear", ""
+    if config.memory_depth != 2:
+        return None, f"mlp_chunk_update is the depth-2 MLP (memory_depth={config.memory_depth})"
+    if config.delta and config.gated:
+        return None, "mlp_chunk_update has no gated DGD"
+    if not config.remat:
+        return None, "remat=False (the ops always rematerialise per chunk)"
+    return "mlp", ""
+
+
 class MemoryMixerState(NamedTuple):
     """conv: the q/k/v conv buffers ([B, K−1, H·d_h] each) or (); level: the level's state."""
 
@@ -139,6 +179,7 @@ class MemoryMixer(nnx.Module):
         self.config = config
         self.num_heads, self.head_dim = h, dh
         self.level = build_level(config)
+        self.kernel_op = kernel_route(config)[0]  # "linear", "mlp" or None (core.chunked_scan)
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w_q = Dense(d_model, h * dh, ("embed", "heads"), **kw)
@@ -211,7 +252,59 @@ class MemoryMixer(nnx.Module):
             out["beta"] = jax.nn.sigmoid(self.gate_beta(u32))
         return out
 
-    def _mix(self, u: Array, state: MemoryMixerState) -> tuple[Array, MemoryMixerState]:
+    def _run_op(self, level_state: core.LevelState, q, k, v, gates: dict
+                ) -> tuple[Array, core.LevelState]:
+        """The kernels op from a chunk-aligned state: (y, the chunk-aligned state after)."""
+        cfg, spec = self.config, self.level.spec
+        alpha = gates.get("alpha") if cfg.retention else None
+        common = dict(chunk_size=cfg.chunk_size, objective=cfg.objective, dgd=cfg.delta,
+                      normalize=cfg.normalize, read=cfg.read, implementation=cfg.implementation)
+        if self.kernel_op == "linear":
+            y, w = linear_chunk_update(q, k, v, gates["eta"], alpha, level_state.memory[0],
+                                       gated=cfg.delta and cfg.gated, **common)
+            memory, opt_state = (w,), level_state.opt_state
+        else:
+            slot = spec.momentum_slot
+            if slot is None:  # no momentum: β ≡ 0 makes the op's S_t = −η G_t a plain GD step
+                beta, momentum = jnp.zeros_like(gates["eta"]), None
+            else:
+                beta, momentum = gates["beta"], level_state.opt_state[slot].momentum
+            y, memory, new_momentum = mlp_chunk_update(
+                q, k, v, gates["eta"], alpha, beta, level_state.memory, momentum,
+                activation=self.level.memory.activation, **common)
+            opt_state = level_state.opt_state
+            if slot is not None:
+                opt_state = (opt_state[:slot] + (MomentumState(tuple(new_momentum)),)
+                             + opt_state[slot + 1:])
+        position = jnp.asarray(q.shape[1], jnp.int32)
+        return y, core.LevelState(memory=tuple(memory), opt_state=opt_state,
+                                  snapshot=tuple(memory), position=position)
+
+    def _scan(self, level_state: core.LevelState, q, k, v, gates: dict, keep_state: bool
+              ) -> tuple[Array, core.LevelState]:
+        """The level over the sequence: the kernels op when it covers the level and the state is
+        chunk-aligned (a fresh sequence: position None), else `core.chunked_scan`.
+
+        When the state after is kept and T is not a multiple of C, the op runs the whole chunks
+        and the core the last partial chunk, so the state's snapshot and position are the core's.
+        """
+        if self.kernel_op is None or level_state.position is not None:
+            return core.chunked_scan(self.level, level_state, q, k, v, **gates)
+        t, c = q.shape[1], self.config.chunk_size
+        head = (t // c) * c if keep_state else t
+        if head == 0:
+            return core.chunked_scan(self.level, level_state, q, k, v, **gates)
+        if head == t:
+            return self._run_op(level_state, q, k, v, gates)
+        cut = lambda x, sl: x[:, sl]  # noqa: E731
+        y0, mid = self._run_op(level_state, *(cut(x, slice(None, head)) for x in (q, k, v)),
+                               {n: cut(g, slice(None, head)) for n, g in gates.items()})
+        y1, end = core.chunked_scan(self.level, mid, *(cut(x, slice(head, None)) for x in (q, k, v)),
+                                    **{n: cut(g, slice(head, None)) for n, g in gates.items()})
+        return jnp.concatenate([y0, y1], axis=1), end
+
+    def _mix(self, u: Array, state: MemoryMixerState, keep_state: bool = True
+             ) -> tuple[Array, MemoryMixerState]:
         cfg = self.config
         xq, xk, xv = self.w_q(u), self.w_k(u), self.w_v(u)
         conv_state = state.conv
@@ -224,7 +317,7 @@ class MemoryMixer(nnx.Module):
         q, k, v = self._heads(xq), self._heads(xk), self._heads(xv)
         if cfg.qk_l2:
             q, k = l2_normalize(q), l2_normalize(k)
-        o, level_state = core.chunked_scan(self.level, state.level, q, k, v, **self.gates(u))
+        o, level_state = self._scan(state.level, q, k, v, self.gates(u), keep_state)
         if self.out_norm is not None:
             o = self.out_norm(o)
         o = o.reshape(*o.shape[:2], -1).astype(self.dtype)
@@ -241,5 +334,5 @@ class MemoryMixer(nnx.Module):
         n_p = self.config.num_persistent
         x = u if self.persistent is None else jnp.concatenate(
             [self._prefix(b), u.astype(self.dtype)], axis=1)
-        y, _ = self._mix(x, self._fresh_state(b))
+        y, _ = self._mix(x, self._fresh_state(b), keep_state=False)
         return y[:, n_p:], None

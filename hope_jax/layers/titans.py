@@ -13,6 +13,9 @@ Ablation switches (Titans Table 5, spec §7.7) are `titans_lmm(...)` keyword ove
   w/o momentum       momentum=False
   w/o weight decay   retention=False
   w/o persistent     num_persistent=0
+Kernels: `implementation=` ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu", "interpret")
+is an override of every factory here (LMM, MAG, MAL, MAC); the memory's chunked scan then runs
+through `hope_jax.kernels.mlp_chunk_update` (docs/kernels.md, "Layers on the ops").
 
 Variants (spec §3.6):
   LMM  the memory alone is the mixer.
