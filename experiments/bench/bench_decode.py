@@ -1,11 +1,13 @@
 """Benchmark: decode time per token vs context length, Hope vs Titans (MAG) vs Transformer++
 (tiny, parameter-matched as in experiments/compare/tiny.py; batch 1). Not a test.
 
-For each context length L: a fresh cache with L + N slots (`model.init_state(1, L + N)`; only
+Each model is built once (max_len = the longest context + N). For each context length L: a fresh
+cache with L + N slots (`model.init_state(1, L + N)`; only
 attention's KV buffer depends on it; Hope's memories and MAG's sliding-window ring buffer do
 not), the context (random bytes) prefilled in pieces of `--prefill_chunk` tokens through the
 jitted `model.forward(piece, cache)` (prefill time reported apart), then N single-token
-`model.step` calls, each jitted (one compile per L, reported apart), timed one by one with
+`model.step` calls, each jitted (the first call compiles: reported apart; memory models compile
+once, attention once per L), timed one by one with
 `block_until_ready`; ms/token = median. Memory layers carry an O(1) state per token; the
 Transformer++ step attends over its whole KV buffer (L + N slots), so its cost grows with L.
 
@@ -48,10 +50,14 @@ def _step(model, token, cache):
     return model.step(token, cache)
 
 
-def bench_one(name: str, L: int, n_steps: int, prefill_chunk: int, size: str) -> dict:
+def build(name: str, max_len: int, size: str):
+    """The model, built once per name (max_len = the longest context + steps), so the memory
+    models' step and prefill programs (whose shapes do not depend on L) compile once."""
     from hope_jax.models import Decoder
-    cfg = decoder_config(name, L + n_steps, size)
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    return Decoder(decoder_config(name, max_len, size), rngs=nnx.Rngs(0))
+
+
+def bench_one(name: str, model, L: int, n_steps: int, prefill_chunk: int) -> dict:
     rng = np.random.default_rng(0)
     ctx = jnp.asarray(rng.integers(0, 256, (1, L)), jnp.int32)
     cache = model.init_state(1, L + n_steps)
@@ -134,9 +140,10 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     print(f"{'model':12s} {'context':>7s} {'ms/token':>9s} {'p10':>7s} {'p90':>7s} "
           f"{'prefill s':>9s} {'compile s':>9s}", flush=True)
-    for L in contexts:
-        for m in models:
-            r = bench_one(m, L, n_steps, chunk, args.size)
+    for m in models:
+        model = build(m, max(contexts) + n_steps, args.size)
+        for L in contexts:
+            r = bench_one(m, model, L, n_steps, chunk)
             rows.append(r)
             print(f"{m:12s} {L:7d} {r['ms_per_token']:9.3f} {r['ms_p10']:7.3f} {r['ms_p90']:7.3f} "
                   f"{r['prefill_s']:9.1f} {r['step_compile_s']:9.1f}"
@@ -144,7 +151,12 @@ def main(argv=None) -> int:
     g = growth(rows)
     print(f"ms/token at {contexts[-1]} ÷ at {contexts[0]}: " +
           ", ".join(f"{m} {v:.2f}×" for m, v in g.items()))
-    out = dict(benchmark="bench_decode", host=platform.node(), cpus=os.cpu_count(),
+    import subprocess
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
+                            text=True).stdout.strip()
+    out = dict(git_commit=commit, command=" ".join(["python", os.path.relpath(__file__)]
+                                                  + list(sys.argv[1:] if argv is None else argv)),
+               benchmark="bench_decode", host=platform.node(), cpus=os.cpu_count(),
                platform=jax.devices()[0].platform, jax=jax.__version__, contexts=contexts,
                models=models, steps=n_steps, wall_s=time.perf_counter() - t_start, rows=rows,
                growth_longest_over_shortest=g)

@@ -16,7 +16,9 @@ For every model of the comparison (experiments/compare/tiny.py), in `<root>/<mod
   memorization hope_jax.eval.memorization_bpb on the first held-out documents, chunk = seq_len;
                gain = bpb(memory reset per document) − bpb(memory carried)
   mqar         hope_jax.eval.train_mqar: a fresh model of the same shape on MQAR
-  continual    hope_jax.eval.continual_learning over the phases; forgetting per domain
+  continual    hope_jax.eval.continual_learning over the phases (in-process mode: one model and
+               AdamW state through every phase; comparison key continual.mode = "trainer" uses
+               train(init_from=...) per phase instead); forgetting per domain
 
 Each finished stage is stored in `<root>/<model>/stages.json` and skipped when the runner is
 started again (so an interrupted comparison resumes; delete the file or the folder to redo a
@@ -230,13 +232,23 @@ def stage_mqar(model: dict, comp: dict, mdir: str) -> dict:
 
 
 def stage_continual(model: dict, comp: dict, mdir: str) -> dict:
-    from hope_jax.eval import continual_learning
+    from hope_jax.eval import continual as cont
     k = comp["continual"]
     c = make_config(model, comp)
-    r = continual_learning(c, os.path.join(mdir, "continual"), phases=tuple(k["phases"]),
-                           steps_per_phase=int(k["steps_per_phase"]),
-                           eval_batches=int(k["eval_batches"]))
-    return dict(domains=list(r["domains"]), bpb=np.asarray(r["bpb"]).tolist(),
+    # The in-process mode (one model and one AdamW state carried through the phases, constant
+    # LR after warm-up; docs/evaluation.md) by default: one compile instead of a trainer build,
+    # checkpoint and read-back per phase. --continual_mode=trainer uses train(init_from=...).
+    original = cont._init_kwarg
+    if k.get("mode", "in_process") == "in_process":
+        cont._init_kwarg = lambda fn: None
+    try:
+        r = cont.continual_learning(c, os.path.join(mdir, "continual"), phases=tuple(k["phases"]),
+                                    steps_per_phase=int(k["steps_per_phase"]),
+                                    eval_batches=int(k["eval_batches"]))
+    finally:
+        cont._init_kwarg = original
+    return dict(mode=k.get("mode", "in_process"), domains=list(r["domains"]),
+                bpb=np.asarray(r["bpb"]).tolist(),
                 forgetting=np.asarray(r["forgetting"]).tolist(),
                 mean_forgetting=float(np.mean(np.asarray(r["forgetting"])[:-1]))
                 if len(r["domains"]) > 1 else 0.0)
