@@ -82,6 +82,12 @@ class SelfModifyingLevel:
       out_target: "self" → v̂_out = M_out(v) (Eq. 85, default); "value" → v̂_out = v (D18).
       read: "pre" (Eq. 94, default) or "snapshot" for the output memory; "post" also allowed.
       eta_max: upper bound of the step size, η = η_max σ(·) (D7, D19).
+      normalize_value: v = L2Norm(M_v(x̃_v)) instead of Eq. 84's unnormalised v (off by default,
+        on in the Hope presets). v is the *input* of every target v̂_□ = M_□(v), so with it on all
+        memory inputs (k, v, q) lie on the unit sphere that §2.3's stability bound assumes. Off,
+        the target path is a positive feedback loop: a C = 1 write of W₁ is
+        W₁ (α I − η' (h_k − h_v) h_kᵀ) + …, expansive once h_kᵀ h_v > ‖h_k‖² + (1 − α)/η', which
+        ‖v‖ ≫ ‖k‖ = 1 brings about; momentum then integrates it (see docs/hope.md).
       gradient: "full" (meta-gradient through every write, D8) or "stop".
       stop_target: stop the outer gradient through the targets v̂ (D8 option).
       remat: rematerialise each sub-chunk in the backward pass (D30).
@@ -99,6 +105,7 @@ class SelfModifyingLevel:
     out_target: str = "self"
     read: str = "pre"
     eta_max: float = 1.0
+    normalize_value: bool = False
     gradient: str = "full"
     stop_target: bool = False
     remat: bool = True
@@ -174,6 +181,8 @@ def _generate(level: SelfModifyingLevel, snaps: dict, gates: GateHeads, xq, xk, 
     apply = lambda n, x: level._arch(n).apply(snaps[n], x)  # noqa: E731
     k = _l2_normalize(apply("k", xk) if level.adaptive_k else xk)
     v = apply("v", xv) if level.adaptive_v else xv
+    if level.normalize_value:  # unit-norm target inputs (spec silent; docs/hope.md)
+        v = _l2_normalize(v)
     q = _l2_normalize(apply("q", xq) if level.adaptive_q else xq)
     h_eta, h_alpha = apply("eta", xk), apply("alpha", xk)
     eta = level.eta_max * jax.nn.sigmoid(h_eta @ gates.w_eta + gates.b_eta)

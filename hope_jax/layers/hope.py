@@ -34,10 +34,17 @@ CMS_LEVELS = {
     "paper": (CMSLevel(chunk=16), CMSLevel(period=2), CMSLevel(period=32)),
 }
 # Inner step bound of the presets. D19's η_max = 1 (η ≈ 0.12 at init) makes the self-modifying
-# memories diverge within ~25–60 tokens of real text, at every chunk size including the exact
-# recurrence (C = 1), because each memory's target M_□(v) feeds back through the memory itself;
-# η ≤ 0.01 with β ≈ 0.88 stayed finite over 512 tokens. See docs/hope.md.
-PRESET_ETA_MAX = 0.01
+# memories diverge within ~20–60 tokens of real text at every chunk size, C = 1 included. The
+# first cause is the target path: an unnormalised value v feeds each memory's target M_□(v)
+# back through the memory itself (fixed by PRESET_NORMALIZE_VALUE below). With unit-norm v,
+# η_max = 0.1 trains 300 tiny steps with no skipped step and the best held-out bpb; η_max = 1 still
+# diverges (W₂'s curvature through W₁ reaches the edge). Without it even η_max = 0.01 skipped 273
+# of 300 steps. See docs/hope.md.
+PRESET_ETA_MAX = 0.1
+# Unit-norm values v = L2Norm(M_v(x̃_v)) in the presets: v is the input of every self-generated
+# target M_□(v) (Eq. 84), and an unnormalised v makes the target path a positive feedback loop
+# (measured first cause of the divergence; docs/hope.md).
+PRESET_NORMALIZE_VALUE = True
 ABLATIONS = ("dgd", "momentum", "retention", "cms", "adaptive_k", "adaptive_v", "adaptive_q",
              "objective")
 
@@ -69,7 +76,8 @@ def hope_config(arch: str = "hope", size: str = "tiny", **switches) -> DecoderCo
         raise ValueError(f"unknown Hope arch {arch!r}; expected 'hope' or 'hope_attention'")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
-    unknown = set(switches) - set(ABLATIONS) - {"eta_max", "eta_bias", "alpha_bias", "beta_bias"}
+    unknown = set(switches) - set(ABLATIONS) - {"eta_max", "eta_bias", "alpha_bias", "beta_bias",
+                                                         "normalize_value"}
     if unknown:
         raise ValueError(f"unknown Hope switches {sorted(unknown)}; expected some of {ABLATIONS}")
     s = SIZES[size]
@@ -77,6 +85,7 @@ def hope_config(arch: str = "hope", size: str = "tiny", **switches) -> DecoderCo
     if arch == "hope":
         c_oth, c_mem = MEMORY_CHUNKS[size]
         switches.setdefault("eta_max", PRESET_ETA_MAX)
+        switches.setdefault("normalize_value", PRESET_NORMALIZE_VALUE)
         mixer = SelfModifyingConfig(num_heads=s.num_heads, chunk_other=c_oth, chunk_memory=c_mem,
                                     **switches)
     else:

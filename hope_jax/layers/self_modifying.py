@@ -37,7 +37,8 @@ class SelfModifyingConfig:
     expansion / out_expansion: hidden width of M_k, M_v, M_η, M_α (and M_q) / of M_out (D11);
     dgd, momentum, retention, normalize: the inner optimizer (D3, D5); objective: "l2" or "dot";
     adaptive_k / adaptive_v / adaptive_q: D14 switches; out_target: "self" (Eq. 85) or "value"
-    (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); eta_bias, alpha_bias,
+    (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); normalize_value:
+    v = L2Norm(M_v(x̃_v)) (off = Eq. 84 as printed; on in the Hope presets, docs/hope.md); eta_bias, alpha_bias,
     beta_bias: initial gate biases (D19: −2, 5, 2); gradient: "full" / "stop" (D8); conv_kernel:
     width of the causal convolutions.
     """
@@ -59,6 +60,7 @@ class SelfModifyingConfig:
     out_target: str = "self"
     read: str = "pre"
     eta_max: float = 1.0
+    normalize_value: bool = False
     eta_bias: float = -2.0
     alpha_bias: float = 5.0
     beta_bias: float = 2.0
@@ -83,6 +85,7 @@ class SelfModifyingConfig:
             chunk_other=self.chunk_other, chunk_memory=self.chunk_memory,
             adaptive_k=self.adaptive_k, adaptive_v=self.adaptive_v, adaptive_q=self.adaptive_q,
             out_target=self.out_target, read=self.read, eta_max=self.eta_max,
+            normalize_value=self.normalize_value,
             gradient=self.gradient, remat=self.remat)
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,

@@ -54,6 +54,8 @@ def explicit_loop(level, params, xq, xk, xv):
             ap = lambda n, x: arch[n].apply(snap[n], x)  # noqa: E731
             k = l2n(ap("k", xk[t]) if level.adaptive_k else xk[t])
             v = ap("v", xv[t]) if level.adaptive_v else xv[t]
+            if level.normalize_value:  # unit-norm target inputs (docs/hope.md)
+                v = l2n(v)
             q = l2n(ap("q", xq[t]) if level.adaptive_q else xq[t])
             eta = level.eta_max * jax.nn.sigmoid(ap("eta", xk[t]) @ gates.w_eta + gates.b_eta)
             alpha = jax.nn.sigmoid(ap("alpha", xk[t]) @ gates.w_alpha + gates.b_alpha)
@@ -87,6 +89,9 @@ def explicit_loop(level, params, xq, xk, xv):
     ((2, 4), 9, {}),
     ((2, 4), 7, dict(adaptive_k=False, adaptive_q=True, out_target="value")),
     ((3, 3), 5, dict(adaptive_v=False)),
+    ((1, 1), 5, dict(normalize_value=True)),
+    ((2, 4), 9, dict(normalize_value=True)),
+    ((2, 2), 5, dict(normalize_value=True, adaptive_v=False, out_target="value")),
 ])
 def test_chunked_equals_token_loop(x64, chunks, t, variant):
     """Outputs and final memories/momenta equal the explicit loop (float64, 1e-10), T odd."""
@@ -100,9 +105,10 @@ def test_chunked_equals_token_loop(x64, chunks, t, variant):
     assert_close(state.momenta, s_ref, 1e-10, "momenta")
 
 
-def test_meta_gradients_equal_token_loop(x64):
+@pytest.mark.parametrize("normalize_value", [False, True])
+def test_meta_gradients_equal_token_loop(x64, normalize_value):
     """Gradients w.r.t. every initial memory, the gate heads and the inputs equal the loop's (C = 2, 4)."""
-    level = SelfModifyingLevel(chunk_other=2, chunk_memory=4)
+    level = SelfModifyingLevel(chunk_other=2, chunk_memory=4, normalize_value=normalize_value)
     params = _params(level, 3)
     xs = _inputs(4, 4)
 
@@ -183,3 +189,39 @@ def test_ablation_switches_change_only_their_part(x64):
         assert float(jnp.max(jnp.abs(o - o_base))) > 1e-6
         o_ref = explicit_loop(variant, params, *xs)[0]
         assert_close(o, o_ref, 1e-10)
+
+
+@pytest.mark.fast
+def test_normalize_value_makes_targets_scale_free(x64):
+    """normalize_value: v = L2Norm(x̃_v) when v is static, so scaling the v-path by 5 changes
+    nothing (outputs and states, up to L2Norm's ε); without it the targets M_□(v) and hence everything change."""
+    xs = _inputs(7)
+    big = [xs[0], xs[1], 5.0 * xs[2]]
+    for nv in (True, False):
+        level = SelfModifyingLevel(chunk_other=2, chunk_memory=4, adaptive_v=False, normalize_value=nv)
+        params = _params(level)
+        o, s = self_modifying_scan(level, params, level.init_state(params, B), *xs)
+        o5, s5 = self_modifying_scan(level, params, level.init_state(params, B), *big)
+        if nv:
+            # equal up to the ε = 1e-6 inside L2Norm (relative ~ε/‖x̃_v‖²)
+            assert_close(o5, o, 1e-5, "outputs")
+            assert_close(s5.memories, s.memories, 1e-5, "memories")
+        else:
+            assert float(jnp.max(jnp.abs(o5 - o))) > 1e-3
+
+
+def test_normalize_value_keeps_memories_bounded():
+    """The measured divergence (docs/hope.md): at η_max = 0.1 with D19's gates and a v-path of norm
+    ~3, the unnormalised target path feeds back and the memories overflow within 256 tokens;
+    unit-norm values keep every weight and output bounded."""
+    outs = {}
+    for nv in (False, True):
+        level = SelfModifyingLevel(chunk_other=4, chunk_memory=8, eta_max=0.1, normalize_value=nv)
+        params = level.init_params(jax.random.PRNGKey(0), 2, 16)
+        ks = jax.random.split(jax.random.PRNGKey(7), 3)
+        xs = [jax.nn.silu(3.0 * jax.random.normal(k, (1, 256, 2, 16))) for k in ks]
+        o, s = jax.jit(lambda p, *x: self_modifying_scan(level, p, level.init_state(p, 1), *x))(params, *xs)
+        outs[nv] = (o, max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(s.memories)))
+    assert not bool(jnp.all(jnp.isfinite(outs[False][0])))
+    assert bool(jnp.all(jnp.isfinite(outs[True][0])))
+    assert float(jnp.max(jnp.abs(outs[True][0]))) < 10.0 and outs[True][1] < 10.0
