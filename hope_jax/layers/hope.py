@@ -36,11 +36,11 @@ CMS_LEVELS = {
 # Inner step bound of the presets. D19's η_max = 1 (η ≈ 0.12 at init) makes the self-modifying
 # memories diverge within ~20–60 tokens of real text at every chunk size, C = 1 included. The
 # first cause is the target path: an unnormalised value v feeds each memory's target M_□(v)
-# back through the memory itself (fixed by PRESET_NORMALIZE_VALUE below). With unit-norm v,
-# η_max = 0.1 trains 300 tiny steps with 3 skipped steps (vs 274) and bpb 3.05; η_max = 1 still
-# diverges (W₂'s curvature through W₁ reaches the edge). Without it even η_max = 0.01 skipped 273
-# of 300 steps. See docs/hope.md.
-PRESET_ETA_MAX = 0.1
+# back through the memory itself (fixed by PRESET_NORMALIZE_VALUE below). With unit-norm v, 300
+# tiny steps skip 1 step at η_max = 0.01 and 3 at η_max = 0.1, with the same held-out bpb (3.049 /
+# 3.047); η_max = 1 still diverges (W₂'s curvature through W₁ reaches the edge). Without unit-norm
+# v, η_max = 0.01 skipped 274 of 300 steps. See docs/hope.md.
+PRESET_ETA_MAX = 0.01
 # Unit-norm values v = L2Norm(M_v(x̃_v)) in the presets: v is the input of every self-generated
 # target M_□(v) (Eq. 84), and an unnormalised v makes the target path a positive feedback loop
 # (measured first cause of the divergence; docs/hope.md).
