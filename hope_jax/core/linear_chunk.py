@@ -7,7 +7,7 @@ every term of the closed form (`closed_form.py`) is linear in the chunk-start ru
 for every chunk in parallel before the scan:
 
     Y   = R_w W_0ᵀ + R_s S_0ᵀ + R_ξ W_ξᵀ + Y_c                         (reads)
-    W_C = W_0 E_w + S_0 E_s + W_ξ E_ξ + E_c                            (memory at the chunk end)
+    W_C = ᾱ_C W_0 + W_0 E_w + S_0 E_s + W_ξ E_ξ + E_c                  (memory at the chunk end)
     S_C = β̄ S_0 + W_ξ F_ξ + F_c                                        (momentum at the chunk end)
 
 leaving only a handful of [C, d]·[d, d] matmuls per chunk in the sequential scan. With the DGD
@@ -15,7 +15,10 @@ preconditioner this is the chunkwise WY/UT form of DeltaNet and Gated DeltaNet: 
 `U = T B` use `T = (I + L)⁻¹` and split into the same three maps (`U = P_w W_0ᵀ + P_s S_0ᵀ +
 P_ξ W_ξᵀ + U_c`). Linear attention (dot, GD, no decay) reduces to Titans Eq. 17's matmul form.
 Because the maps compose, the inter-chunk scan could also run as an associative scan for
-sequence parallelism.
+sequence parallelism. On CPU the cost is the number of batched [C, C]/[C, d] ops more than their
+FLOPs: the DGD system is inverted by blocked matmuls with a written-out derivative
+(`coefficients.unit_lower_inverse`), and without momentum the gradient and preconditioner terms of
+each map merge into one product (`_dgd_maps_no_momentum`).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hope_jax.core.closed_form import prepare_chunk
+from hope_jax.core.closed_form import ChunkPrep, effective_gates
+from hope_jax.core.coefficients import chunk_coefficients, decay_matrix, unit_lower_inverse
 from hope_jax.core.inner_optimizers import RecurrenceSpec
 
 Array = jax.Array
@@ -36,7 +40,8 @@ class LinearChunkMaps(NamedTuple):
     """The affine maps of one chunk (one head, one sequence); fields absent are None.
 
     read_w, read_s, read_n: [C, d_k] (R_w, R_s, R_ξ); read_c: [C, d_v].
-    end_w, end_s, end_n: [d_k, d_k]; end_c: [d_v, d_k].
+    end_decay: [] (ᾱ_C); end_w: [d_k, d_k] or None, so that W_0's map is ᾱ_C I + E_w (the scaled
+    identity is never materialised); end_s, end_n: [d_k, d_k]; end_c: [d_v, d_k].
     mom_decay: []; mom_n: [d_k, d_k]; mom_c: [d_v, d_k].
     """
 
@@ -44,7 +49,8 @@ class LinearChunkMaps(NamedTuple):
     read_s: Array | None
     read_n: Array | None
     read_c: Array
-    end_w: Array
+    end_decay: Array
+    end_w: Array | None
     end_s: Array | None
     end_n: Array | None
     end_c: Array
@@ -54,23 +60,74 @@ class LinearChunkMaps(NamedTuple):
 
 
 def _left_matmul(left: Array, blocks: list) -> list:
-    """[left @ b for b in blocks] as one product (None blocks give None)."""
-    present = [b for b in blocks if b is not None]
-    widths = [b.shape[1] for b in present]
-    out = left @ jnp.concatenate(present, axis=1)
-    parts = iter(jnp.split(out, list(itertools.accumulate(widths))[:-1], axis=1)
-                 if len(present) > 1 else [out])
-    return [None if b is None else next(parts) for b in blocks]
+    """[left @ b for b in blocks] (None blocks give None). Separate products: concatenating the
+    operands into one product is slower on CPU (the copies cost more than the larger GEMM saves)."""
+    return [None if b is None else left @ b for b in blocks]
 
 
 def _right_matmul(blocks: list, right: Array) -> list:
-    """[b.T @ right for b in blocks] as one product (None blocks give None)."""
-    present = [b for b in blocks if b is not None]
-    widths = [b.shape[1] for b in present]
-    out = jnp.concatenate(present, axis=1).T @ right
-    parts = iter(jnp.split(out, list(itertools.accumulate(widths))[:-1], axis=0)
-                 if len(present) > 1 else [out])
-    return [None if b is None else next(parts) for b in blocks]
+    """[b.T @ right for b in blocks] (None blocks give None)."""
+    return [None if b is None else b.T @ right for b in blocks]
+
+
+def _prepare(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: Array,
+             alpha: Array | None, beta: Array | None, mask: Array | None):
+    """`closed_form.prepare_chunk`, with the DGD system inverted by blocked matmuls
+    (`unit_lower_inverse`) instead of a triangular solve (several times faster on CPU, forward and
+    backward). Also returns (base, η_e, p): without momentum c_G = base·diag(η_e) and
+    c_U = base·diag(p) with base[t, i] = P_α[t, i+1] (else base is None)."""
+    if stop_writes:
+        k, eta = sg(k), sg(eta)
+        alpha = None if alpha is None else sg(alpha)
+        beta = None if beta is None else sg(beta)
+    c = k.shape[0]
+    eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
+    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
+    kk = inverse = None
+    if spec.dgd:
+        kk = k @ k.T
+        inverse = unit_lower_inverse(co.precond_weights[:c] * kk)  # strictly lower
+    base = decay_matrix(alpha_e)[:, 1:] if beta_e is None else None  # CSE'd with `co`'s
+    return ChunkPrep(co, q @ k.T, kk, inverse), base, eta_e, p
+
+
+def _dgd_maps_no_momentum(prep: ChunkPrep, base: Array, eta_e: Array, p: Array, cy: float,
+                          residual: bool, read: str, q: Array, k: Array, v_eff: Array):
+    """(read_w, read_n, read_c, end_w, end_n, end_c) of a DGD chunk without momentum.
+
+    There c_G and c_U share `base` (c_G = base·diag(η), c_U = base·diag(p)), so the gradient and
+    preconditioner terms of every map merge into one product each: with Z_w = p ⊙ P_w,
+    Z_n = c η ⊙ K + p ⊙ P_n and Z_c = η ⊙ V' − p ⊙ U_c, reads are A Z (A = base ⊙ QKᵀ) and chunk
+    ends Zᵀ (base[C] ⊙ K) — the "new values" of chunkwise Gated DeltaNet.
+    """
+    co = prep.coeffs
+    c = k.shape[0]
+    kkb = base[:c] * prep.kk  # strictly lower: weights of the snapshot errors in B_t
+    inv = prep.system_inverse
+    p_w = inv @ (co.decay[:c, None] * k)
+    u_c = inv @ (kkb @ (eta_e[:, None] * v_eff))
+    z_w = p[:, None] * p_w
+    z_c = eta_e[:, None] * v_eff - p[:, None] * u_c
+    z_n = None
+    if cy:
+        ek = eta_e[:, None] * k
+        p_n = -cy * (inv @ (kkb @ ek))
+        z_n = cy * ek + p[:, None] * p_n
+    if read == "snapshot":
+        read_w = read_n = read_c = None
+    else:
+        rows = slice(1, c + 1) if read == "post" else slice(0, c)
+        a = base[rows] * prep.qk
+        read_w = co.decay[rows, None] * q - a @ z_w
+        read_c = a @ z_c
+        read_n = None if z_n is None else -(a @ z_n)
+        if residual:
+            read_c = read_c + q
+    bk = base[c][:, None] * k
+    end_w = -(z_w.T @ bk)
+    end_c = z_c.T @ bk
+    end_n = None if z_n is None else -(z_n.T @ bk)
+    return read_w, read_n, read_c, end_w, end_n, end_c
 
 
 def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, read: str,
@@ -81,14 +138,21 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     maps (valid when the chunk starts at a chunk boundary, where W_ξ = W_0)."""
     if stop_writes:
         k, v = sg(k), sg(v)
-    prep = prepare_chunk(spec, stop_writes, q, k, eta, alpha, beta, mask)
+    prep, base, eta_e, p = _prepare(spec, stop_writes, q, k, eta, alpha, beta, mask)
     co = prep.coeffs
     c, d_k = k.shape
     cy = affine
     v_eff = v - cy * k if residual else v
     eye = jnp.eye(d_k, dtype=k.dtype)
     has_mom = co.carry is not None
-    # Matmuls that share an operand are batched into one (fewer, larger products).
+    if spec.dgd and not has_mom:
+        read_w, read_n, read_c, end_w, end_n, end_c = _dgd_maps_no_momentum(
+            prep, base, eta_e, p, cy, residual, read, q, k, v_eff)
+        if read == "snapshot":
+            read_w, read_n = jnp.zeros_like(q), q
+            read_c = q if residual else jnp.zeros_like(v)
+        return _fold(separate_snapshot, q, eye, read_w, None, read_n, read_c, co.decay[c],
+                     end_w, None, end_n, end_c, None, None, None)
     # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c (terms with c = 0 are skipped).
     if spec.dgd:
         gw_in = co.grad_weights[:c] * prep.kk  # rows t−1: weights of δ_i in B_t
@@ -97,9 +161,6 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
             co.decay[:c, None] * k, co.carry[:c, None] * k if has_mom else None,
             -cy * k_n if cy else None, v_n])
         u_parts = [p_w, p_s, p_n, u_c]
-
-    def add(a, b):
-        return b if a is None else (a if b is None else a + b)
 
     # Reads.
     if read == "snapshot":
@@ -123,14 +184,15 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
 
     # Chunk end (row C) and momentum end.
     gk = co.grad_weights[c][:, None] * k  # diag(c_G[C]) K
-    end_w = co.decay[c] * eye
+    end_decay = co.decay[c]
+    end_w = None  # W_0's map is end_decay·I + end_w
     end_s = co.carry[c] * eye if has_mom else None
     e_k, end_c = _right_matmul([k if cy else None, v_eff], gk)
     end_n = -cy * e_k if cy else None
     if spec.dgd:
         dk = co.precond_weights[c][:, None] * k  # diag(c_U[C]) K
         f_w, f_s, f_n, f_c = _right_matmul(u_parts, dk)
-        end_w, end_c = end_w - f_w, end_c - f_c
+        end_w, end_c = -f_w, end_c - f_c
         end_s = None if f_s is None else end_s - f_s
         end_n = None if f_n is None else end_n - f_n
     mom_decay = mom_n = mom_c = None
@@ -140,13 +202,22 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
         m_k, mom_c = _right_matmul([k if cy else None, v_eff], mk)
         mom_n = -cy * m_k if cy else None
 
+    return _fold(separate_snapshot, q, eye, read_w, read_s, read_n, read_c, end_decay, end_w,
+                 end_s, end_n, end_c, mom_decay, mom_n, mom_c)
+
+
+def _fold(separate_snapshot, q, eye, read_w, read_s, read_n, read_c, end_decay, end_w, end_s,
+          end_n, end_c, mom_decay, mom_n, mom_c) -> LinearChunkMaps:
+    def add(a, b):
+        return b if a is None else (a if b is None else a + b)
+
     if separate_snapshot:  # keep explicit (zero) W_ξ maps so the step's structure is static
         read_n = jnp.zeros_like(q) if read_n is None else read_n
         end_n = jnp.zeros_like(eye) if end_n is None else end_n
     else:
         read_w, read_n = add(read_w, read_n), None
         end_w, end_n = add(end_w, end_n), None  # mom_n then acts on W_0 (= W_ξ)
-    return LinearChunkMaps(read_w, read_s, read_n, read_c, end_w, end_s, end_n, end_c,
+    return LinearChunkMaps(read_w, read_s, read_n, read_c, end_decay, end_w, end_s, end_n, end_c,
                            mom_decay, mom_n, mom_c)
 
 
@@ -164,7 +235,9 @@ def linear_chunk(maps: LinearChunkMaps, stop_writes: bool, q: Array, w0: Array,
         snap = None if snap is None else sg(snap)
     w_n = w0 if snap is None else snap  # the snapshot's maps act on W_ξ (= W_0 when folded)
     y = maps.read_w @ w0.T + maps.read_c
-    w_end = w0 @ maps.end_w + maps.end_c
+    w_end = maps.end_decay * w0 + maps.end_c
+    if maps.end_w is not None:
+        w_end = w_end + w0 @ maps.end_w
     if snap is not None:
         y = y + maps.read_n @ snap.T
         w_end = w_end + snap @ maps.end_n
