@@ -4,8 +4,9 @@ Transformer++ (tiny, parameter-matched as in experiments/compare/tiny.py; batch 
 What is timed: one jitted training step = forward + backward + AdamW update (optax.adamw,
 clip 1.0) on a [1, T + 1] batch of random byte tokens, params and optimizer state donated.
 The step is compiled ahead of time (`jit(...).lower(...).compile()`, compile time reported
-apart), run once to warm up, then timed `repeats` times (fewer at long T); tokens/s =
-T / median step time.
+apart), run once to warm up, then timed `repeats` times (fewer at long T), the models at one T
+interleaved round-robin so machine noise falls on all of them alike; tokens/s = T / median step
+time.
 
 Peak memory: XLA's compiled memory analysis of the step (`compiled.memory_analysis()`):
 `temp + argument + output − alias` bytes (params, optimizer state, batch and every intermediate
@@ -142,40 +143,56 @@ def xla_flops(compiled) -> float | None:
         return None
 
 
-def bench_one(name: str, T: int, repeats: int, max_gb: float, peak: float, size: str) -> dict:
-    cfg = decoder_config(name, T, size)
-    step, params, opt = build_step(cfg)
-    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, T + 1)), jnp.int32)
-    n_params = sum(int(np.prod(v.shape)) for v in params.values())
-    t0 = time.perf_counter()
-    compiled = step.lower(params, opt, tokens).compile()
-    compile_s = time.perf_counter() - t0
-    mem = memory_bytes(compiled)
-    row = dict(model=name, seq_len=T, batch=1, params=n_params, compile_s=compile_s,
-               memory_bytes=mem, peak_gb=mem.get("peak", 0) / 2 ** 30 if mem else None,
-               xla_flops=xla_flops(compiled),
-               flops_per_token=analytic_flops_per_token(cfg, params, T))
-    if mem and mem["peak"] > max_gb * 2 ** 30:
-        row.update(status=f"does not fit (estimate {mem['peak'] / 2 ** 30:.1f} GB > {max_gb} GB)",
-                   tokens_per_s=None, step_s=None, mfu=None)
-        return row
-    params, opt, loss = compiled(params, opt, tokens)   # warm-up
-    loss.block_until_ready()
-    times = []
-    for _ in range(repeats):
+class Case:
+    """One model at one T: compiled step, its state, and its row."""
+
+    def __init__(self, name: str, T: int, max_gb: float, size: str):
+        cfg = decoder_config(name, T, size)
+        step, self.params, self.opt = build_step(cfg)
+        self.tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, T + 1)), jnp.int32)
+        n_params = sum(int(np.prod(v.shape)) for v in self.params.values())
         t0 = time.perf_counter()
-        params, opt, loss = compiled(params, opt, tokens)
+        self.compiled = step.lower(self.params, self.opt, self.tokens).compile()
+        compile_s = time.perf_counter() - t0
+        mem = memory_bytes(self.compiled)
+        self.row = dict(model=name, seq_len=T, batch=1, params=n_params, compile_s=compile_s,
+                        memory_bytes=mem, peak_gb=mem.get("peak", 0) / 2 ** 30 if mem else None,
+                        xla_flops=xla_flops(self.compiled),
+                        flops_per_token=analytic_flops_per_token(cfg, self.params, T),
+                        status="ok", tokens_per_s=None, step_s=None, mfu=None, step_times=[])
+        self.fits = not (mem and mem["peak"] > max_gb * 2 ** 30)
+        if not self.fits:
+            self.row["status"] = (f"does not fit (estimate {mem['peak'] / 2 ** 30:.1f} GB > "
+                                  f"{max_gb} GB)")
+
+    def run(self) -> float:
+        t0 = time.perf_counter()
+        self.params, self.opt, loss = self.compiled(self.params, self.opt, self.tokens)
         loss.block_until_ready()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    tps = T / med
-    row.update(status="ok", step_s=med, step_times=times, tokens_per_s=tps,
-               mfu=tps * row["flops_per_token"] / peak, loss=float(loss))
-    return row
+        self.row["loss"] = float(loss)
+        return time.perf_counter() - t0
+
+
+def bench_length(names: list[str], T: int, repeats: int, max_gb: float, peak: float,
+                 size: str) -> list[dict]:
+    """Every model at T: compile all, warm up each, then time the steps round-robin (model A,
+    B, C, A, B, C, …) so that machine noise is spread evenly over the models being compared."""
+    cases = [Case(n, T, max_gb, size) for n in names]
+    live = [c for c in cases if c.fits]
+    for c in live:
+        c.run()                                   # warm-up
+    for _ in range(repeats):
+        for c in live:
+            c.row["step_times"].append(c.run())
+    for c in live:
+        med = statistics.median(c.row["step_times"])
+        c.row.update(step_s=med, tokens_per_s=T / med,
+                     mfu=T / med * c.row["flops_per_token"] / peak)
+    return [c.row for c in cases]
 
 
 def repeats_for(T: int, base: int) -> int:
-    return max(1, base if T <= 2048 else base // 2 if T <= 8192 else 1)
+    return max(1, base if T <= 2048 else base // 2 if T <= 8192 else 2)
 
 
 def ratios(rows: list[dict], num: str = "hope", den: str = "transformer") -> dict:
@@ -237,10 +254,11 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     print(f"{'model':12s} {'T':>6s} {'params':>8s} {'compile s':>9s} {'step s':>8s} "
           f"{'tokens/s':>9s} {'MFU':>6s} {'peak GB':>8s}", flush=True)
-    for T in lengths:   # all models at one T before the next: ratios come from one run
-        for m in models:
-            r = bench_one(m, T, repeats_for(T, repeats), args.max_gb, peak["peak"], args.size)
+    for T in lengths:   # all models at one T, interleaved: ratios come from one run
+        for r in bench_length(models, T, repeats_for(T, repeats), args.max_gb, peak["peak"],
+                              args.size):
             rows.append(r)
+            m = r["model"]
             f = lambda x, s: ("—" if x is None else s.format(x))  # noqa: E731
             print(f"{m:12s} {T:6d} {r['params']:8d} {r['compile_s']:9.1f} "
                   f"{f(r.get('step_s'), '{:8.3f}'):>8s} {f(r.get('tokens_per_s'), '{:9.0f}'):>9s} "

@@ -277,9 +277,13 @@ def run_model(model: dict, comp: dict, root: str, stages=STAGES, log=print) -> d
         out = STAGE_FNS[stage](model, comp, mdir)
         out["stage_wall_s"] = time.perf_counter() - t0
         done[stage] = clean_json(out)
-        with open(path + ".tmp", "w") as f:
+        if os.path.exists(path):   # stages stored meanwhile by another process (--stages split)
+            with open(path) as f:
+                done = {**json.load(f), **done}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
             json.dump(done, f, indent=1)
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
         log(f"[{model['name']}] {stage}: {out['stage_wall_s']:.0f} s  " + ", ".join(
             f"{k}={v:.4g}" for k, v in out.items()
             if isinstance(v, float) and k != "stage_wall_s"))
