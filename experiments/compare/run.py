@@ -276,6 +276,7 @@ def run_model(model: dict, comp: dict, root: str, stages=STAGES, log=print) -> d
         t0 = time.perf_counter()
         out = STAGE_FNS[stage](model, comp, mdir)
         out["stage_wall_s"] = time.perf_counter() - t0
+        out["git_commit"] = git_commit()   # the code this stage ran (the tree may move on)
         done[stage] = clean_json(out)
         if os.path.exists(path):   # stages stored meanwhile by another process (--stages split)
             with open(path) as f:
@@ -315,7 +316,8 @@ def write_report(results: dict, out_dir: str) -> str:
 
     lines = [f"# Comparison: {results.get('name', '')}", ""]
     lines += ["Produced by:", "", "```", results.get("command", ""), "```", "",
-              f"git commit: `{results.get('git_commit', 'unknown')}`  ",
+              f"git commit (when the report was written): "
+              f"`{results.get('git_commit', 'unknown')}`  ",
               f"host: {results.get('host', '')}  ",
               f"finished: {results.get('finished', '')}  ",
               f"total wall time of the stages: {results.get('wall_s', float('nan')) / 60:.1f} min",
@@ -430,6 +432,10 @@ def write_report(results: dict, out_dir: str) -> str:
                   "a domain at the end − bpb just after its own phase (> 0: forgotten).", "",
                   markdown_table(rows), "", "![forgetting](forgetting.png)", ""]
 
+    stage_commits = sorted({(models[n].get(s) or {}).get("git_commit") for n in names
+                            for s in STAGES if (models[n].get(s) or {}).get("git_commit")})
+    if stage_commits:
+        lines += ["Commits the stages ran at: " + ", ".join(f"`{c}`" for c in stage_commits), ""]
     # stage times
     rows = [{"model": n, **{s: _cell((models[n].get(s) or {}).get("stage_wall_s"), 0)
                             if models[n].get(s) else dash for s in STAGES}} for n in names]
