@@ -10,6 +10,9 @@ sequence:
     ℓ_loc(θ; z) = ½ ‖F_θ(z) − W_tgt z‖²                        (W_tgt: outer parameter, init 0)
     η = η_max σ(ρ)                                              (ρ: outer scalar, η_max = 0.1)
 
+Option `normalize` (on in the Hope presets): each layer's per-token gradient term is divided by
+(1 + η‖x_t‖²), x_t the layer's own input — D3's step normalisation applied layer by layer.
+
 The chunk's summed gradient is one batched backward pass of the MLP (per-layer outer-product sums
 as matmuls); no per-token gradient is materialised. A chunk whose end falls in the padding does not
 write (D35); padded tokens never contribute to a gradient.
@@ -38,6 +41,32 @@ def swiglu(params: SwiGLUParams, z: Array) -> Array:
     return (jax.nn.silu(z @ params.w_gate) * (z @ params.w_up)) @ params.w_down
 
 
+def normalized_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weights: Array,
+                          eta: Array) -> SwiGLUParams:
+    """Σ_t weights_t · ∇_θ ½‖F_θ(z_t) − W_tgt z_t‖² with every layer's per-token term divided by
+    (1 + η‖x_t‖²), x_t being THAT layer's input (z_t for W_g and W_up, the hidden
+    a_t = SiLU(z_t W_g) ⊙ z_t W_up for W_down).
+
+    The DGD step normalisation η/(1+η‖k‖²) of D3 applied layer by layer: a per-token write to a
+    layer is then non-expansive along its input whatever the input's scale. Written as explicit
+    backprop so that each layer gets its own per-token weights (one matmul per layer).
+    """
+    g = z @ params.w_gate
+    u = z @ params.w_up
+    s = jax.nn.silu(g)
+    a = s * u
+    r = a @ params.w_down - z @ w_target                       # residual [.., C, d]
+    w_in = weights / (1.0 + eta * jnp.sum(z * z, -1))          # per token, input layers
+    w_hid = weights / (1.0 + eta * jnp.sum(a * a, -1))        # per token, W_down
+    mt = lambda x, y: jnp.swapaxes(x, -1, -2) @ y              # noqa: E731  Σ_t x_tᵀ y_t
+    d_down = mt(a, w_hid[..., None] * r)
+    da = (r @ params.w_down.T) * w_in[..., None]
+    sig = jax.nn.sigmoid(g)
+    d_up = mt(z, da * s)
+    d_gate = mt(z, da * u * sig * (1 + g * (1 - sig)))         # SiLU'(g) = σ(g)(1 + g(1 − σ(g)))
+    return SwiGLUParams(d_gate, d_up, d_down)
+
+
 def local_loss(params: SwiGLUParams, w_target: Array, z: Array, weights: Array) -> Array:
     """Σ_t weights_t · ½‖F_θ(z_t) − W_tgt z_t‖²  (D9's default local objective; W_tgt [d, d])."""
     residual = swiglu(params, z) - z @ w_target
@@ -64,7 +93,8 @@ def init_in_context_state(params: SwiGLUParams, batch_size: int) -> InContextSta
 
 def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,
                      eta_max: float = 0.1, state: InContextState | None = None,
-                     reset_every: int | None = None) -> tuple[Array, InContextState]:
+                     reset_every: int | None = None, normalize: bool = False
+                     ) -> tuple[Array, InContextState]:
     """Runs one in-context CMS level over sequences.
 
     Args:
@@ -75,6 +105,10 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
         sequence continues, mid-chunk included).
       reset_every: nested CMS (Eq. 72, D24): after the write at every multiple of this many
         tokens (a chunk boundary of the slower level above; a multiple of `chunk`), θ ← θ_0.
+      normalize: divide each layer's per-token gradient by (1 + η‖x_t‖²), x_t that layer's
+        input (`normalized_local_grad`). Off = D22 as printed (plain GD). The Hope presets turn
+        it on: with the RMS-normalised stream ‖z‖² ≈ d, so plain GD at η_max = 0.1 is expansive
+        for d ≳ 40 and diverged on real text (docs/hope.md).
 
     Returns:
       (F_θ(z) [B, T, d], each token read at its chunk's snapshot; the new state). The caller adds
@@ -114,7 +148,10 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
     resets = (jnp.zeros((n,), z.dtype) if reset_every is None else
               ends * (chunk_ends % reset_every == 0).astype(z.dtype))
     eta = eta_max * jax.nn.sigmoid(rho)
-    grad_loss = jax.grad(local_loss)
+    if normalize:
+        grad_loss = lambda th, wt, zc, w: normalized_local_grad(th, wt, zc, w, eta)  # noqa: E731
+    else:
+        grad_loss = jax.grad(local_loss)
 
     def one_sequence(theta, acc, zc, w, writes, reset):
         y = swiglu(theta, zc)  # reads at the snapshot θ_j

@@ -41,6 +41,7 @@ class CMSLevel:
     chunk: int | None = None
     period: int | None = None
     eta_max: float = 0.1
+    normalize: bool = False   # per-layer normalised in-context step (core.cms.normalized_local_grad)
 
     def __post_init__(self):
         if (self.chunk is None) == (self.period is None):
@@ -109,6 +110,7 @@ class InContextSwiGLU(nnx.Module):
         self.w_target = param(rngs, constant(0.0), (d, d), ("embed", None), param_dtype)
         self.rho = param(rngs, constant(0.0), (), (), param_dtype)
         self.chunk, self.eta_max, self.dtype = level.chunk, level.eta_max, dtype
+        self.normalize = level.normalize
         self.reset_every = reset_every  # nested CMS (D24)
 
     def theta0(self) -> core_cms.SwiGLUParams:
@@ -122,7 +124,7 @@ class InContextSwiGLU(nnx.Module):
         y, new = core_cms.in_context_level(self.theta0(), self.w_target[...].astype(jnp.float32),
                                            self.rho[...].astype(jnp.float32),
                                            z.astype(jnp.float32), self.chunk, self.eta_max, state,
-                                           self.reset_every)
+                                           self.reset_every, self.normalize)
         return y.astype(self.dtype), new
 
 

@@ -29,9 +29,9 @@ from hope_jax.models.presets import SIZES, matched_swiglu
 MEMORY_CHUNKS = {"tiny": (4, 8), "small": (16, 64), "340m": (16, 64), "760m": (16, 64),
                  "1.3b": (16, 64)}
 CMS_LEVELS = {
-    "tiny": (CMSLevel(chunk=8), CMSLevel(period=2), CMSLevel(period=8)),
-    "small": (CMSLevel(chunk=16), CMSLevel(period=4), CMSLevel(period=16)),
-    "paper": (CMSLevel(chunk=16), CMSLevel(period=2), CMSLevel(period=32)),
+    "tiny": (CMSLevel(chunk=8, normalize=True), CMSLevel(period=2), CMSLevel(period=8)),
+    "small": (CMSLevel(chunk=16, normalize=True), CMSLevel(period=4), CMSLevel(period=16)),
+    "paper": (CMSLevel(chunk=16, normalize=True), CMSLevel(period=2), CMSLevel(period=32)),
 }
 # Inner step bound of the presets. D19's η_max = 1 (η ≈ 0.12 at init) makes the self-modifying
 # memories diverge within ~20–60 tokens of real text at every chunk size, C = 1 included. The
