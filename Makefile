@@ -30,7 +30,7 @@ train: venv
 	$(PY) -m hope_jax.cli generate --workdir=$(WORKDIR) --max_tokens=300
 
 test: venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=20 $(PYTEST_ARGS)
 
 # The subset that CI also runs under Python 3.12 / jax 0.12.
 test-fast: venv
