@@ -44,6 +44,23 @@ def _iota(shape: tuple[int, int], dim: int) -> Array:
     return lax.broadcasted_iota(jnp.int32, shape, dim)
 
 
+def row_sum(row: Array, m: int) -> Array:
+    """Σ_j row[0, j] repeated down a column [m, 1], from a row [1, C].
+
+    Every per-chunk scalar that multiplies a matrix (Π_j α_j, κ_C, …) is formed this way, as an
+    [m, 1] column, never as a [1, 1] array broadcast to [m, n]: the VJP of a broadcast from an
+    all-ones shape reduces over both axes at once, and Triton's lowering of a two-axis
+    `reduce_sum` fails on jax 0.12 when lowering on a CPU host (under the abstract GPU mesh it keeps
+    the 2-d sharding on the 1-d intermediate). Here every reduction is over one axis.
+    """
+    return jnp.sum(jnp.broadcast_to(row, (m, row.shape[1])), axis=1, keepdims=True)
+
+
+def col_sum(col: Array, n: int) -> Array:
+    """Σ_i col[i, 0] repeated along a row [1, n], from a column [C, 1] (see `row_sum`)."""
+    return jnp.sum(jnp.broadcast_to(col, (col.shape[0], n)), axis=0, keepdims=True)
+
+
 class Decay(NamedTuple):
     """Products of one chunk's per-token factors g (retention α or momentum decay β).
 
@@ -54,7 +71,7 @@ class Decay(NamedTuple):
     lead_post[t] = Π_{j≤t} g_j;  lead_pre[t] = Π_{j<t} g_j                          [C, 1]
     lead_row[s]  = Π_{j≤s} g_j                                                     [1, C]
     end_col[s]   = Π_{j=s+1}^{C−1} g_j (the chunk end's row); end_row the same     [C, 1], [1, C]
-    total        = Π_j g_j                                                         [1, 1]
+    log_row      = log g_j (the input), for `total`
     """
 
     post: Array
@@ -66,7 +83,11 @@ class Decay(NamedTuple):
     lead_row: Array
     end_col: Array
     end_row: Array
-    total: Array
+    log_row: Array
+
+    def total(self, m: int) -> Array:
+        """Π_j g_j as a column [m, 1] (to scale an [m, n] matrix; see `row_sum`)."""
+        return jnp.exp(row_sum(self.log_row, m))
 
 
 def decay_factors(log_col: Array, log_row: Array) -> Decay:
@@ -82,7 +103,8 @@ def decay_factors(log_col: Array, log_row: Array) -> Decay:
     cum_row = jnp.sum(jnp.where(r <= s, log_col, zero), axis=0, keepdims=True)  # Σ_{j≤s} [1,C]
     cumx_col = cum_col - log_col  # Σ_{j<t}
     cumx_row = cum_row - log_row
-    total = jnp.sum(log_row, axis=1, keepdims=True)  # [1, 1]
+    total_col = row_sum(log_row, c)  # Σ_j [C, 1]
+    total_row = col_sum(log_col, c)  # Σ_j [1, C]
 
     def masked_exp(mask, x):
         return jnp.where(mask, jnp.exp(jnp.where(mask, x, zero)), zero)
@@ -95,9 +117,9 @@ def decay_factors(log_col: Array, log_row: Array) -> Decay:
         lead_post=jnp.exp(cum_col),
         lead_pre=jnp.exp(cumx_col),
         lead_row=jnp.exp(cum_row),
-        end_col=jnp.exp(total - cum_col),
-        end_row=jnp.exp(total - cum_row),
-        total=jnp.exp(total),
+        end_col=jnp.exp(total_col - cum_col),
+        end_row=jnp.exp(total_row - cum_row),
+        log_row=log_row,
     )
 
 
@@ -121,9 +143,62 @@ def unit_lower_solve(l_t: Array, b: Array) -> Array:
     return lax.fori_loop(1, c, row, b)
 
 
+def unit_upper_solve(l: Array, g: Array) -> Array:
+    """X with (I + L)ᵀ X = G, L strictly lower triangular [C, C], G [C, n].
+
+    Back substitution, row t = C−1 … 0: X_t = G_t − Σ_{s>t} L[s, t] X_s (column t of L by a masked
+    reduction, as in `unit_lower_solve`; the loop index is only compared).
+    """
+    c = l.shape[0]
+    rows = _iota((c, 1), 0)
+    cols = _iota((1, c), 1)
+    zero = jnp.zeros((), F32)
+
+    def row(i, x):
+        t = c - 1 - i
+        l_col = jnp.sum(jnp.where(cols == t, l, zero), axis=1, keepdims=True)  # L[:, t] [C,1]
+        r = jnp.sum(l_col * x, axis=0, keepdims=True)  # [1, n]
+        return jnp.where(rows == t, x - r, x)
+
+    return lax.fori_loop(1, c, row, g)
+
+
+@jax.custom_vjp
+def unit_lower_solve_diff(l: Array, l_t: Array, b: Array) -> Array:
+    """`unit_lower_solve(l_t, b)` with a hand-written VJP (for the backward kernels' recompute).
+
+    Given L and Lᵀ (both orientations, so no in-kernel transpose is needed), U = (I + L)⁻¹ B and
+
+        dB = (I + L)⁻ᵀ dU   (back substitution, `unit_upper_solve`),   dL = −tril(dB Uᵀ, −1)
+
+    (all of dL is returned for `l`, none for `l_t`). Autodiff of the forward substitution's
+    `fori_loop` would need a reverse loop over stored rows, which Mosaic / Triton do not lower.
+    """
+    del l
+    return unit_lower_solve(l_t, b)
+
+
+def _solve_fwd(l: Array, l_t: Array, b: Array):
+    u = unit_lower_solve(l_t, b)
+    return u, (l, u)
+
+
+def _solve_bwd(res, du: Array):
+    l, u = res
+    db = unit_upper_solve(l, du)
+    c = l.shape[0]
+    strict = _iota((c, c), 1) < _iota((c, c), 0)
+    dl = jnp.where(strict, -mm(db, u, trans_b=True), jnp.zeros((), F32))
+    return dl, jnp.zeros_like(l), db
+
+
+unit_lower_solve_diff.defvjp(_solve_fwd, _solve_bwd)
+
+
 def linear_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array],
                         eta: tuple[Array, Array], p: tuple[Array, Array] | None, w: Array, *,
-                        affine: float, read: str) -> tuple[Array, Array]:
+                        affine: float, read: str, differentiable: bool = False
+                        ) -> tuple[Array, Array]:
     """One chunk of the linear memory `M(k) = W k` with retention and (optionally) DGD.
 
     Write (spec §6.4–6.5, Eqs. 88, 93): `W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ) − η_t e_t k_tᵀ` with the
@@ -138,6 +213,8 @@ def linear_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Ar
       log_alpha, eta, p: (column [C, 1], row [1, C]) pairs; p is None without DGD.
       w: the running (= snapshot, chunk-aligned) state W_0 [d_v, d_k].
       affine: c of the objective's error; read: "post", "pre" or "snapshot".
+      differentiable: solve the DGD system with `unit_lower_solve_diff` (hand-written VJP), so
+        that `jax.vjp` of this function lowers inside a backward kernel.
 
     Returns:
       (y [C, d_v], W_C [d_v, d_k]).
@@ -151,7 +228,11 @@ def linear_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Ar
         p_c, p_r = p
         kk = mm(k, k, trans_b=True)  # symmetric
         b = a.lead_pre * kw - mm(a.pre * eta_r * kk, e)
-        u = unit_lower_solve(a.pre_t * p_c * kk, b)
+        l_t = a.pre_t * p_c * kk
+        if differentiable:
+            u = unit_lower_solve_diff(a.pre * p_r * kk, l_t, b)
+        else:
+            u = unit_lower_solve(l_t, b)
     if read == "snapshot":
         y = mm(q, w, trans_b=True)
     else:
@@ -163,7 +244,7 @@ def linear_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Ar
     upd = e * (eta_c * a.end_col)
     if u is not None:
         upd = upd + u * (p_c * a.end_col)
-    w_new = a.total * w - mm(upd, k, trans_a=True)
+    w_new = a.total(w.shape[0]) * w - mm(upd, k, trans_a=True)
     return y, w_new
 
 
@@ -211,7 +292,7 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
 
     x_end = a.end_row * m_r  # [1, C]
     c_end = eta_c * jnp.sum(bt.post_t * x_end, axis=1, keepdims=True)  # c_G[C, i] [C, 1]
-    kappa_end = jnp.sum(x_end * bt.lead_row, axis=1, keepdims=True)  # [1, 1]
+    kappa_row = x_end * bt.lead_row  # κ_C = Σ_s of this [1, C]
 
     u = None
     if p is not None:  # DGD predictions u_t = W_in,{t−1} k_t (WY/UT form)
@@ -240,8 +321,11 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
     if u is not None:
         upd_in = upd_in + u * (p_c * a.end_col)
     mg = eta_c * bt.end_col  # η_i P_β[C, i] [C, 1]
-    new_w_in = a.total * w_in + kappa_end * s_in - mm(upd_in, k, trans_a=True)
-    new_w_out = a.total * w_out + kappa_end * s_out - mm(e * c_end, act, trans_a=True)
-    new_s_in = bt.total * s_in - mm(d_in * mg, k, trans_a=True)
-    new_s_out = bt.total * s_out - mm(e * mg, act, trans_a=True)
+    n_h, n_d = w_in.shape
+    new_w_in = (a.total(n_h) * w_in + row_sum(kappa_row, n_h) * s_in
+                - mm(upd_in, k, trans_a=True))
+    new_w_out = (a.total(n_d) * w_out + row_sum(kappa_row, n_d) * s_out
+                 - mm(e * c_end, act, trans_a=True))
+    new_s_in = bt.total(n_h) * s_in - mm(d_in * mg, k, trans_a=True)
+    new_s_out = bt.total(n_d) * s_out - mm(e * mg, act, trans_a=True)
     return y, (new_w_in, new_w_out, new_s_in, new_s_out)

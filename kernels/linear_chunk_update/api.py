@@ -23,11 +23,13 @@ import jax.numpy as jnp
 from hope_jax.kernels import _dispatch
 from hope_jax.kernels._layout import (chunk_mask, flat_heads, from_chunks, num_chunks, to_chunks,
                                       unflat_heads)
-from hope_jax.kernels.linear_chunk_update.backward import make_op
+from hope_jax.kernels.linear_chunk_update.backward import make_op, pallas_backward
 from hope_jax.kernels.linear_chunk_update.block_sizes import LinearBlockSizes, default_block_sizes
 from hope_jax.kernels.linear_chunk_update.config import LinearUpdateConfig
-from hope_jax.kernels.linear_chunk_update.pallas_gpu import linear_forward_gpu
+from hope_jax.kernels.linear_chunk_update.pallas_gpu import GATE_CHANNELS, linear_forward_gpu
+from hope_jax.kernels.linear_chunk_update.pallas_gpu_backward import linear_backward_gpu
 from hope_jax.kernels.linear_chunk_update.pallas_tpu import linear_forward_tpu
+from hope_jax.kernels.linear_chunk_update.pallas_tpu_backward import linear_backward_tpu
 from hope_jax.kernels.linear_chunk_update.reference import linear_chunk_update_reference
 from hope_jax.kernels.linear_chunk_update.xla import linear_chunk_update_xla
 
@@ -62,11 +64,25 @@ def _forward(kind: str, config: LinearUpdateConfig, block: LinearBlockSizes, t: 
     return forward
 
 
+@functools.lru_cache(maxsize=None)
+def _backward(kind: str, config: LinearUpdateConfig, block: LinearBlockSizes, t: int,
+              interpret: bool):
+    """The Pallas backward of `make_op`, or None (the XLA fallback) when `block.backward="xla"`."""
+    if block.backward == "xla":
+        return None
+    if kind == "tpu":
+        kernel = functools.partial(linear_backward_tpu, config, block, interpret=interpret)
+        return pallas_backward(config, t, kernel)
+    kernel = functools.partial(linear_backward_gpu, config, block, interpret=interpret)
+    return pallas_backward(config, t, kernel, gate_pad=GATE_CHANNELS)
+
+
 def _run_pallas(kind: str, config: LinearUpdateConfig, block: LinearBlockSizes, interpret: bool,
                 q, k, v, eta, alpha, w0):
     b, t = q.shape[:2]
     c = config.chunk_size
-    op = make_op(config, t, _forward(kind, config, block, t, interpret))
+    op = make_op(config, t, _forward(kind, config, block, t, interpret),
+                 _backward(kind, config, block, t, interpret))
     y, w_end = op(*(to_chunks(x, c) for x in (q, k, v, eta, alpha)), flat_heads(w0))
     return from_chunks(y, b, t), unflat_heads(w_end, b)
 

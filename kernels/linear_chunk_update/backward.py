@@ -1,11 +1,19 @@
 """custom_vjp of the Pallas forward of `linear_chunk_update` (Pallas has no reverse-mode autodiff).
 
 The forward kernel also writes the state at the start of every chunk (`[B·H, N, d_v, d_k]`,
-linear in T). The backward is an XLA computation, not a Pallas kernel: a reverse `lax.scan` over
-chunks that recomputes one chunk at a time from its saved start state with the core's own chunk
-functions (`prepare_linear_chunk` + `linear_chunk`) and pulls the cotangents back with `jax.vjp`.
-Memory stays linear in T (saved states plus one chunk of temporaries), and the gradient math is the
-core's (one source of truth).
+linear in T). Two backwards (`LinearBlockSizes.backward`):
+
+* "pallas" (default): a Pallas backward kernel (`pallas_tpu_backward.py`, `pallas_gpu_backward.py`)
+  walks the chunks in reverse with the state cotangent dW on chip, recomputes each chunk from its
+  saved start state and pulls the cotangents back with `jax.vjp` of the kernels' own chunk math,
+  giving cotangents of q, k, v and of the preprocessed gate channels (log α, η_e, p);
+  `pallas_backward` maps those back to η and α (and the keys, through the normalisation of η) with
+  the `jax.vjp` of `kernel_gates` (XLA, elementwise).
+* "xla" (fallback): a reverse `lax.scan` over chunks that recomputes one chunk at a time with the
+  core's own chunk functions (`prepare_linear_chunk` + `linear_chunk`) and `jax.vjp` (the
+  gradient math is the core's, one source of truth).
+
+Memory stays linear in T either way (saved states plus one chunk of temporaries).
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import jax.numpy as jnp
 
 from hope_jax.core.closed_form import effective_gates
 from hope_jax.core.linear_chunk import linear_chunk, prepare_linear_chunk
-from hope_jax.kernels._layout import chunk_mask, log_gate
+from hope_jax.kernels._layout import chunk_mask, gate_layouts, log_gate
 from hope_jax.kernels.linear_chunk_update.config import LinearUpdateConfig
 
 Array = jax.Array
@@ -50,28 +58,41 @@ def core_chunk(config: LinearUpdateConfig) -> Callable:
     return jax.vmap(chunk, in_axes=(0, 0, 0, 0, 0, None, 0))
 
 
-@functools.lru_cache(maxsize=None)
-def make_op(config: LinearUpdateConfig, t_real: int, forward: Callable) -> Callable:
-    """The differentiable op on chunked inputs.
+def pallas_backward(config: LinearUpdateConfig, t_real: int, kernel: Callable,
+                    gate_pad: int | None = None) -> Callable:
+    """The backward of `make_op` from a Pallas backward kernel.
 
-    forward(q, k, v, eta, alpha, w0) → (y, w_end, chunk_start_states): the Pallas forward.
-    Returns op(q, k, v, eta, alpha, w0) → (y [BH, N, C, d_v], w_end [BH, d_v, d_k]) with
-    q, k [BH, N, C, d_k], v [BH, N, C, d_v], eta, alpha [BH, N, C], w0 [BH, d_v, d_k] float32.
+    kernel(q, k, v, gc, gr, starts, dy, dw_end) → (dq, dk, dv, dgc, dgr, dW_0), the cotangents of
+    q, k, gc [BH, J, N, C, G] and gr [BH, J, N, G, C] per value-row block j < J (summed here).
+    The gate cotangent is dgc + dgrᵀ per channel (the kernel gets each gate in both layouts) and
+    goes back to (k, η, α) through `jax.vjp(kernel_gates)`.
+
+    Returns backward(q, k, v, eta, alpha, starts, dy, dw_end) → (dq, dk, dv, deta, dalpha, dW_0).
+    """
+
+    def backward(q, k, v, eta, alpha, starts, dy, dw_end):
+        mask = chunk_mask(t_real, q.shape[1], q.shape[2])
+        channels, pull = jax.vjp(lambda k_, e_, a_: kernel_gates(config, k_, e_, a_, mask),
+                                 k, eta, alpha)
+        gc, gr = gate_layouts(channels, pad_to=gate_pad)
+        dq, dk, dv, dgc, dgr, dw0 = kernel(q, k, v, gc, gr, starts, dy, dw_end)
+        dg = jnp.sum(dgc, axis=1) + jnp.swapaxes(jnp.sum(dgr, axis=1), -1, -2)  # [BH, N, C, G]
+        dk_gates, deta, dalpha = pull([dg[..., j] for j in range(len(channels))])
+        dk = jnp.sum(dk, axis=1) + dk_gates.astype(F32)
+        return (jnp.sum(dq, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+                deta.astype(eta.dtype), dalpha.astype(alpha.dtype), dw0)
+
+    return backward
+
+
+def xla_backward(config: LinearUpdateConfig, t_real: int) -> Callable:
+    """The fallback backward: a reverse `lax.scan` of `jax.vjp` of the core's chunk functions.
+
+    Returns backward(q, k, v, eta, alpha, starts, dy, dw_end) → (dq, dk, dv, deta, dalpha, dW_0).
     """
     chunk = core_chunk(config)
 
-    @jax.custom_vjp
-    def op(q, k, v, eta, alpha, w0):
-        y, w_end, _ = forward(q, k, v, eta, alpha, w0)
-        return y, w_end
-
-    def fwd(q, k, v, eta, alpha, w0):
-        y, w_end, starts = forward(q, k, v, eta, alpha, w0)
-        return (y, w_end), (q, k, v, eta, alpha, starts)
-
-    def bwd(res, cts):
-        q, k, v, eta, alpha, starts = res
-        dy, dw = cts
+    def backward(q, k, v, eta, alpha, starts, dy, dw):
         n, c = q.shape[1:3]
         masks = jnp.asarray(chunk_mask(t_real, n, c))
         move = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  [BH, N, ...] → [N, BH, ...]
@@ -87,6 +108,37 @@ def make_op(config: LinearUpdateConfig, t_real: int, forward: Callable) -> Calla
         dw0, grads = jax.lax.scan(step, dw.astype(F32), xs, reverse=True)
         dq, dk, dv, de, da = (jnp.moveaxis(g, 0, 1) for g in grads)
         return dq, dk, dv, de, da, dw0
+
+    return backward
+
+
+@functools.lru_cache(maxsize=None)
+def make_op(config: LinearUpdateConfig, t_real: int, forward: Callable,
+            backward: Callable | None = None) -> Callable:
+    """The differentiable op on chunked inputs.
+
+    forward(q, k, v, eta, alpha, w0) → (y, w_end, chunk_start_states): the Pallas forward.
+    backward(q, k, v, eta, alpha, starts, dy, dw_end) → cotangents of (q, k, v, eta, alpha, w0):
+    `pallas_backward(...)`, or None for `xla_backward`.
+    Returns op(q, k, v, eta, alpha, w0) → (y [BH, N, C, d_v], w_end [BH, d_v, d_k]) with
+    q, k [BH, N, C, d_k], v [BH, N, C, d_v], eta, alpha [BH, N, C], w0 [BH, d_v, d_k] float32.
+    """
+    if backward is None:
+        backward = xla_backward(config, t_real)
+
+    @jax.custom_vjp
+    def op(q, k, v, eta, alpha, w0):
+        y, w_end, _ = forward(q, k, v, eta, alpha, w0)
+        return y, w_end
+
+    def fwd(q, k, v, eta, alpha, w0):
+        y, w_end, starts = forward(q, k, v, eta, alpha, w0)
+        return (y, w_end), (q, k, v, eta, alpha, starts)
+
+    def bwd(res, cts):
+        q, k, v, eta, alpha, starts = res
+        dy, dw = cts
+        return backward(q, k, v, eta, alpha, starts, dy, dw)
 
     op.defvjp(fwd, bwd)
     return op

@@ -1,11 +1,13 @@
 """The kernels lower for their hardware from this CPU host: TPU kernels for "tpu" (Mosaic custom
-call), GPU kernels for "cuda" (Triton custom call). Each lowers the whole differentiable op:
-forward kernel plus the custom_vjp backward (XLA), under `jit(value_and_grad)`.
+call), GPU kernels for "cuda" (Triton custom call). Each lowers the whole differentiable op under
+`jit(value_and_grad)`: forward kernel plus the custom_vjp backward (for the linear op the Pallas
+backward kernel, a second custom call; for the MLP op the XLA reverse scan).
 
 What this checks: block shapes against Mosaic's (8, 128) tiling, primitives Mosaic / Triton can
-lower (no cumsum, sort, reverse; Triton's power-of-two sizes and `dot` shapes), ref shapes. What it
-cannot check without the hardware: Mosaic's own layout and VMEM passes (libtpu) and Triton's PTX
-compilation, register / shared-memory pressure and speed.
+lower (no cumsum, sort, reverse; Triton's power-of-two sizes and `dot` shapes; in the backward
+kernels also every primitive of the in-kernel `jax.vjp`), ref shapes. What it cannot check
+without the hardware: Mosaic's own layout and VMEM passes (libtpu) and Triton's PTX compilation,
+register / shared-memory pressure and speed.
 """
 import functools
 
@@ -35,12 +37,13 @@ def _lower(fn, args, platform: str) -> str:
         return grad.trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
-def _linear_case(kind: str):
+def _linear_case(kind: str, **kw):
     bh, n, c, d = 4, 3, 64, 128
-    config = LinearUpdateConfig(chunk_size=c, read="pre")
+    config = LinearUpdateConfig(chunk_size=c, **{"read": "pre", **kw})
     block = LinearBlockSizes(block_dv=64) if kind == "gpu" else LinearBlockSizes()
     t = n * c - 5  # padded last chunk
-    op = linear_op(config, t, linear_api._forward(kind, config, block, t, False))
+    op = linear_op(config, t, linear_api._forward(kind, config, block, t, False),
+                   linear_api._backward(kind, config, block, t, False))
     seq = S((bh, n, c, d), jnp.bfloat16)
     gate = S((bh, n, c), jnp.float32)
     return op, (seq, seq, seq, gate, gate, S((bh, d, d), jnp.float32))
@@ -57,19 +60,41 @@ def _mlp_case(kind: str):
     return op, (seq, seq, seq, gate, gate, gate, state)
 
 
+def _assert_linear_kernels(text: str, platform: str) -> None:
+    """Both linear kernels (forward and backward) are custom calls of `platform`."""
+    assert text.count(CUSTOM_CALL[platform]) == 2, "expected the forward and backward kernels"
+    assert "linear_chunk_update_fwd" in text and "linear_chunk_update_bwd" in text
+
+
 @pytest.mark.fast
 def test_linear_tpu_kernel_lowers_for_tpu():
-    """linear_chunk_update, Mosaic TPU kernel, C = 64, d = 128, bf16 inputs: lowers for "tpu"."""
+    """linear_chunk_update, Mosaic TPU forward and backward kernels, C = 64, d = 128, bf16
+    inputs, DGD, pre reads: both lower for "tpu"."""
     op, args = _linear_case("tpu")
-    assert CUSTOM_CALL["tpu"] in _lower(op, args, "tpu")
+    _assert_linear_kernels(_lower(op, args, "tpu"), "tpu")
 
 
 @pytest.mark.fast
 def test_linear_gpu_kernel_lowers_for_cuda():
-    """linear_chunk_update, Triton kernel, value rows blocked by 64: lowers for "cuda" (jax 0.10
-    directly, jax 0.12 under an abstract GPU device; see `_compat.gpu_lowering_context`)."""
+    """linear_chunk_update, Triton forward and backward kernels, value rows blocked by 64: both
+    lower for "cuda" (jax 0.10 directly, jax 0.12 under an abstract GPU device; see
+    `_compat.gpu_lowering_context`)."""
     op, args = _linear_case("gpu")
-    assert CUSTOM_CALL["cuda"] in _lower(op, args, "cuda")
+    _assert_linear_kernels(_lower(op, args, "cuda"), "cuda")
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+@pytest.mark.parametrize("kw", [
+    dict(read="post"),
+    dict(objective="dot", normalize=False, gated=True, read="pre"),
+    dict(dgd=False, read="snapshot"),
+], ids=["dgd_l2_post", "gated_delta_pre", "retention_snapshot"])
+def test_linear_backward_kernel_variants_lower(platform, kw):
+    """The linear backward kernel (in-kernel `jax.vjp` of the chunk math) lowers for each update
+    variant: DGD on L2 with post reads, Gated DeltaNet with pre reads, retention-only GD with
+    snapshot reads."""
+    op, args = _linear_case("gpu" if platform == "cuda" else "tpu", **kw)
+    _assert_linear_kernels(_lower(op, args, platform), platform)
 
 
 def test_mlp_tpu_kernel_lowers_for_tpu():
