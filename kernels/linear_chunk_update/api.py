@@ -11,7 +11,9 @@ Hope's linear memories), started from a fresh, chunk-aligned state.
 Implementations (`implementation=`, see `hope_jax.kernels._dispatch`): "reference" (core generic
 path), "xla" (core linear fast path), "pallas_tpu", "pallas_gpu", "interpret" (the TPU kernel in
 the Pallas interpreter), "auto". The Pallas paths are differentiable through a custom_vjp whose
-backward is an XLA reverse scan over chunks (see `backward.py`).
+backward is the matching Pallas backward kernel (`pallas_tpu_backward.py`, `pallas_gpu_backward.py`;
+"interpret" runs the TPU one in the interpreter), or the XLA reverse scan over chunks with
+`block_sizes=LinearBlockSizes(backward="xla")` (see `backward.py`).
 """
 from __future__ import annotations
 
@@ -101,7 +103,8 @@ def linear_chunk_update(q: Array, k: Array, v: Array, eta: Array, alpha: Array |
       w0: the state at the sequence start [B, H, d_v, d_k] (held in float32).
       chunk_size, objective, dgd, normalize, gated, read: the update (`LinearUpdateConfig`).
       implementation: "auto", "reference", "xla", "pallas_tpu", "pallas_gpu" or "interpret".
-      block_sizes: kernel blocking (`LinearBlockSizes`); None: the tuned table's entry.
+      block_sizes: kernel blocking and the backward ("pallas" / "xla") (`LinearBlockSizes`);
+        None: the tuned table's entry.
 
     Returns:
       (y [B, T, H, d_v] in q's dtype, W_T [B, H, d_v, d_k] float32).

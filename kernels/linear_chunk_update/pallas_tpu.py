@@ -1,4 +1,4 @@
-"""Pallas TPU (Mosaic) kernel of `linear_chunk_update`, forward; backward via `backward.py`.
+"""Pallas TPU (Mosaic) kernel of `linear_chunk_update`, forward (backward: `pallas_tpu_backward.py`).
 
 Grid (B·H, d_v / block_dv, N chunks): the first two axes are "parallel", the chunk axis is
 "arbitrary" (sequential), and the running state `W [block_dv, d_k]` stays in a VMEM scratch buffer
