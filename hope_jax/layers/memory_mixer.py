@@ -58,7 +58,8 @@ class MemoryMixerConfig:
       chunk_size, read, remat, method: passed to `core.Level`.
     Block:
       num_heads, head_dim (default d / H); conv, conv_kernel: causal depthwise conv + SiLU on
-      q, k, v; qk_l2: L2-normalise q and k per head.
+      q, k, v; qk_l2: L2-normalise q and k per head; v_l2: L2-normalise v per head (unit-norm
+      targets; on in the Titans factories, docs/layers.md).
     Gates (D7, D19): eta_max; fixed_eta (a constant η, e.g. 1 for linear attention, instead of a
       gate); eta_bias, alpha_bias, beta_bias; gate_init_std (0 = zero weights, D19).
     Output: out_norm (per-head RMSNorm), out_gate (σ(u W_gate)).
@@ -86,6 +87,7 @@ class MemoryMixerConfig:
     conv: bool = True
     conv_kernel: int = 4
     qk_l2: bool = True
+    v_l2: bool = False
     eta_max: float = 1.0
     fixed_eta: float | None = None
     eta_bias: float = -2.0
@@ -317,6 +319,8 @@ class MemoryMixer(nnx.Module):
         q, k, v = self._heads(xq), self._heads(xk), self._heads(xv)
         if cfg.qk_l2:
             q, k = l2_normalize(q), l2_normalize(k)
+        if cfg.v_l2:  # unit-norm targets (docs/layers.md, Titans' step bound)
+            v = l2_normalize(v)
         o, level_state = self._scan(state.level, q, k, v, self.gates(u), keep_state)
         if self.out_norm is not None:
             o = self.out_norm(o)

@@ -74,3 +74,38 @@ def test_eta_is_bounded_by_eta_max():
     g = mixer.gates(u)
     assert float(g["eta"].min()) >= 0.0 and float(g["eta"].max()) <= float(np.float32(0.3))
     assert set(g) == {"eta", "alpha", "beta"}
+
+
+@pytest.mark.fast
+def test_v_l2_feeds_unit_norm_values_to_the_level(monkeypatch):
+    """v_l2 L2-normalises each head's value before the level sees it (q, k untouched by it)."""
+    from hope_jax import core
+    seen = {}
+    real = core.chunked_scan
+
+    def spy(level, state, q, k, v, **gates):
+        seen.update(q=q, k=k, v=v)
+        return real(level, state, q, k, v, **gates)
+
+    monkeypatch.setattr(core, "chunked_scan", spy)
+    u = jax.random.normal(jax.random.PRNGKey(1), (B, 5, D))
+    for v_l2 in (True, False):
+        cfg = dataclasses.replace(MIXERS["titans_lmm"], v_l2=v_l2, method="generic")
+        mixer = cfg.build(D, rngs=nnx.Rngs(0))
+        mixer(u, mixer.init_state(B))
+        norms = np.linalg.norm(np.asarray(seen["v"]), axis=-1)
+        assert np.allclose(norms, 1.0, atol=1e-5) == v_l2
+        assert np.allclose(np.linalg.norm(np.asarray(seen["k"]), axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.fast
+def test_titans_factory_step_bound_and_d19_divergence():
+    """The Titans factory's step bound (eta_max 0.1, unit-norm values) stays finite over 1024
+    tokens of random input where D19's gates (eta_max 1, raw values) blow up (docs/layers.md)."""
+    from hope_jax.layers import titans_lmm
+    u = jax.random.normal(jax.random.PRNGKey(0), (1, 1024, 16))
+    finite = {}
+    for name, overrides in (("factory", {}), ("d19", dict(eta_max=1.0, v_l2=False))):
+        mixer = titans_lmm(2, **overrides).build(16, rngs=nnx.Rngs(0))
+        finite[name] = bool(np.all(np.isfinite(np.asarray(_full(mixer, u)))))
+    assert finite == {"factory": True, "d19": False}

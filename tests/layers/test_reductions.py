@@ -43,6 +43,8 @@ def _hand_inputs(m, u):
     v = proj(m.w_v, m.conv_v if conv else None)
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
     k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    if m.config.v_l2:
+        v /= np.linalg.norm(v, axis=-1, keepdims=True)
 
     def gate(dense):
         return None if dense is None else _sig(u @ _np(dense.kernel[...]) + _np(dense.bias[...]))
