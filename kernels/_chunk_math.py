@@ -252,7 +252,7 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
                      log_beta: tuple[Array, Array], eta: tuple[Array, Array],
                      p: tuple[Array, Array] | None, mask: tuple[Array, Array],
                      state: tuple[Array, Array, Array, Array], *, affine: float, read: str,
-                     activation: Callable[[Array], Array]):
+                     activation: Callable[[Array], Array], differentiable: bool = False):
     """One chunk of the residual MLP memory `M(x) = x + W_out σ(W_in x)` with momentum and retention.
 
     Writes (spec §3.4, §6.2, §6.4; D3, D5), snapshot gradients `G_t = δ_t a_tᵀ` per layer:
@@ -268,6 +268,7 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
     Args:
       q, k, v: [C, d]; gates as (column [C, 1], row [1, C]) pairs; mask: the write mask m.
       state: (W_in [h, d], W_out [d, h], S_in, S_out), the chunk-start state (= snapshot).
+      differentiable: DGD solve by `unit_lower_solve_diff` (for `jax.vjp` in a backward kernel).
 
     Returns:
       (y [C, d], (W_in, W_out, S_in, S_out) at the chunk end).
@@ -300,7 +301,11 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
         kk = mm(k, k, trans_b=True)
         c_pre, kappa_pre = weights(a.pre)
         b = a.lead_pre * z + kappa_pre * mm(k, s_in, trans_b=True) - mm(c_pre * kk, d_in)
-        u = unit_lower_solve(a.pre_t * p_c * kk, b)
+        l_t = a.pre_t * p_c * kk
+        if differentiable:
+            u = unit_lower_solve_diff(a.pre * p_r * kk, l_t, b)
+        else:
+            u = unit_lower_solve(l_t, b)
 
     if read == "snapshot":
         y = q + mm(activation(mm(q, w_in, trans_b=True)), w_out, trans_b=True)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hope_jax.kernels._chunk_math import LOG_FLOOR
+from hope_jax.kernels._chunk_math import F32, LOG_FLOOR
 
 Array = jax.Array
 
@@ -71,3 +71,24 @@ def gate_layouts(channels: list[Array], pad_to: int | None = None) -> tuple[Arra
 def poison_like(shape_dtypes) -> list[Array]:
     """NaN-filled buffers shaped like the given ShapeDtypeStructs (outputs aliased to them)."""
     return [jnp.full(s.shape, jnp.nan, s.dtype) for s in shape_dtypes]
+
+
+def load_gates(gc_ref, gr_ref, channels: range | list[int],
+               *lead) -> tuple[list[Array], list[Array]]:
+    """Gate channels j ∈ channels as columns [C, 1] and rows [1, C], sliced from the gate refs
+    (column [.., C, G], row [.., G, C] layouts; Triton cannot slice values); `lead` indexes
+    leading ref dims (the GPU kernels' chunk). For the backward kernels."""
+    cols = [gc_ref[(*lead, slice(None), slice(j, j + 1))] for j in channels]
+    rows = [gr_ref[(*lead, slice(j, j + 1), slice(None))] for j in channels]
+    return cols, rows
+
+
+def store_gates(gc_ref, gr_ref, dcols: list[Array], drows: list[Array], *lead) -> None:
+    """Writes gate cotangents channel by channel into column [.., C, G] / row [.., G, C] refs (no
+    in-kernel concatenate); channels beyond the given ones (padding, the write mask) get zeros."""
+    c = dcols[0].shape[0]
+    for j in range(gc_ref.shape[-1]):
+        col = dcols[j] if j < len(dcols) else jnp.zeros((c, 1), F32)
+        row = drows[j] if j < len(drows) else jnp.zeros((1, c), F32)
+        gc_ref[(*lead, slice(None), slice(j, j + 1))] = col
+        gr_ref[(*lead, slice(j, j + 1), slice(None))] = row

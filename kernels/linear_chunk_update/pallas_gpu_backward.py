@@ -18,11 +18,10 @@ from jax.experimental import pallas as pl
 
 from hope_jax.kernels import _compat
 from hope_jax.kernels._chunk_math import F32
-from hope_jax.kernels._layout import poison_like
+from hope_jax.kernels._layout import load_gates, poison_like, store_gates
 from hope_jax.kernels.linear_chunk_update.block_sizes import LinearBlockSizes
 from hope_jax.kernels.linear_chunk_update.config import LinearUpdateConfig
-from hope_jax.kernels.linear_chunk_update.pallas_tpu_backward import (chunk_vjp, load_gates,
-                                                                     n_gate_channels, store_gates)
+from hope_jax.kernels.linear_chunk_update.pallas_tpu_backward import chunk_vjp, n_gate_channels
 
 Array = jax.Array
 
@@ -34,7 +33,7 @@ def _kernel(q_ref, k_ref, v_ref, gc_ref, gr_ref, start_ref, dy_ref, dw_end_ref, 
 
     def chunk(i, dw):
         n = n_chunks - 1 - i
-        cols, rows = load_gates(gc_ref, gr_ref, n_gate_channels(config), n)
+        cols, rows = load_gates(gc_ref, gr_ref, range(n_gate_channels(config)), n)
         dq, dk, dv, dgc, dgr, dw_start = chunk_vjp(
             config, q_ref[n].astype(F32), k_ref[n].astype(F32), v_ref[n].astype(F32),
             cols, rows, start_ref[n], dy_ref[n].astype(F32), dw)

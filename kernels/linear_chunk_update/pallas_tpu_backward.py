@@ -21,13 +21,12 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from hope_jax.kernels import _compat
 from hope_jax.kernels._chunk_math import F32, linear_chunk_values
-from hope_jax.kernels._layout import poison_like
+from hope_jax.kernels._layout import load_gates, poison_like, store_gates
 from hope_jax.kernels.linear_chunk_update.block_sizes import LinearBlockSizes
 from hope_jax.kernels.linear_chunk_update.config import LinearUpdateConfig
 
@@ -37,25 +36,6 @@ Array = jax.Array
 def n_gate_channels(config: LinearUpdateConfig) -> int:
     """Gate channels the chunk math reads: [log α, η_e] and p with DGD."""
     return 3 if config.dgd else 2
-
-
-def load_gates(gc_ref, gr_ref, n_gates: int, *lead) -> tuple[list[Array], list[Array]]:
-    """Gate j as a column [C, 1] and a row [1, C], sliced from the refs (Triton cannot slice
-    values); `lead` indexes leading ref dims (the GPU kernel's chunk)."""
-    cols = [gc_ref[(*lead, slice(None), slice(j, j + 1))] for j in range(n_gates)]
-    rows = [gr_ref[(*lead, slice(j, j + 1), slice(None))] for j in range(n_gates)]
-    return cols, rows
-
-
-def store_gates(gc_ref, gr_ref, dcols: list[Array], drows: list[Array], *lead) -> None:
-    """Writes gate cotangents channel by channel into column [.., C, G] / row [.., G, C] refs (no
-    in-kernel concatenate); channels beyond the given ones get zeros."""
-    c = dcols[0].shape[0]
-    for j in range(gc_ref.shape[-1]):
-        col = dcols[j] if j < len(dcols) else jnp.zeros((c, 1), F32)
-        row = drows[j] if j < len(drows) else jnp.zeros((1, c), F32)
-        gc_ref[(*lead, slice(None), slice(j, j + 1))] = col
-        gr_ref[(*lead, slice(j, j + 1), slice(None))] = row
 
 
 def chunk_vjp(config: LinearUpdateConfig, q: Array, k: Array, v: Array, cols: list[Array],
@@ -95,7 +75,7 @@ def _kernel(q_ref, k_ref, v_ref, gc_ref, gr_ref, start_ref, dy_ref, dw_end_ref, 
     def _():
         dw_scr[...] = dw_end_ref[...].astype(F32)
 
-    cols, rows = load_gates(gc_ref, gr_ref, n_gate_channels(config))
+    cols, rows = load_gates(gc_ref, gr_ref, range(n_gate_channels(config)))
     dq, dk, dv, dgc, dgr, dw = chunk_vjp(
         config, q_ref[...].astype(F32), k_ref[...].astype(F32), v_ref[...].astype(F32),
         cols, rows, start_ref[...], dy_ref[...].astype(F32), dw_scr[...])

@@ -9,7 +9,9 @@ gradients at the chunk snapshot, momentum `S_t = β_t S_{t−1} − η_t G_t`, r
 core level `config.level(h)`, started from a chunk-aligned state.
 
 Implementations as for `linear_chunk_update`; the Pallas paths are differentiable through a
-custom_vjp whose backward is an XLA reverse scan over chunks (see `backward.py`).
+custom_vjp whose backward is the matching Pallas backward kernel (`pallas_tpu_backward.py`,
+`pallas_gpu_backward.py`), or the XLA reverse scan over chunks with
+`block_sizes=MLPBlockSizes(backward="xla")` (see `backward.py`).
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ import jax.numpy as jnp
 from hope_jax.kernels import _dispatch
 from hope_jax.kernels._layout import (chunk_mask, flat_heads, from_chunks, to_chunks,
                                       unflat_heads)
-from hope_jax.kernels.mlp_chunk_update.backward import make_op
+from hope_jax.kernels.mlp_chunk_update.backward import make_op, pallas_backward
 from hope_jax.kernels.mlp_chunk_update.block_sizes import MLPBlockSizes, default_block_sizes
 from hope_jax.kernels.mlp_chunk_update.config import MLPUpdateConfig
-from hope_jax.kernels.mlp_chunk_update.pallas_gpu import mlp_forward_gpu
+from hope_jax.kernels.mlp_chunk_update.pallas_gpu import GATE_CHANNELS, mlp_forward_gpu
+from hope_jax.kernels.mlp_chunk_update.pallas_gpu_backward import mlp_backward_gpu
 from hope_jax.kernels.mlp_chunk_update.pallas_tpu import mlp_forward_tpu
+from hope_jax.kernels.mlp_chunk_update.pallas_tpu_backward import mlp_backward_tpu
 from hope_jax.kernels.mlp_chunk_update.reference import mlp_chunk_update_reference
 from hope_jax.kernels.mlp_chunk_update.xla import mlp_chunk_update_xla
 
@@ -64,6 +68,18 @@ def _forward(kind: str, config: MLPUpdateConfig, block: MLPBlockSizes, t: int, i
     return forward
 
 
+@functools.lru_cache(maxsize=None)
+def _backward(kind: str, config: MLPUpdateConfig, block: MLPBlockSizes, t: int, interpret: bool):
+    """The Pallas backward of `make_op`, or None (the XLA fallback) when `block.backward="xla"`."""
+    if block.backward == "xla":
+        return None
+    if kind == "tpu":
+        kernel = functools.partial(mlp_backward_tpu, config, block, interpret=interpret)
+        return pallas_backward(config, t, kernel)
+    kernel = functools.partial(mlp_backward_gpu, config, block, interpret=interpret)
+    return pallas_backward(config, t, kernel, gate_pad=GATE_CHANNELS)
+
+
 def mlp_chunk_update(q: Array, k: Array, v: Array, eta: Array, alpha: Array | None,
                      beta: Array, params: tuple, momentum: tuple | None = None, *,
                      chunk_size: int = 64, objective: str = "l2", dgd: bool = True,
@@ -80,7 +96,8 @@ def mlp_chunk_update(q: Array, k: Array, v: Array, eta: Array, alpha: Array | No
       momentum: (S_in, S_out) like params, or None for zeros (a fresh sequence).
       chunk_size, objective, dgd, normalize, read, activation: the update (`MLPUpdateConfig`).
       implementation: "auto", "reference", "xla", "pallas_tpu", "pallas_gpu" or "interpret".
-      block_sizes: `MLPBlockSizes`; None: the tuned table's entry.
+      block_sizes: `MLPBlockSizes` (launch parameters and the backward, "pallas" / "xla");
+        None: the tuned table's entry.
 
     Returns:
       (y [B, T, H, d] in q's dtype, (W_in, W_out) at the end, (S_in, S_out) at the end), float32.
@@ -108,7 +125,10 @@ def mlp_chunk_update(q: Array, k: Array, v: Array, eta: Array, alpha: Array | No
     if impl == "xla":
         return mlp_chunk_update_xla(q, k, v, eta, alpha, beta, params, momentum, config)
     kind = "gpu" if impl == "pallas_gpu" else "tpu"
-    op = make_op(config, t, _forward(kind, config, block_for(kind), t, impl == "interpret"))
+    block = block_for(kind)
+    interpret = impl == "interpret"
+    op = make_op(config, t, _forward(kind, config, block, t, interpret),
+                 _backward(kind, config, block, t, interpret))
     state = tuple(flat_heads(x) for x in params + momentum)
     y, end = op(*(to_chunks(x, c) for x in (q, k, v, eta, alpha, beta)), state)
     end = tuple(unflat_heads(x, b) for x in end)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+BACKWARDS = ("pallas", "xla")
+
 
 def _is_pow2(x: int) -> bool:
     return x >= 1 and (x & (x - 1)) == 0
@@ -22,13 +24,19 @@ class MLPBlockSizes:
     """Attributes:
       num_warps, num_stages: Triton launch parameters (GPU kernel only).
       vmem_limit_bytes: Mosaic's scoped VMEM limit (TPU kernel only; None: the compiler default).
+      backward: "pallas" (the backward kernel) or "xla" (the fallback reverse scan of the core's
+        closed form, for a backend that cannot compile the backward kernel).
     """
 
     num_warps: int = 4
     num_stages: int = 1
     vmem_limit_bytes: int | None = None
+    backward: str = "pallas"
 
     def __post_init__(self):
+        if self.backward not in BACKWARDS:
+            raise ValueError(f"MLPBlockSizes.backward must be one of {BACKWARDS}, "
+                             f"got {self.backward!r}")
         for name in ("num_warps", "num_stages"):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:

@@ -1,4 +1,4 @@
-"""Pallas GPU (Triton) kernel of `mlp_chunk_update`, forward; backward via `backward.py`.
+"""Pallas GPU (Triton) kernel of `mlp_chunk_update`, forward (backward: `pallas_gpu_backward.py`).
 
 Grid (B·H,): one program per head walks its chunks in a `fori_loop` whose carry is the running
 state (W_in, W_out, S_in, S_out), kept on chip between chunks; chunk-start states are stored for

@@ -1,4 +1,4 @@
-"""Pallas TPU (Mosaic) kernel of `mlp_chunk_update`, forward; backward via `backward.py`.
+"""Pallas TPU (Mosaic) kernel of `mlp_chunk_update`, forward (backward: `pallas_tpu_backward.py`).
 
 Grid (B·H, N chunks), the chunk axis "arbitrary": the running state (W_in [h, d], W_out [d, h],
 S_in, S_out) lives in four VMEM scratch buffers across the chunk loop, loaded at chunk 0 and

@@ -1,7 +1,7 @@
 """The kernels lower for their hardware from this CPU host: TPU kernels for "tpu" (Mosaic custom
 call), GPU kernels for "cuda" (Triton custom call). Each lowers the whole differentiable op under
-`jit(value_and_grad)`: forward kernel plus the custom_vjp backward (for the linear op the Pallas
-backward kernel, a second custom call; for the MLP op the XLA reverse scan).
+`jit(value_and_grad)`: forward kernel plus the custom_vjp backward, the Pallas backward kernel (a
+second custom call).
 
 What this checks: block shapes against Mosaic's (8, 128) tiling, primitives Mosaic / Triton can
 lower (no cumsum, sort, reverse; Triton's power-of-two sizes and `dot` shapes; in the backward
@@ -49,11 +49,13 @@ def _linear_case(kind: str, **kw):
     return op, (seq, seq, seq, gate, gate, S((bh, d, d), jnp.float32))
 
 
-def _mlp_case(kind: str):
+def _mlp_case(kind: str, **kw):
     bh, n, c, d, h = 4, 2, 64, 64, 256
-    config = MLPUpdateConfig(chunk_size=c, read="pre")
+    config = MLPUpdateConfig(chunk_size=c, **{"read": "pre", **kw})
     t = n * c
-    op = mlp_op(config, t, mlp_api._forward(kind, config, MLPBlockSizes(), t, False))
+    block = MLPBlockSizes()
+    op = mlp_op(config, t, mlp_api._forward(kind, config, block, t, False),
+                mlp_api._backward(kind, config, block, t, False))
     seq = S((bh, n, c, d), jnp.float32)
     gate = S((bh, n, c), jnp.float32)
     state = (S((bh, h, d), jnp.float32), S((bh, d, h), jnp.float32)) * 2
@@ -97,13 +99,28 @@ def test_linear_backward_kernel_variants_lower(platform, kw):
     _assert_linear_kernels(_lower(op, args, platform), platform)
 
 
+def _assert_mlp_kernels(text: str, platform: str) -> None:
+    assert text.count(CUSTOM_CALL[platform]) == 2, "expected the forward and backward kernels"
+    assert "mlp_chunk_update_fwd" in text and "mlp_chunk_update_bwd" in text
+
+
 def test_mlp_tpu_kernel_lowers_for_tpu():
-    """mlp_chunk_update (DGD + momentum), Mosaic TPU kernel, d = 64, h = 256: lowers for "tpu"."""
+    """mlp_chunk_update (DGD + momentum), Mosaic TPU forward and backward kernels, d = 64,
+    h = 256: both lower for "tpu"."""
     op, args = _mlp_case("tpu")
-    assert CUSTOM_CALL["tpu"] in _lower(op, args, "tpu")
+    _assert_mlp_kernels(_lower(op, args, "tpu"), "tpu")
 
 
 def test_mlp_gpu_kernel_lowers_for_cuda():
-    """mlp_chunk_update, Triton kernel, d = 64, h = 256: lowers for "cuda"."""
+    """mlp_chunk_update, Triton forward and backward kernels, d = 64, h = 256: both lower for
+    "cuda"."""
     op, args = _mlp_case("gpu")
-    assert CUSTOM_CALL["cuda"] in _lower(op, args, "cuda")
+    _assert_mlp_kernels(_lower(op, args, "cuda"), "cuda")
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_mlp_backward_kernel_titans_post_lowers(platform):
+    """The MLP backward kernel for the Titans update (no DGD, plain η, post reads, L2)."""
+    op, args = _mlp_case("gpu" if platform == "cuda" else "tpu", dgd=False, normalize=False,
+                         read="post")
+    _assert_mlp_kernels(_lower(op, args, platform), platform)

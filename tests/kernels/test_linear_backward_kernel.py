@@ -81,9 +81,10 @@ def test_backward_kernel_writes_every_element(kind, d_v, block):
     x = linear_inputs(6, 1, t, 1, 32, d_v)
     chunked = [to_chunks(x[n], 16) for n in ("q", "k", "v", "eta", "alpha")]
     w0 = flat_heads(x["w0"])
-    forward = linear_api._forward(kind, config, block, t, True)
-    _, _, starts = forward(*chunked, w0)
-    keys = jax.random.split(jax.random.PRNGKey(7), 2)
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    n = chunked[0].shape[1]
+    # Any chunk-start states will do: the backward's cotangents are a function of them.
+    starts = w0[:, None] + 0.01 * jax.random.normal(keys[2], (w0.shape[0], n) + w0.shape[1:])
     dy = jax.random.normal(keys[0], chunked[2].shape)
     dw = jax.random.normal(keys[1], w0.shape)
     kernel_fn = linear_backward_tpu if kind == "tpu" else linear_backward_gpu
@@ -107,14 +108,12 @@ def test_backward_kernel_writes_every_element(kind, d_v, block):
 
 
 def test_backward_xla_option_selects_fallback():
-    """`LinearBlockSizes(backward="xla")` runs the XLA reverse scan instead of the kernel, with the
-    same gradients (1e-5)."""
+    """`LinearBlockSizes(backward="xla")` traces the XLA reverse scan instead of the kernel (its
+    numbers equal the kernel's: `test_backward_kernel_writes_every_element`); other values
+    raise."""
     x = linear_inputs(8, 1, 20, 1, 32, 32)
     kw = dict(chunk_size=16, read="pre")
-    fallback = _op("tpu", LinearBlockSizes(backward="xla"), kw)
-    assert BWD_KERNEL not in _grad_jaxpr(fallback, x)
-    got = values_and_grads(fallback, x, NAMES)
-    want = values_and_grads(_op("tpu", LinearBlockSizes(), kw), x, NAMES)
-    assert_tree_close(got[1], want[1], 1e-5, "grads")
+    assert BWD_KERNEL not in _grad_jaxpr(_op("tpu", LinearBlockSizes(backward="xla"), kw), x)
+    assert BWD_KERNEL in _grad_jaxpr(_op("tpu", LinearBlockSizes(), kw), x)
     with pytest.raises(ValueError, match="backward"):
         LinearBlockSizes(backward="triton")
