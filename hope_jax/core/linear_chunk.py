@@ -74,8 +74,12 @@ def _prepare(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: A
              alpha: Array | None, beta: Array | None, mask: Array | None):
     """`closed_form.prepare_chunk`, with the DGD system inverted by blocked matmuls
     (`unit_lower_inverse`) instead of a triangular solve (several times faster on CPU, forward and
-    backward). Also returns (base, η_e, p): without momentum c_G = base·diag(η_e) and
-    c_U = base·diag(p) with base[t, i] = P_α[t, i+1] (else base is None)."""
+    backward). Also returns (base, η_e, g): without momentum base[t, i] = P_α[t, i+1] (c_G =
+    base·diag(η_e), c_U = base·diag(p)), else base is None.
+
+    Without momentum the DGD system is inverted in its row-scaled form `(I + G (base ⊙ KKᵀ) E)⁻¹`
+    with E = diag(η_e), G = diag(p/η_e) (`_dgd_maps_no_momentum`); with momentum it is
+    `(I + (c_U ⊙ KKᵀ))⁻¹` (closed_form.py)."""
     if stop_writes:
         k, eta = sg(k), sg(eta)
         alpha = None if alpha is None else sg(alpha)
@@ -83,36 +87,55 @@ def _prepare(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: A
     c = k.shape[0]
     eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
     co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
-    kk = inverse = None
+    kk = inverse = gain = None
+    base = decay_matrix(alpha_e)[:, 1:] if beta_e is None else None  # CSE'd with `co`'s
     if spec.dgd:
         kk = k @ k.T
-        inverse = unit_lower_inverse(co.precond_weights[:c] * kk)  # strictly lower
-    base = decay_matrix(alpha_e)[:, 1:] if beta_e is None else None  # CSE'd with `co`'s
-    return ChunkPrep(co, q @ k.T, kk, inverse), base, eta_e, p
+        if base is None:
+            inverse = unit_lower_inverse(co.precond_weights[:c] * kk)  # strictly lower
+        else:
+            gain = _precond_gain(spec, k, eta, alpha)
+            strict = (base[:c] * kk) * eta_e[None, :]
+            inverse = unit_lower_inverse(strict if gain is None else gain[:, None] * strict)
+    return ChunkPrep(co, q @ k.T, kk, inverse), base, eta_e, gain
 
 
-def _dgd_maps_no_momentum(prep: ChunkPrep, base: Array, eta_e: Array, p: Array, cy: float,
-                          residual: bool, read: str, q: Array, k: Array, v_eff: Array):
+def _precond_gain(spec: RecurrenceSpec, k: Array, eta: Array, alpha: Array | None
+                  ) -> Array | None:
+    """g with p = η_e ⊙ g (`effective_gates`; padding zeroes both η_e and p), or None for g ≡ 1:
+    α when gated, times 1/(1+η‖k‖²) or (1+η‖k‖²) when only one of η_e and p is normalised."""
+    gain = None
+    if spec.dgd_normalize != spec.normalize_step:
+        sq = 1.0 + eta * jnp.sum(jnp.square(k), axis=-1)
+        gain = 1.0 / sq if spec.dgd_normalize else sq
+    if spec.dgd_gated:
+        gain = alpha if gain is None else gain * alpha
+    return gain
+
+
+def _dgd_maps_no_momentum(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | None,
+                          cy: float, residual: bool, read: str, q: Array, k: Array,
+                          v_eff: Array):
     """(read_w, read_n, read_c, end_w, end_n, end_c) of a DGD chunk without momentum.
 
-    There c_G and c_U share `base` (c_G = base·diag(η), c_U = base·diag(p)), so the gradient and
-    preconditioner terms of every map merge into one product each: with Z_w = p ⊙ P_w,
-    Z_n = c η ⊙ K + p ⊙ P_n and Z_c = η ⊙ V' − p ⊙ U_c, reads are A Z (A = base ⊙ QKᵀ) and chunk
-    ends Zᵀ (base[C] ⊙ K) — the "new values" of chunkwise Gated DeltaNet.
+    There c_G = base·E and c_U = base·P with E = diag(η_e), P = diag(p) = E G, and the DGD system
+    is L = (base ⊙ KKᵀ) P. By the push-through identity G (I + L)⁻¹ = (I + L')⁻¹ G with the
+    row-scaled L' = G (base ⊙ KKᵀ) E, and L'(I + L')⁻¹ = I − (I + L')⁻¹, every gradient +
+    preconditioner pair of a map collapses to one product with X = (I + L')⁻¹ (`_prepare`):
+
+        Z_w = E X G (ᾱ ⊙ K),   Z_c = E X V',   Z_n = c E X K
+
+    (the "new values" of chunkwise Gated DeltaNet). Reads are A Z (A = base ⊙ QKᵀ), chunk ends
+    Zᵀ (base[C] ⊙ K). Separate products: concatenating them is slower on CPU.
     """
     co = prep.coeffs
     c = k.shape[0]
-    kkb = base[:c] * prep.kk  # strictly lower: weights of the snapshot errors in B_t
-    inv = prep.system_inverse
-    p_w = inv @ (co.decay[:c, None] * k)
-    u_c = inv @ (kkb @ (eta_e[:, None] * v_eff))
-    z_w = p[:, None] * p_w
-    z_c = eta_e[:, None] * v_eff - p[:, None] * u_c
-    z_n = None
-    if cy:
-        ek = eta_e[:, None] * k
-        p_n = -cy * (inv @ (kkb @ ek))
-        z_n = cy * ek + p[:, None] * p_n
+    k_dec = co.decay[:c, None] * k
+    if gain is not None:
+        k_dec = gain[:, None] * k_dec
+    e = eta_e[:, None]
+    z_w, z_c, z_n = (None if x is None else e * (prep.system_inverse @ x)
+                     for x in (k_dec, v_eff, cy * k if cy else None))
     if read == "snapshot":
         read_w = read_n = read_c = None
     else:
@@ -138,7 +161,7 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     maps (valid when the chunk starts at a chunk boundary, where W_ξ = W_0)."""
     if stop_writes:
         k, v = sg(k), sg(v)
-    prep, base, eta_e, p = _prepare(spec, stop_writes, q, k, eta, alpha, beta, mask)
+    prep, base, eta_e, gain = _prepare(spec, stop_writes, q, k, eta, alpha, beta, mask)
     co = prep.coeffs
     c, d_k = k.shape
     cy = affine
@@ -147,7 +170,7 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     has_mom = co.carry is not None
     if spec.dgd and not has_mom:
         read_w, read_n, read_c, end_w, end_n, end_c = _dgd_maps_no_momentum(
-            prep, base, eta_e, p, cy, residual, read, q, k, v_eff)
+            prep, base, eta_e, gain, cy, residual, read, q, k, v_eff)
         if read == "snapshot":
             read_w, read_n = jnp.zeros_like(q), q
             read_c = q if residual else jnp.zeros_like(v)
