@@ -25,10 +25,9 @@ import copy
 
 MODELS = [
     dict(name="hope", arch="hope", size="tiny", overrides={}),
-    # Titans MAG at the preset's memory chunk (8) gives non-finite logits at initialisation on
-    # en_pip at T = 64 (every step skipped; chunk 16 too): the D19 gate-bias divergence of tiny
-    # Titans (docs/evaluation.md, memorisation caveat). Chunk 64 is finite.
-    dict(name="titans_mag", arch="titans_mag", size="tiny", overrides={"model.chunk_size": 64}),
+    # Titans MAG at the preset's memory chunk (8), with the factory's step bound (η_max = 0.1,
+    # unit-norm values; D19's η_max = 1 gave non-finite logits at initialisation, docs/layers.md).
+    dict(name="titans_mag", arch="titans_mag", size="tiny", overrides={}),
     dict(name="transformer", arch="transformer", size="tiny",
          overrides={"model.num_blocks": 3}),
     dict(name="gated_deltanet", arch="gated_deltanet", size="tiny",
