@@ -21,6 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from hope_jax.eval.mqar import skip_nonfinite
+
 DEFAULT_PHASES = ("en_pip", "python_stdlib", "japanese")
 
 
@@ -78,7 +80,8 @@ def _lm_step(model: nnx.Module, opt: nnx.Optimizer, tokens: jax.Array) -> jax.Ar
 class _InProcessTrainer:
     """The fallback when hope_jax.train.train cannot start from other parameters: one model and
     one AdamW state (config.optim lr / betas / eps / weight decay / clip; constant LR after a
-    linear warm-up) carried through every phase, trained on data.train_iterator batches."""
+    linear warm-up) carried through every phase, trained on data.train_iterator batches. Steps
+    with a non-finite gradient are skipped (`mqar.skip_nonfinite`; their loss stays in the list)."""
 
     def __init__(self, config, hdata, vocab_size: int):
         from hope_jax.config.build import decoder_config
@@ -91,7 +94,7 @@ class _InProcessTrainer:
         parts = [optax.clip_by_global_norm(float(o.clip_norm))] if o.clip_norm else []
         parts.append(optax.adamw(lr, b1=float(o.b1), b2=float(o.b2), eps=float(o.eps),
                                  weight_decay=float(o.weight_decay)))
-        self.opt = nnx.Optimizer(self.model, optax.chain(*parts), wrt=nnx.Param)
+        self.opt = nnx.Optimizer(self.model, skip_nonfinite(optax.chain(*parts)), wrt=nnx.Param)
 
     def train(self, prepared, steps: int, seed: int) -> list[float]:
         it = self.hdata.train_iterator(prepared, seq_len=int(self.config.data.seq_len),

@@ -67,6 +67,12 @@ def _masked_loss(model: nnx.Module, tokens: jax.Array, mask: jax.Array) -> jax.A
     return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` whose update is skipped (parameters and state unchanged) when a gradient is not
+    finite, however many times in a row (a NaN never reaches the parameters)."""
+    return optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
+
+
 @nnx.jit
 def _train_step(model: nnx.Module, opt: nnx.Optimizer, tokens: jax.Array,
                 mask: jax.Array) -> jax.Array:
@@ -98,15 +104,17 @@ def train_mqar(model_config: DecoderConfig, steps: int = 300, *, batch_size: int
                progress: bool = False) -> tuple[Decoder, dict]:
     """Trains a fresh model on MQAR (AdamW, linear warm-up 10 % → cosine, clip 1.0).
 
-    The vocabulary is model_config.vocab_size. Returns (model, dict(losses, accuracy)) with
-    accuracy measured on `eval_batches` held-out batches (a different seed).
+    The vocabulary is model_config.vocab_size. Returns (model, dict(losses, accuracy,
+    skipped_steps)) with accuracy measured on `eval_batches` held-out batches (a different seed).
+    A step with a non-finite gradient leaves the parameters and the optimizer state unchanged
+    (`skip_nonfinite`); its loss is recorded as it was and counted in skipped_steps.
     """
     model = Decoder(model_config, rngs=nnx.Rngs(seed))
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 10), max(steps, 2),
                                                   lr * 0.1)
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay))
-    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    opt = nnx.Optimizer(model, skip_nonfinite(tx), wrt=nnx.Param)
     data = mqar_batches(seed, batch_size, seq_len, num_kv_pairs, model_config.vocab_size)
     losses = []
     for _ in progress_bar(range(steps), progress, desc="mqar", unit="step"):
@@ -114,4 +122,6 @@ def train_mqar(model_config: DecoderConfig, steps: int = 300, *, batch_size: int
         losses.append(float(_train_step(model, opt, batch["tokens"], batch["mask"])))
     held_out = mqar_batches(seed + 10_000, batch_size, seq_len, num_kv_pairs,
                             model_config.vocab_size, eval_batches)
-    return model, dict(losses=losses, accuracy=mqar_accuracy(model, held_out))
+    skipped = int(np.sum(~np.isfinite(losses)))
+    return model, dict(losses=losses, accuracy=mqar_accuracy(model, held_out),
+                       skipped_steps=skipped)

@@ -1,5 +1,6 @@
 """MQAR: every query is solvable (its key appeared earlier with one value), batches are seeded,
 and the training recipe runs."""
+import jax
 import numpy as np
 import pytest
 
@@ -43,3 +44,20 @@ def test_train_mqar_runs_and_reduces_loss():
     assert len(hist["losses"]) == 30 and np.isfinite(hist["losses"]).all()
     assert np.mean(hist["losses"][-5:]) < hist["losses"][0]
     assert 0.0 <= hist["accuracy"] <= 1.0
+
+
+def test_train_mqar_skips_non_finite_steps():
+    """A model whose forward is non-finite (Titans memory at η_max = 10⁴) never gets a NaN into
+    its parameters: every step is skipped and counted, the parameters stay at their init."""
+    from flax import nnx
+
+    from hope_jax.layers import titans_lmm
+    from hope_jax.models import Decoder
+    cfg = get_config("titans_lmm", "tiny", d_model=32, num_blocks=1, vocab_size=32,
+                     mixers=(titans_lmm(2, chunk_size=8, eta_max=1e4, v_l2=False),))
+    model, hist = train_mqar(cfg, steps=3, batch_size=4, seq_len=32, num_kv_pairs=4,
+                             eval_batches=1)
+    assert hist["skipped_steps"] == 3 and not np.isfinite(hist["losses"]).any()
+    init = nnx.state(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(init)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
