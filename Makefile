@@ -30,11 +30,11 @@ train: venv
 	$(PY) -m hope_jax.cli generate --workdir=$(WORKDIR) --max_tokens=300
 
 test: venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=20 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=40 $(PYTEST_ARGS)
 
 # The subset that CI also runs under Python 3.12 / jax 0.12.
 test-fast: venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m fast $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m fast $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) experiments/bench/bench_chunked_scan.py
