@@ -1,5 +1,7 @@
 """Titans MAC (memory as context, spec §3.6, Titans Eqs. 21–25) against a plain loop over segments,
 streaming (prefill + steps, token-by-token calls), causality, gradients and the presets."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,15 +114,17 @@ def test_mac_gradients_are_finite_and_reach_every_part(mac):
 
 
 def test_mac_presets_build():
-    """arch "titans_mac" builds (jax.eval_shape, no FLOPs) at the CPU sizes and at 340M, where it
-    is parameter-matched to Transformer++ (±10%; the matching rule is the same at every paper
-    size; all three paper sizes are counted for Titans LMM in tests/models/test_presets.py); tiny
-    logits have shape [B, T, V]."""
-    for size in ("tiny", "small", "340m"):
-        cfg = get_config("titans_mac", size)
-        n = count_params(abstract_model(cfg))
-        if size == "340m":
-            assert abs(n / count_params(abstract_model(get_config("transformer", size))) - 1) < 0.1
+    """arch "titans_mac" builds at every size (jax.eval_shape, no FLOPs; counted with scan_blocks,
+    the same count, tests/models/test_presets.py); paper sizes are parameter-matched to
+    Transformer++ (±10%); tiny logits have shape [B, T, V]."""
+    def count(arch, size):
+        cfg = dataclasses.replace(get_config(arch, size), scan_blocks=True)
+        return count_params(abstract_model(cfg))
+
+    for size in ("tiny", "small", "340m", "760m", "1.3b"):
+        n = count("titans_mac", size)
+        if size in ("340m", "760m", "1.3b"):
+            assert abs(n / count("transformer", size) - 1) < 0.1
     cfg = get_config("titans_mac", "tiny")
     out = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))(
         jnp.zeros((1, cfg.max_len), jnp.int32)))
