@@ -73,6 +73,19 @@ def poison_like(shape_dtypes) -> list[Array]:
     return [jnp.full(s.shape, jnp.nan, s.dtype) for s in shape_dtypes]
 
 
+def with_poison(poison: bool, args: list, in_specs: list, out_specs: list, out_shape: list
+                ) -> tuple[list, list, dict, int]:
+    """(args, in_specs, input_output_aliases, n_poison) of a pallas_call. With `poison`, NaN
+    buffers like every output are appended as inputs (same block specs) and aliased to the
+    outputs, so a test proves the kernel writes every element; the kernel skips the n_poison
+    extra refs."""
+    if not poison:
+        return args, in_specs, {}, 0
+    n = len(out_shape)
+    aliases = {len(args) + i: i for i in range(n)}
+    return args + poison_like(out_shape), in_specs + out_specs, aliases, n
+
+
 def load_gates(gc_ref, gr_ref, channels: range | list[int],
                *lead) -> tuple[list[Array], list[Array]]:
     """Gate channels j ∈ channels as columns [C, 1] and rows [1, C], sliced from the gate refs

@@ -18,7 +18,7 @@ from jax.experimental import pallas as pl
 
 from hope_jax.kernels import _compat
 from hope_jax.kernels._chunk_math import F32
-from hope_jax.kernels._layout import load_gates, poison_like, store_gates
+from hope_jax.kernels._layout import load_gates, store_gates, with_poison
 from hope_jax.kernels.linear_chunk_update.block_sizes import LinearBlockSizes
 from hope_jax.kernels.linear_chunk_update.config import LinearUpdateConfig
 from hope_jax.kernels.linear_chunk_update.pallas_tpu_backward import chunk_vjp, n_gate_channels
@@ -89,13 +89,7 @@ def linear_backward_gpu(config: LinearUpdateConfig, block: LinearBlockSizes, q: 
         jax.ShapeDtypeStruct((bh, d_v, d_k), F32),
     ]
     args = [q, k, v, gc, gr, starts, dy, dw_end.astype(F32)]
-    aliases = {}
-    n_poison = 0
-    if poison:
-        n_poison = len(out_shape)
-        aliases = {len(args) + i: i for i in range(n_poison)}
-        in_specs = in_specs + out_specs
-        args = args + poison_like(out_shape)
+    args, in_specs, aliases, n_poison = with_poison(poison, args, in_specs, out_specs, out_shape)
     kernel = functools.partial(_kernel, config=config, n_chunks=n, n_poison=n_poison)
     return tuple(pl.pallas_call(
         kernel,

@@ -18,7 +18,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from hope_jax.kernels import _compat
 from hope_jax.kernels._chunk_math import F32, linear_chunk_values
-from hope_jax.kernels._layout import gate_layouts, poison_like
+from hope_jax.kernels._layout import gate_layouts, with_poison
 from hope_jax.kernels.linear_chunk_update.backward import kernel_gates
 from hope_jax.kernels.linear_chunk_update.block_sizes import LinearBlockSizes
 from hope_jax.kernels.linear_chunk_update.config import LinearUpdateConfig
@@ -99,13 +99,7 @@ def linear_forward_tpu(config: LinearUpdateConfig, block: LinearBlockSizes, q: A
         jax.ShapeDtypeStruct((bh, n, d_v, d_k), F32),
     ]
     args = [q, k, v, gc, gr, w0.astype(F32)]
-    aliases = {}
-    n_poison = 0
-    if poison:
-        n_poison = len(out_shape)
-        aliases = {len(args) + i: i for i in range(n_poison)}
-        in_specs = in_specs + out_specs
-        args = args + poison_like(out_shape)
+    args, in_specs, aliases, n_poison = with_poison(poison, args, in_specs, out_specs, out_shape)
     kernel = functools.partial(_kernel, config=config, n_poison=n_poison)
     y, w_end, starts = pl.pallas_call(
         kernel,

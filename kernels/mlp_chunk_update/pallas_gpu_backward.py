@@ -17,7 +17,7 @@ from jax.experimental import pallas as pl
 
 from hope_jax.kernels import _compat
 from hope_jax.kernels._chunk_math import F32
-from hope_jax.kernels._layout import load_gates, poison_like, store_gates
+from hope_jax.kernels._layout import load_gates, store_gates, with_poison
 from hope_jax.kernels.mlp_chunk_update.block_sizes import MLPBlockSizes
 from hope_jax.kernels.mlp_chunk_update.config import MLPUpdateConfig
 from hope_jax.kernels.mlp_chunk_update.pallas_tpu_backward import (MASK_CHANNEL, chunk_vjp,
@@ -77,13 +77,7 @@ def mlp_backward_gpu(config: MLPUpdateConfig, block: MLPBlockSizes, q: Array, k:
                     jax.ShapeDtypeStruct((bh, n, g, c), F32)]
                  + [jax.ShapeDtypeStruct((bh,) + s, F32) for s in shapes])
     args = [q, k, v, gc, gr, *starts, dy, *(x.astype(F32) for x in dend)]
-    aliases = {}
-    n_poison = 0
-    if poison:
-        n_poison = len(out_shape)
-        aliases = {len(args) + i: i for i in range(n_poison)}
-        in_specs = in_specs + out_specs
-        args = args + poison_like(out_shape)
+    args, in_specs, aliases, n_poison = with_poison(poison, args, in_specs, out_specs, out_shape)
     kernel = functools.partial(_kernel, config=config, n_chunks=n, n_poison=n_poison)
     outs = pl.pallas_call(
         kernel,

@@ -15,7 +15,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from hope_jax.kernels import _compat
 from hope_jax.kernels._chunk_math import F32, mlp_chunk_values
-from hope_jax.kernels._layout import gate_layouts, poison_like
+from hope_jax.kernels._layout import gate_layouts, with_poison
 from hope_jax.kernels.mlp_chunk_update.backward import kernel_gates
 from hope_jax.kernels.mlp_chunk_update.block_sizes import MLPBlockSizes
 from hope_jax.kernels.mlp_chunk_update.config import MLPUpdateConfig
@@ -89,13 +89,7 @@ def mlp_forward_tpu(config: MLPUpdateConfig, block: MLPBlockSizes, q: Array, k: 
                  + [jax.ShapeDtypeStruct((bh,) + s, F32) for s in shapes]
                  + [jax.ShapeDtypeStruct((bh, n) + s, F32) for s in shapes])
     args = [q, k, v, gc, gr] + [s.astype(F32) for s in state]
-    aliases = {}
-    n_poison = 0
-    if poison:
-        n_poison = len(out_shape)
-        aliases = {len(args) + i: i for i in range(n_poison)}
-        in_specs = in_specs + out_specs
-        args = args + poison_like(out_shape)
+    args, in_specs, aliases, n_poison = with_poison(poison, args, in_specs, out_specs, out_shape)
     kernel = functools.partial(_kernel, config=config, n_poison=n_poison)
     outs = pl.pallas_call(
         kernel,
