@@ -17,8 +17,10 @@ P_ξ W_ξᵀ + U_c`). Linear attention (dot, GD, no decay) reduces to Titans Eq.
 Because the maps compose, the inter-chunk scan could also run as an associative scan for
 sequence parallelism. On CPU the cost is the number of batched [C, C]/[C, d] ops more than their
 FLOPs: the DGD system is inverted by blocked matmuls with a written-out derivative
-(`coefficients.unit_lower_inverse`), and without momentum the gradient and preconditioner terms of
-each map merge into one product (`_dgd_maps_no_momentum`).
+(`coefficients.unit_lower_inverse`). Without momentum (DeltaNet, Gated DeltaNet) the gradient and
+preconditioner terms merge into one product and the chunk is kept in its "new values" form
+(`DeltaChunkForm`, `_dgd_delta_form`): the scan computes V_new = Z_c − Z_w W_0ᵀ and reads and
+writes through it, which costs fewer products overall than precomposing the maps.
 """
 from __future__ import annotations
 
@@ -113,20 +115,50 @@ def _precond_gain(spec: RecurrenceSpec, k: Array, eta: Array, alpha: Array | Non
     return gain
 
 
-def _dgd_maps_no_momentum(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | None,
-                          cy: float, residual: bool, read: str, q: Array, k: Array,
-                          v_eff: Array):
-    """(read_w, read_n, read_c, end_w, end_n, end_c) of a DGD chunk without momentum.
+class DeltaChunkForm(NamedTuple):
+    """One chunk of a DGD level without momentum in "new values" form (chunkwise Gated DeltaNet).
+
+    With X = (I + L')⁻¹ (`_prepare`) the chunk's writes reduce to per-token new values
+    `V_new = Z_c − Z_w W_0ᵀ − Z_n W_ξᵀ` computed in the scan; then
+
+        Y   = R W_0ᵀ + A V_new (+ Q with the residual)      (post / pre reads)
+        Y   = Q W_ξᵀ (+ Q)                                  (snapshot reads)
+        W_C = ᾱ_C W_0 + V_newᵀ (base[C] ⊙ K).
+
+    Fields (one head, one sequence): read_q R = ᾱ_rows ⊙ Q [C, d_k] and scores A = base_rows ⊙
+    QKᵀ [C, C] (both None for snapshot reads); new_w Z_w, new_n Z_n [C, d_k] (Z_n None when the
+    objective has no affine part, or folded into Z_w when W_ξ = W_0); new_c Z_c [C, d_v];
+    end_keys base[C] ⊙ K [C, d_k]; end_decay ᾱ_C []; read_bias Q with a residual memory, else None.
+
+    Against the precomposed maps (`LinearChunkMaps`) this leaves four [C, d] products per chunk
+    in the scan instead of two, but takes four out of the parallel preparation, and their
+    backward: six fewer [C, C]·[C, d]-sized products for forward + backward in all.
+    """
+
+    read_q: Array | None
+    scores: Array | None
+    new_w: Array
+    new_n: Array | None
+    new_c: Array
+    end_keys: Array
+    end_decay: Array
+    read_bias: Array | None
+
+
+def _dgd_delta_form(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | None, cy: float,
+                    residual: bool, read: str, separate_snapshot: bool, q: Array, k: Array,
+                    v_eff: Array) -> DeltaChunkForm:
+    """The new-values form of a DGD chunk without momentum.
 
     There c_G = base·E and c_U = base·P with E = diag(η_e), P = diag(p) = E G, and the DGD system
     is L = (base ⊙ KKᵀ) P. By the push-through identity G (I + L)⁻¹ = (I + L')⁻¹ G with the
     row-scaled L' = G (base ⊙ KKᵀ) E, and L'(I + L')⁻¹ = I − (I + L')⁻¹, every gradient +
-    preconditioner pair of a map collapses to one product with X = (I + L')⁻¹ (`_prepare`):
+    preconditioner pair collapses to one product with X = (I + L')⁻¹ (`_prepare`):
 
         Z_w = E X G (ᾱ ⊙ K),   Z_c = E X V',   Z_n = c E X K
 
-    (the "new values" of chunkwise Gated DeltaNet). Reads are A Z (A = base ⊙ QKᵀ), chunk ends
-    Zᵀ (base[C] ⊙ K). Separate products: concatenating them is slower on CPU.
+    (the "new values" of chunkwise Gated DeltaNet). When W_ξ = W_0 (`separate_snapshot=False`)
+    Z_n folds into Z_w before the product.
     """
     co = prep.coeffs
     c = k.shape[0]
@@ -134,31 +166,29 @@ def _dgd_maps_no_momentum(prep: ChunkPrep, base: Array, eta_e: Array, gain: Arra
     if gain is not None:
         k_dec = gain[:, None] * k_dec
     e = eta_e[:, None]
-    z_w, z_c, z_n = (None if x is None else e * (prep.system_inverse @ x)
-                     for x in (k_dec, v_eff, cy * k if cy else None))
-    if read == "snapshot":
-        read_w = read_n = read_c = None
-    else:
+    new_n = None
+    if cy and not separate_snapshot:
+        k_dec = k_dec + cy * k
+    elif cy:
+        new_n = e * (prep.system_inverse @ (cy * k))
+    new_w = e * (prep.system_inverse @ k_dec)
+    new_c = e * (prep.system_inverse @ v_eff)
+    read_q = scores = None
+    if read != "snapshot":
         rows = slice(1, c + 1) if read == "post" else slice(0, c)
-        a = base[rows] * prep.qk
-        read_w = co.decay[rows, None] * q - a @ z_w
-        read_c = a @ z_c
-        read_n = None if z_n is None else -(a @ z_n)
-        if residual:
-            read_c = read_c + q
-    bk = base[c][:, None] * k
-    end_w = -(z_w.T @ bk)
-    end_c = z_c.T @ bk
-    end_n = None if z_n is None else -(z_n.T @ bk)
-    return read_w, read_n, read_c, end_w, end_n, end_c
+        scores = base[rows] * prep.qk
+        read_q = co.decay[rows, None] * q
+    return DeltaChunkForm(read_q, scores, new_w, new_n, new_c, base[c][:, None] * k, co.decay[c],
+                          q if residual else None)
 
 
 def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, read: str,
                          stop_writes: bool, separate_snapshot: bool, q: Array, k: Array,
                          v: Array, eta: Array, alpha: Array | None, beta: Array | None,
-                         mask: Array | None) -> LinearChunkMaps:
-    """The affine maps of one chunk. `separate_snapshot=False` folds the W_ξ maps into the W_0
-    maps (valid when the chunk starts at a chunk boundary, where W_ξ = W_0)."""
+                         mask: Array | None) -> LinearChunkMaps | DeltaChunkForm:
+    """The affine maps of one chunk (the new-values form `DeltaChunkForm` for DGD without
+    momentum). `separate_snapshot=False` folds the W_ξ maps into the W_0 maps (valid when the
+    chunk starts at a chunk boundary, where W_ξ = W_0)."""
     if stop_writes:
         k, v = sg(k), sg(v)
     prep, base, eta_e, gain = _prepare(spec, stop_writes, q, k, eta, alpha, beta, mask)
@@ -169,13 +199,8 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     eye = jnp.eye(d_k, dtype=k.dtype)
     has_mom = co.carry is not None
     if spec.dgd and not has_mom:
-        read_w, read_n, read_c, end_w, end_n, end_c = _dgd_maps_no_momentum(
-            prep, base, eta_e, gain, cy, residual, read, q, k, v_eff)
-        if read == "snapshot":
-            read_w, read_n = jnp.zeros_like(q), q
-            read_c = q if residual else jnp.zeros_like(v)
-        return _fold(separate_snapshot, q, eye, read_w, None, read_n, read_c, co.decay[c],
-                     end_w, None, end_n, end_c, None, None, None)
+        return _dgd_delta_form(prep, base, eta_e, gain, cy, residual, read, separate_snapshot,
+                               q, k, v_eff)
     # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c (terms with c = 0 are skipped).
     if spec.dgd:
         gw_in = co.grad_weights[:c] * prep.kk  # rows t−1: weights of δ_i in B_t
@@ -244,9 +269,24 @@ def _fold(separate_snapshot, q, eye, read_w, read_s, read_n, read_c, end_decay, 
                            mom_decay, mom_n, mom_c)
 
 
-def linear_chunk(maps: LinearChunkMaps, stop_writes: bool, q: Array, w0: Array,
+def _delta_chunk(form: DeltaChunkForm, q: Array, w0: Array, snap: Array | None):
+    """(y, W_C) of a chunk in new-values form (`DeltaChunkForm`); snap: W_ξ when kept apart."""
+    w_n = w0 if snap is None else snap
+    new = form.new_c - form.new_w @ w0.T
+    if form.new_n is not None:
+        new = new - form.new_n @ w_n.T
+    if form.scores is None:  # snapshot reads
+        y = q @ w_n.T
+    else:
+        y = form.read_q @ w0.T + form.scores @ new
+    if form.read_bias is not None:
+        y = y + form.read_bias
+    return y, form.end_decay * w0 + new.T @ form.end_keys
+
+
+def linear_chunk(maps: LinearChunkMaps | DeltaChunkForm, stop_writes: bool, q: Array, w0: Array,
                  s0: Array | None, snap: Array | None):
-    """Applies one chunk's maps to the carried state (one head, one sequence).
+    """Applies one chunk's maps (or new-values form) to the carried state (one head, one sequence).
 
     w0: [d_v, d_k] running memory; s0: momentum or None; snap: W_ξ when kept apart, else None.
     Returns (y [C, d_v], W_C, S_C or None).
@@ -256,6 +296,12 @@ def linear_chunk(maps: LinearChunkMaps, stop_writes: bool, q: Array, w0: Array,
         w0 = sg(w0)
         s0 = None if s0 is None else sg(s0)
         snap = None if snap is None else sg(snap)
+    if isinstance(maps, DeltaChunkForm):
+        y, w_end = _delta_chunk(maps, q, w0, snap)
+        if stop_writes:
+            y = y + q @ (live_w0 - w0).T
+            w_end = w_end + (live_w0 - w0)
+        return y, w_end, None
     w_n = w0 if snap is None else snap  # the snapshot's maps act on W_ξ (= W_0 when folded)
     y = maps.read_w @ w0.T + maps.read_c
     w_end = maps.end_decay * w0 + maps.end_c
