@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from hope_jax.core.closed_form import ChunkPrep, effective_gates
-from hope_jax.core.coefficients import chunk_coefficients, decay_matrix, unit_lower_inverse
+from hope_jax.core.coefficients import (chunk_coefficients, decay_matrix, unit_lower_inverse,
+                                        unit_lower_solve)
 from hope_jax.core.inner_optimizers import RecurrenceSpec
 
 Array = jax.Array
@@ -76,12 +77,12 @@ def _prepare(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: A
              alpha: Array | None, beta: Array | None, mask: Array | None):
     """`closed_form.prepare_chunk`, with the DGD system inverted by blocked matmuls
     (`unit_lower_inverse`) instead of a triangular solve (several times faster on CPU, forward and
-    backward). Also returns (base, η_e, g): without momentum base[t, i] = P_α[t, i+1] (c_G =
+    backward). Also returns (base, η_e, g, L'): without momentum base[t, i] = P_α[t, i+1] (c_G =
     base·diag(η_e), c_U = base·diag(p)), else base is None.
 
-    Without momentum the DGD system is inverted in its row-scaled form `(I + G (base ⊙ KKᵀ) E)⁻¹`
-    with E = diag(η_e), G = diag(p/η_e) (`_dgd_maps_no_momentum`); with momentum it is
-    `(I + (c_U ⊙ KKᵀ))⁻¹` (closed_form.py)."""
+    With momentum the DGD system `(I + (c_U ⊙ KKᵀ))⁻¹` is inverted here (closed_form.py). Without
+    momentum it is left to `_dgd_delta_form`, which solves it in its row-scaled form
+    `I + L'`, L' = G (base ⊙ KKᵀ) E (strictly lower), with E = diag(η_e), G = diag(p/η_e)."""
     if stop_writes:
         k, eta = sg(k), sg(eta)
         alpha = None if alpha is None else sg(alpha)
@@ -89,7 +90,7 @@ def _prepare(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: A
     c = k.shape[0]
     eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
     co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
-    kk = inverse = gain = None
+    kk = inverse = gain = strict = None
     base = decay_matrix(alpha_e)[:, 1:] if beta_e is None else None  # CSE'd with `co`'s
     if spec.dgd:
         kk = k @ k.T
@@ -98,8 +99,8 @@ def _prepare(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: A
         else:
             gain = _precond_gain(spec, k, eta, alpha)
             strict = (base[:c] * kk) * eta_e[None, :]
-            inverse = unit_lower_inverse(strict if gain is None else gain[:, None] * strict)
-    return ChunkPrep(co, q @ k.T, kk, inverse), base, eta_e, gain
+            strict = strict if gain is None else gain[:, None] * strict
+    return ChunkPrep(co, q @ k.T, kk, inverse), base, eta_e, gain, strict
 
 
 def _precond_gain(spec: RecurrenceSpec, k: Array, eta: Array, alpha: Array | None
@@ -145,15 +146,16 @@ class DeltaChunkForm(NamedTuple):
     read_bias: Array | None
 
 
-def _dgd_delta_form(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | None, cy: float,
-                    residual: bool, read: str, separate_snapshot: bool, q: Array, k: Array,
-                    v_eff: Array) -> DeltaChunkForm:
+def _dgd_delta_form(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | None,
+                    strict: Array, cy: float, residual: bool, read: str, separate_snapshot: bool,
+                    q: Array, k: Array, v_eff: Array) -> DeltaChunkForm:
     """The new-values form of a DGD chunk without momentum.
 
     There c_G = base·E and c_U = base·P with E = diag(η_e), P = diag(p) = E G, and the DGD system
     is L = (base ⊙ KKᵀ) P. By the push-through identity G (I + L)⁻¹ = (I + L')⁻¹ G with the
     row-scaled L' = G (base ⊙ KKᵀ) E, and L'(I + L')⁻¹ = I − (I + L')⁻¹, every gradient +
-    preconditioner pair collapses to one product with X = (I + L')⁻¹ (`_prepare`):
+    preconditioner pair collapses to one product with X = (I + L')⁻¹ (`unit_lower_solve`, whose
+    derivative needs no product with X beyond one per right-hand side):
 
         Z_w = E X G (ᾱ ⊙ K),   Z_c = E X V',   Z_n = c E X K
 
@@ -166,13 +168,12 @@ def _dgd_delta_form(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | No
     if gain is not None:
         k_dec = gain[:, None] * k_dec
     e = eta_e[:, None]
-    new_n = None
     if cy and not separate_snapshot:
         k_dec = k_dec + cy * k
-    elif cy:
-        new_n = e * (prep.system_inverse @ (cy * k))
-    new_w = e * (prep.system_inverse @ k_dec)
-    new_c = e * (prep.system_inverse @ v_eff)
+    rhs = (k_dec, v_eff) + ((cy * k,) if cy and separate_snapshot else ())
+    solved = unit_lower_solve(strict, rhs)
+    new_w, new_c = e * solved[0], e * solved[1]
+    new_n = e * solved[2] if len(solved) > 2 else None
     read_q = scores = None
     if read != "snapshot":
         rows = slice(1, c + 1) if read == "post" else slice(0, c)
@@ -191,7 +192,7 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     chunk starts at a chunk boundary, where W_ξ = W_0)."""
     if stop_writes:
         k, v = sg(k), sg(v)
-    prep, base, eta_e, gain = _prepare(spec, stop_writes, q, k, eta, alpha, beta, mask)
+    prep, base, eta_e, gain, strict = _prepare(spec, stop_writes, q, k, eta, alpha, beta, mask)
     co = prep.coeffs
     c, d_k = k.shape
     cy = affine
@@ -199,8 +200,8 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
     eye = jnp.eye(d_k, dtype=k.dtype)
     has_mom = co.carry is not None
     if spec.dgd and not has_mom:
-        return _dgd_delta_form(prep, base, eta_e, gain, cy, residual, read, separate_snapshot,
-                               q, k, v_eff)
+        return _dgd_delta_form(prep, base, eta_e, gain, strict, cy, residual, read,
+                               separate_snapshot, q, k, v_eff)
     # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c (terms with c = 0 are skipped).
     if spec.dgd:
         gw_in = co.grad_weights[:c] * prep.kk  # rows t−1: weights of δ_i in B_t

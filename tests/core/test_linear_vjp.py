@@ -14,7 +14,7 @@ import pytest
 from jax.scipy.linalg import solve_triangular
 
 from hope_jax import core
-from hope_jax.core.coefficients import decay_matrix, unit_lower_inverse
+from hope_jax.core.coefficients import decay_matrix, unit_lower_inverse, unit_lower_solve
 from level_cases import OPTIMIZERS, gates_for, make_level, random_inputs
 
 
@@ -42,6 +42,42 @@ def test_unit_lower_inverse_matches_triangular_solve(x64, n):
     assert float(jnp.max(jnp.abs(jnp.triu(g)))) == 0.0
     t, t_ref = jax.jvp(unit_lower_inverse, (s,), (w,))[1], jax.jvp(ref, (s,), (w,))[1]
     assert _rel(t, t_ref) < 1e-10
+
+
+@pytest.mark.parametrize("n,widths", [(1, (3,)), (17, (5, 2)), (64, (8, 8, 3))])
+def test_unit_lower_solve_matches_triangular_solve(x64, n, widths):
+    """(I + S)⁻¹ B for several right-hand sides: values, reverse-mode derivatives w.r.t. S and
+    every B, and forward-mode derivatives equal those of solve_triangular (S's entries on and
+    above the diagonal are ignored)."""
+    key = jax.random.PRNGKey(n)
+    s = jax.random.normal(key, (2, n, n), jnp.float64) * (0.3 if n < 64 else 0.1)
+    rhs = tuple(jax.random.normal(jax.random.fold_in(key, i), (2, n, m), jnp.float64)
+                for i, m in enumerate(widths))
+    eye = jnp.eye(n, dtype=s.dtype)
+
+    def ref(s, rhs):
+        return tuple(solve_triangular(eye + jnp.tril(s, -1), b, lower=True, unit_diagonal=True)
+                     for b in rhs)
+
+    for z, z_ref in zip(unit_lower_solve(s, rhs), ref(s, rhs)):
+        assert _rel(z, z_ref) < 1e-12
+    ws = tuple(jax.random.normal(jax.random.fold_in(key, 100 + i), b.shape, jnp.float64)
+               for i, b in enumerate(rhs))
+
+    def loss(f):
+        return lambda s, rhs: sum(jnp.sum(jnp.sin(z) * w) for z, w in zip(f(s, rhs), ws))
+
+    g, g_ref = jax.grad(loss(unit_lower_solve), argnums=(0, 1))(s, rhs), \
+        jax.grad(loss(ref), argnums=(0, 1))(s, rhs)
+    assert _rel(g[0], g_ref[0]) < 1e-10
+    assert float(jnp.max(jnp.abs(jnp.triu(g[0])))) == 0.0
+    for gb, gb_ref in zip(g[1], g_ref[1]):
+        assert _rel(gb, gb_ref) < 1e-10
+    tangents = (jax.random.normal(jax.random.fold_in(key, 999), s.shape, jnp.float64), ws)
+    t = jax.jvp(unit_lower_solve, (s, rhs), tangents)[1]
+    t_ref = jax.jvp(ref, (s, rhs), tangents)[1]
+    for a, b in zip(t, t_ref):
+        assert _rel(a, b) < 1e-10
 
 
 def test_decay_matrix_products(x64):
