@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from hope_jax.train.loop import config_from_dict, train
 from tests.train.helpers import tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,19 +40,29 @@ def test_two_processes_equal_one(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
 
-    single = tmp_path / "single"
-    out = subprocess.run([sys.executable, os.path.join(HERE, "run_train.py"), str(cfg_path),
-                          str(single)], env=dict(env, XLA_FLAGS=
-                          "--xla_force_host_platform_device_count=8"), capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-
     multi, port = tmp_path / "multi", _free_port()
+    logs = [(open(tmp_path / f"p{i}.out", "w+"), open(tmp_path / f"p{i}.err", "w+"))
+            for i in range(2)]                      # files, not pipes: nobody reads them yet
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "run_multihost.py"), str(i),
                                str(port), str(cfg_path), str(multi)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=logs[i][0], stderr=logs[i][1], text=True)
              for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    try:
+        # the reference, while the two processes start: one process with the same 8 devices
+        # (this one, tests/conftest.py)
+        single = tmp_path / "single"
+        train(config_from_dict(json.loads(cfg_path.read_text())), str(single))
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = []
+    for out, err in logs:
+        out.seek(0), err.seek(0)
+        outs.append((out.read(), err.read()))
+        out.close(), err.close()
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     results = [json.loads(o.split(f"RESULT {i} ", 1)[1]) for i, (o, _) in enumerate(outs)]
