@@ -36,7 +36,8 @@ def _chunk_step(level: Level, dynamic: bool):
     """(prepare, step) for the level's path.
 
     prepare(q, k, v, eta, alpha, beta, mask) → the state-independent part of one chunk, for one
-    head of one sequence (run for all chunks in parallel before the scan);
+    head of one sequence (run for all chunks in parallel before the scan, or inside the scan step
+    on the linear path with remat);
     step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep) → (y, run, opt_state).
     """
     spec = level.spec
@@ -147,15 +148,23 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
 
     xs = tuple(None if x is None else _to_chunks(x, n, c_buf) for x in (q, k, v, eta, alpha, beta))
     prepare, step = _chunk_step(level, dynamic)
+    # The state-independent work of a chunk runs before the scan for every chunk in parallel,
+    # except on the linear path with remat, where it runs inside the checkpointed step (and again
+    # in its backward): its [C, C] and [C, d] intermediates then stay chunk-sized instead of being
+    # stored for the whole sequence (docs/core.md, "Linear path speed").
+    prep_in_step = prepare is not None and level.path == "linear" and level.remat
     preps = None
-    if prepare is not None:  # the state-independent work of every chunk, in parallel
+    if prepare is not None:
         per_chunk = _vmap_batch_heads(prepare, 7, shared=(6,))
-        preps = jax.vmap(per_chunk)(*xs, mask)
+        if not prep_in_step:
+            preps = jax.vmap(per_chunk)(*xs, mask)
     per_batch = _vmap_batch_heads(step, 11, shared=(9,))
 
     def body(carry, inputs):
         run, opt_state, snap, last_snap = carry
         (qc, kc, vc, ec, ac, bc), mc, prep = inputs
+        if prep_in_step:
+            prep = per_chunk(qc, kc, vc, ec, ac, bc, mc)
         snap_used = run if snap is None else snap
         y, new_run, new_opt = per_batch(run, opt_state, snap_used, qc, kc, vc, ec, ac, bc, mc, prep)
         new_snap = None if snap is None else new_run
@@ -163,7 +172,7 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
             last_snap = jax.tree.map(lambda a, b_: jnp.where(jnp.any(mc), a, b_), snap_used, last_snap)
         return (new_run, new_opt, new_snap, last_snap), y
 
-    if level.remat and level.path != "linear":  # the linear step keeps no activations worth dropping
+    if level.remat:
         body = jax.checkpoint(body, prevent_cse=False)
     memory = tuple(w.astype(dtype) for w in state.memory)
     snap0 = tuple(w.astype(dtype) for w in state.snapshot) if dynamic else None

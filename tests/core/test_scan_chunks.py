@@ -74,6 +74,50 @@ def test_paths_agree_on_values_state_and_gradients(x64, memory, objective, optim
             assert_close(results[path][key], base[key], 1e-10, f"{path} vs {paths[-1]}: {key}")
 
 
+@pytest.mark.parametrize("memory, objective, optimizer, read", [
+    ("matrix", "dot", "gdn", "post"),
+    ("residual_linear", "l2", "dgd_no_momentum", "pre"),
+    ("matrix", "l2", "dgd", "snapshot"),
+    ("matrix", "l2", "momentum", "post"),
+])
+def test_linear_path_prepares_chunks_in_step_or_ahead_alike(x64, memory, objective, optimizer,
+                                                           read):
+    """The linear path prepares each chunk inside the checkpointed scan step with remat and
+    before the scan without: both give the same outputs, state and gradients (float64, 1e-10),
+    for a fresh state and for a state carried from a call that ended mid-chunk."""
+    b, t, h, d, c = 2, 11, 2, 4, 4
+    inputs = random_inputs(9, b, t, h, d, d)
+    gates = gates_for(OPTIMIZERS[optimizer], inputs)
+    first = {name: x[:, :6] for name, x in inputs.items()}
+    rest = {name: x[:, 6:] for name, x in inputs.items()}
+    gates_first = {name: g[:, :6] for name, g in gates.items()}
+    gates_rest = {name: g[:, 6:] for name, g in gates.items()}
+    results = {}
+    for remat in (True, False):
+        level = make_level(memory, objective, optimizer, chunk_size=c, read=read, remat=remat)
+        assert level.path == "linear"
+        params = level.memory.init(jax.random.PRNGKey(4), h, d, d, jnp.float64)
+        fresh = outputs_and_grads(core.chunked_scan, level, params, inputs, gates)
+
+        def second_call(p, *args, level=level):  # streaming: the state of the first 6 tokens
+            names = ["q", "k", "v"] + sorted(gates_rest)
+            kw = dict(zip(names, args))
+            _, state = core.chunked_scan(level, level.init_state(p, b), first["q"], first["k"],
+                                         first["v"], **gates_first)
+            y, state = core.chunked_scan(level, state, **kw)
+            return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.tanh(state.memory[0])), y
+
+        args = [rest["q"], rest["k"], rest["v"]] + [gates_rest[n] for n in sorted(gates_rest)]
+        (_, y), grads = jax.jit(jax.value_and_grad(second_call, argnums=tuple(range(len(args) + 1)),
+                                                   has_aux=True))(params, *args)
+        results[remat] = (fresh, y, grads)
+    (fresh_in, y_in, grads_in), (fresh_ahead, y_ahead, grads_ahead) = results[True], results[False]
+    for key in ("y", "memory", "opt_state", "grads"):
+        assert_close(fresh_in[key], fresh_ahead[key], 1e-10, f"fresh state: {key}")
+    assert_close(y_in, y_ahead, 1e-10, "carried state: outputs")
+    assert_close(grads_in, grads_ahead, 1e-10, "carried state: gradients")
+
+
 @pytest.mark.fast
 def test_auto_picks_the_fastest_applicable_path():
     """auto: linear for a matrix memory with l2/dot, closed form for MLPs, generic otherwise."""
