@@ -3,14 +3,15 @@
 For `M(k) = W k` (optionally `k + W k`) and an objective with error `e = c·y − v` (l2: c = 1,
 dot: c = 0), the snapshot errors are `Δ = c K W_ξᵀ − V'` (`V' = V − c K` with the residual), so
 every term of the closed form (`closed_form.py`) is linear in the chunk-start running memory
-`W_0`, momentum `S_0` and snapshot `W_ξ`. The chunk is then a set of affine maps, all computed
-for every chunk in parallel before the scan:
+`W_0`, momentum `S_0` and snapshot `W_ξ`. The chunk is then a set of affine maps, computed
+from the chunk's inputs alone (`prepare_linear_chunk`):
 
     Y   = R_w W_0ᵀ + R_s S_0ᵀ + R_ξ W_ξᵀ + Y_c                         (reads)
     W_C = ᾱ_C W_0 + W_0 E_w + S_0 E_s + W_ξ E_ξ + E_c                  (memory at the chunk end)
     S_C = β̄ S_0 + W_ξ F_ξ + F_c                                        (momentum at the chunk end)
 
-leaving only a handful of [C, d]·[d, d] matmuls per chunk in the sequential scan. With the DGD
+and applied to the carried state with a handful of [C, d]·[d, d] matmuls (`linear_chunk`). The
+scan prepares each chunk inside its checkpointed step (see `scan.chunked_scan`). With the DGD
 preconditioner this is the chunkwise WY/UT form of DeltaNet and Gated DeltaNet: the predictions
 `U = T B` use `T = (I + L)⁻¹` and split into the same three maps (`U = P_w W_0ᵀ + P_s S_0ᵀ +
 P_ξ W_ξᵀ + U_c`). Linear attention (dot, GD, no decay) reduces to Titans Eq. 17's matmul form.
@@ -19,8 +20,9 @@ sequence parallelism. On CPU the cost is the number of batched [C, C]/[C, d] ops
 FLOPs: the DGD system is inverted by blocked matmuls with a written-out derivative
 (`coefficients.unit_lower_inverse`). Without momentum (DeltaNet, Gated DeltaNet) the gradient and
 preconditioner terms merge into one product and the chunk is kept in its "new values" form
-(`DeltaChunkForm`, `_dgd_delta_form`): the scan computes V_new = Z_c − Z_w W_0ᵀ and reads and
-writes through it, which costs fewer products overall than precomposing the maps.
+(`DeltaChunkForm`, `_dgd_delta_form`): the step solves `(I + L') Z = V' − K_w W_0ᵀ` for one
+right-hand side and reads and writes through V_new = E Z, which costs fewer products overall than
+precomposing the maps.
 """
 from __future__ import annotations
 
@@ -120,27 +122,35 @@ class DeltaChunkForm(NamedTuple):
     """One chunk of a DGD level without momentum in "new values" form (chunkwise Gated DeltaNet).
 
     With X = (I + L')⁻¹ (`_prepare`) the chunk's writes reduce to per-token new values
-    `V_new = Z_c − Z_w W_0ᵀ − Z_n W_ξᵀ` computed in the scan; then
+
+        V_new = E X (V' − K_w W_0ᵀ − K_n W_ξᵀ),
+
+    one triangular solve of one right-hand side in the scan step (`_delta_chunk`); then
 
         Y   = R W_0ᵀ + A V_new (+ Q with the residual)      (post / pre reads)
         Y   = Q W_ξᵀ (+ Q)                                  (snapshot reads)
         W_C = ᾱ_C W_0 + V_newᵀ (base[C] ⊙ K).
 
-    Fields (one head, one sequence): read_q R = ᾱ_rows ⊙ Q [C, d_k] and scores A = base_rows ⊙
-    QKᵀ [C, C] (both None for snapshot reads); new_w Z_w, new_n Z_n [C, d_k] (Z_n None when the
-    objective has no affine part, or folded into Z_w when W_ξ = W_0); new_c Z_c [C, d_v];
-    end_keys base[C] ⊙ K [C, d_k]; end_decay ᾱ_C []; read_bias Q with a residual memory, else None.
+    Fields (one head, one sequence): system L' [C, C] (strictly lower; entries on and above the
+    diagonal are ignored); step η_e [C] (E); keys_w K_w = G (ᾱ ⊙ K) [C, d_k] (+ c K when
+    W_ξ = W_0 is folded in); keys_n K_n = c K [C, d_k] when W_ξ is kept apart, else None; values
+    V' [C, d_v]; read_q R = ᾱ_rows ⊙ Q [C, d_k] and scores A = base_rows ⊙ QKᵀ [C, C] (both None
+    for snapshot reads); end_keys base[C] ⊙ K [C, d_k]; end_decay ᾱ_C []; read_bias Q with a
+    residual memory, else None.
 
-    Against the precomposed maps (`LinearChunkMaps`) this leaves four [C, d] products per chunk
-    in the scan instead of two, but takes four out of the parallel preparation, and their
-    backward: six fewer [C, C]·[C, d]-sized products for forward + backward in all.
+    Solving for the state-dependent right-hand side in the step, instead of forming the
+    state-independent solutions X K_w and X V' beforehand, takes one [C, C]·[C, d] product out of
+    the forward and one out of the backward: the solve's backward pulls one cotangent U = Xᵀ V̄
+    through the system (dL' = −tril(U V_newᵀ)), where two right-hand sides need two of each.
     """
 
+    system: Array
+    step: Array
+    keys_w: Array
+    keys_n: Array | None
+    values: Array
     read_q: Array | None
     scores: Array | None
-    new_w: Array
-    new_n: Array | None
-    new_c: Array
     end_keys: Array
     end_decay: Array
     read_bias: Array | None
@@ -154,33 +164,28 @@ def _dgd_delta_form(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | No
     There c_G = base·E and c_U = base·P with E = diag(η_e), P = diag(p) = E G, and the DGD system
     is L = (base ⊙ KKᵀ) P. By the push-through identity G (I + L)⁻¹ = (I + L')⁻¹ G with the
     row-scaled L' = G (base ⊙ KKᵀ) E, and L'(I + L')⁻¹ = I − (I + L')⁻¹, every gradient +
-    preconditioner pair collapses to one product with X = (I + L')⁻¹ (`unit_lower_solve`, whose
-    derivative needs no product with X beyond one per right-hand side):
+    preconditioner pair collapses to one product with X = (I + L')⁻¹:
 
-        Z_w = E X G (ᾱ ⊙ K),   Z_c = E X V',   Z_n = c E X K
+        V_new = E X (V' − G (ᾱ ⊙ K) W_0ᵀ − c K W_ξᵀ)
 
     (the "new values" of chunkwise Gated DeltaNet). When W_ξ = W_0 (`separate_snapshot=False`)
-    Z_n folds into Z_w before the product.
+    the c K term folds into the W_0 keys.
     """
     co = prep.coeffs
     c = k.shape[0]
-    k_dec = co.decay[:c, None] * k
+    keys_w = co.decay[:c, None] * k
     if gain is not None:
-        k_dec = gain[:, None] * k_dec
-    e = eta_e[:, None]
+        keys_w = gain[:, None] * keys_w
     if cy and not separate_snapshot:
-        k_dec = k_dec + cy * k
-    rhs = (k_dec, v_eff) + ((cy * k,) if cy and separate_snapshot else ())
-    solved = unit_lower_solve(strict, rhs)
-    new_w, new_c = e * solved[0], e * solved[1]
-    new_n = e * solved[2] if len(solved) > 2 else None
+        keys_w = keys_w + cy * k
+    keys_n = cy * k if cy and separate_snapshot else None
     read_q = scores = None
     if read != "snapshot":
         rows = slice(1, c + 1) if read == "post" else slice(0, c)
         scores = base[rows] * prep.qk
         read_q = co.decay[rows, None] * q
-    return DeltaChunkForm(read_q, scores, new_w, new_n, new_c, base[c][:, None] * k, co.decay[c],
-                          q if residual else None)
+    return DeltaChunkForm(strict, eta_e, keys_w, keys_n, v_eff, read_q, scores,
+                          base[c][:, None] * k, co.decay[c], q if residual else None)
 
 
 def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, read: str,
@@ -273,9 +278,11 @@ def _fold(separate_snapshot, q, eye, read_w, read_s, read_n, read_c, end_decay, 
 def _delta_chunk(form: DeltaChunkForm, q: Array, w0: Array, snap: Array | None):
     """(y, W_C) of a chunk in new-values form (`DeltaChunkForm`); snap: W_ξ when kept apart."""
     w_n = w0 if snap is None else snap
-    new = form.new_c - form.new_w @ w0.T
-    if form.new_n is not None:
-        new = new - form.new_n @ w_n.T
+    rhs = form.values - form.keys_w @ w0.T
+    if form.keys_n is not None:
+        rhs = rhs - form.keys_n @ w_n.T
+    (solved,) = unit_lower_solve(form.system, (rhs,))
+    new = form.step[:, None] * solved
     if form.scores is None:  # snapshot reads
         y = q @ w_n.T
     else:
