@@ -5,7 +5,8 @@ never adds keys (the config is locked, so an unknown key is an error that names 
 
   model  — which architecture and size preset, dtypes, remat, Table-6 switches (Hope only)
   data   — corpus, tokenizer, sequence length, shards and the grain pipeline
-  optim  — the outer optimizer: AdamW, warm-up + cosine, clipping, weight-decay mask,
+  optim  — the outer optimizer (AdamW, Muon, M3, delta momentum, DMGD), warm-up + cosine,
+           clipping, weight-decay mask,
            multi-frequency CMS updates (D9/D23), gradient accumulation
   train  — steps, batch, seeds, logging, held-out evaluation, checkpoints, NaN policy
   mesh   — device mesh axes data / fsdp / tensor / sequence (-1 = fill with the rest)
@@ -62,7 +63,7 @@ def default_config() -> ConfigDict:
     ))
 
     c.optim = ConfigDict(dict(
-        name="adamw",
+        name="adamw",             # adamw | muon | m3 | delta_momentum | dmgd (train/optimizer.py)
         lr=3e-3,
         warmup_steps=20,
         schedule="cosine",        # cosine | constant
@@ -74,6 +75,12 @@ def default_config() -> ConfigDict:
         clip_norm=1.0,            # global-norm clipping (0 = off)
         grad_accum=1,             # micro-batches per step
         multi_frequency=True,     # CMS outer levels update every P steps with the summed gradient
+        decay_memory_init=False,  # weight decay also on meta-learned initial memories / gate heads
+        momentum=0.95,            # β of muon, delta_momentum and dmgd
+        ns_steps=5,               # Newton–Schulz iterations (muon, m3)
+        fallback="adamw",         # muon: non-matrix leaves (embedding, head, norms…): adamw | momentum
+        m3_slow_period=16,        # m3: the slow momentum's update period f
+        delta_gamma=1.0,          # delta_momentum: γ of the delta term
     ))
 
     c.train = ConfigDict(dict(

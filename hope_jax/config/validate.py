@@ -22,7 +22,6 @@ REMAT = ("none", "block", "full")
 CORPORA = ("en_pip", "python_stdlib", "japanese", "files")
 TOKENIZERS = ("byte", "bpe")
 SCHEDULES = ("cosine", "constant")
-OPTIMIZERS = ("adamw",)
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BYTE_VOCAB = 260
 
@@ -122,8 +121,14 @@ def _value_errors(c: Any) -> list[str]:
     need(0.0 <= d.held_out_fraction < 1.0, "data.held_out_fraction", "must be in [0, 1)")
     need(d.worker_count >= 0, "data.worker_count", "must be ≥ 0")
 
+    from hope_jax.train.optimizer import FALLBACKS, OPTIMIZERS
     o = c.optim
     need(o.name in OPTIMIZERS, "optim.name", f"expected one of {OPTIMIZERS}")
+    need(o.fallback in FALLBACKS, "optim.fallback", f"expected one of {FALLBACKS}")
+    need(0.0 <= o.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
+    need(o.ns_steps >= 1, "optim.ns_steps", "must be ≥ 1")
+    need(o.m3_slow_period >= 1, "optim.m3_slow_period", "must be ≥ 1")
+    need(o.delta_gamma >= 0, "optim.delta_gamma", "must be ≥ 0")
     need(o.lr > 0, "optim.lr", "must be > 0")
     need(o.warmup_steps >= 0, "optim.warmup_steps", "must be ≥ 0")
     need(o.schedule in SCHEDULES, "optim.schedule", f"expected one of {SCHEDULES}")
