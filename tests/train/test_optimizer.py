@@ -27,8 +27,8 @@ def _hope_names_and_periods():
 
 @pytest.mark.fast
 def test_decay_mask_rule_on_the_hope_model():
-    """Kernels/LM head/memory states decay; embedding, norms (also [H, d_h]), gate biases and
-    scalars do not."""
+    """Kernels/LM head decay; embedding, norms (also [H, d_h]), gate biases, scalars and (by
+    default) memory initial states do not (exact leaf sets: test_outer_optimizers.py)."""
     params, _ = _hope_names_and_periods()
     mask = decay_mask(params)
     assert mask["blocks/0/mixer/w_q/kernel"] and mask["lm_head/kernel"]
