@@ -12,20 +12,27 @@ Layout: `<workdir>/checkpoints/<step>/{params, opt_state, meta, data, config}`:
 What orbax guarantees (orbax-checkpoint 0.12): a step is written into a temporary directory
 `<step>.orbax-checkpoint-tmp-*` and renamed to `<step>` only after every item (and, multi-host,
 every process) has finished; `all_steps()` lists only finalised steps, so an interrupted save is
-never seen. It does not checksum finished files: a step damaged afterwards (a file deleted or
-truncated) is listed, and restoring it fails. `Checkpointer.restore` then warns and falls back
-to the previous step (deleting the unreadable newer ones, which the resumed run rewrites); if no
-step restores, it raises. A state with non-finite values is never
-saved (`save` refuses it).
+never seen. Orbax does not checksum finished files, so `save` stores two 32-bit checksums of
+every array's bits in `meta` (`array_checksums`, computed on the devices) and `restore`
+recomputes them: a step whose files are missing, truncated or altered (even with the same size)
+is reported in one line and skipped for the newest intact one. A damaged step is never deleted:
+a resuming run moves it aside to `<step>.corrupt` (so the steps it writes again are not shadowed
+by it); readers (`hope-jax eval` / `generate`) only skip it. orbax's and TensorStore's messages
+about the damaged step go to `<workdir>/restore.log`, not to the terminal. A state with
+non-finite values is never saved (`save` refuses it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from typing import Any, Mapping
+import sys
+import time
+from typing import Any, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -73,8 +80,85 @@ def shape_differences(saved: Mapping, current: Mapping) -> dict[str, tuple[Any, 
     return diffs
 
 
+def config_changes(saved: Mapping, current: Any) -> list[str]:
+    """"key: saved → now" for every config key, other than the shape keys (which refuse), whose
+    value differs between a checkpoint's saved config and the current one (keys the saved
+    config does not have are not compared)."""
+    a = _flatten(saved)
+    b = _flatten(config_to_json(current) if not isinstance(current, dict) else current)
+    out = []
+    for key in sorted(set(a) & set(b)):
+        if any(key == k or key.startswith(k + ".") for k in SHAPE_KEYS) or a[key] == b[key]:
+            continue
+        out.append(f"{key}: {a[key]!r} → {b[key]!r}")
+    return out
+
+
 def _param_key(name: str) -> str:
     return name.replace("/", ".")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint step whose arrays do not match the checksums saved with it."""
+
+
+def _array_checksum(x: jax.Array) -> jax.Array:
+    """Two uint32 sums of the bits of `x` (plain and position-weighted, modulo 2^32): any
+    single changed word changes the weighted one."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    u = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+    weights = jnp.arange(u.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * weights, dtype=jnp.uint32)])
+
+
+_checksums_jit = jax.jit(lambda tree: jax.tree.map(_array_checksum, tree))
+
+
+def array_checksums(tree: Mapping[str, Any]) -> dict[str, list[int]]:
+    """{name: [sum, weighted sum]} of every array of a flat dict (one jitted computation)."""
+    sums = to_host(_checksums_jit(dict(tree)))
+    return {k: [int(v) for v in np.asarray(sums[k]).reshape(-1)] for k in tree}
+
+
+def verify_checksums(saved: Mapping[str, Any] | None, tree: Mapping[str, Any], item: str) -> None:
+    """Raises CorruptCheckpointError naming the arrays of `item` whose checksums differ from
+    `saved` (checkpoints written before checksums existed have none: not checked)."""
+    if not saved:
+        return
+    now = array_checksums(tree)
+    bad = sorted(k for k in tree if f"{item}/{k}" in saved and saved[f"{item}/{k}"] != now[k])
+    if bad:
+        raise CorruptCheckpointError(f"checksum mismatch in {item}: {', '.join(bad[:3])}"
+                                     + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+
+
+def _short(err: BaseException) -> str:
+    """The first line of an error, shortened (TensorStore messages run to pages)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _noise_to(log_path: str) -> Iterator[None]:
+    """Sends the process's stderr (file descriptor 2: orbax's absl log lines, TensorStore's C++
+    messages, Python's own stderr) to `log_path` while inside; logging records still reach
+    their handlers."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with open(log_path, "a") as f:
+        f.write(f"--- restore {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
 
 
 class Checkpointer:
@@ -82,6 +166,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.log_path = os.path.join(os.path.dirname(self.directory), "restore.log")
+        self.last_changes: list[str] = []   # config keys changed since the restored step
+        self.skipped: list[str] = []        # one line per damaged step skipped by a restore
         handlers = dict(params=ocp.StandardCheckpointHandler(),
                         opt_state=ocp.StandardCheckpointHandler(),
                         meta=ocp.JsonCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
@@ -113,11 +200,16 @@ class Checkpointer:
             log.warning("not checkpointing step %d: the state holds non-finite values", step)
             return False
         leaves, treedef = jax.tree.flatten(state.opt_state)
+        params = {_param_key(k): v for k, v in state.params.items()}
+        opt = {f"{i:05d}": x for i, x in enumerate(leaves)}
+        sums = array_checksums({**{f"params/{k}": v for k, v in params.items()},
+                                **{f"opt_state/{k}": v for k, v in opt.items()}})
         meta = dict(step=step, bad_steps=int(to_host(state.bad_steps)),
-                    vocab_size=int(vocab_size), opt_structure=str(treedef))
+                    vocab_size=int(vocab_size), opt_structure=str(treedef),
+                    array_checksums=sums)
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave({_param_key(k): v for k, v in state.params.items()}),
-            opt_state=ocp.args.StandardSave({f"{i:05d}": x for i, x in enumerate(leaves)}),
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt),
             meta=ocp.args.JsonSave(meta),
             data=ocp.args.JsonSave({"processes": list(data_states)}),
             config=ocp.args.JsonSave(config_to_json(config)))
@@ -156,29 +248,37 @@ class Checkpointer:
                 "Use a new workdir, or restore the config it was trained with.")
 
     def restore_params(self, step: int, abstract_params: Mapping[str, Any]) -> dict:
-        """Only the params of `step` onto the shardings of `abstract_params`."""
+        """Only the params of `step` onto the shardings of `abstract_params`, checked against
+        the step's checksums (CorruptCheckpointError on a mismatch)."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         target = {_param_key(k): v for k, v in abstract_params.items()}
         out = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target)))
+        verify_checksums(meta["meta"].get("array_checksums"), out["params"], "params")
         return {k: out["params"][_param_key(k)] for k in abstract_params}
 
-    def restore(self, abstract_state: TrainState, config, vocab_size: int
-                ) -> tuple[TrainState, list, int] | None:
-        """The newest restorable (state, per-process data states, step), or None if there is no
-        checkpoint. A config of another shape raises IncompatibleCheckpointError; an unreadable
-        step is skipped with a warning (falls back to the previous one)."""
-        steps = self.steps()
-        if not steps:
-            return None
-        leaves, treedef = jax.tree.flatten(abstract_state.opt_state)
-        errors = []
+    def _restore_arrays(self, step: int, abstract_state: TrainState, meta: Mapping) -> dict:
+        """params and opt_state of `step`, verified against the saved checksums."""
+        leaves = jax.tree.leaves(abstract_state.opt_state)
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(
+                {_param_key(k): v for k, v in abstract_state.params.items()}),
+            opt_state=ocp.args.StandardRestore({f"{i:05d}": x for i, x in enumerate(leaves)})))
+        sums = meta.get("array_checksums")
+        verify_checksums(sums, out["params"], "params")
+        verify_checksums(sums, out["opt_state"], "opt_state")
+        return out
+
+    def _find_restorable(self, steps: list[int], abstract_state: TrainState, config,
+                         vocab_size: int) -> tuple[int, dict, dict, dict, dict] | None:
+        """The newest step that restores and matches its checksums: (step, arrays, meta, data,
+        saved config); damaged steps are noted in `self.skipped` (details in the log file)."""
+        treedef = jax.tree.structure(abstract_state.opt_state)
         for step in steps:
             try:
                 meta, data, saved_config = self.read_json(step)
             except Exception as e:  # noqa: BLE001 — a damaged step: try the previous one
-                errors.append(f"step {step}: {type(e).__name__}: {e}")
-                log.warning("checkpoint step %d is unreadable (%s); trying the previous one",
-                            step, e)
+                self._note_damage(step, e)
                 continue
             self.check_compatible(saved_config, config, vocab_size, meta.get("vocab_size"))
             if meta.get("opt_structure") != str(treedef):
@@ -186,31 +286,76 @@ class Checkpointer:
                     f"{self.directory} step {step}: the optimizer-state structure differs from "
                     "this config's (check optim.multi_frequency / clip_norm / weight_decay)")
             try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(
-                        {_param_key(k): v for k, v in abstract_state.params.items()}),
-                    opt_state=ocp.args.StandardRestore(
-                        {f"{i:05d}": x for i, x in enumerate(leaves)})))
+                arrays = self._restore_arrays(step, abstract_state, meta)
             except Exception as e:  # noqa: BLE001
-                errors.append(f"step {step}: {type(e).__name__}: {e}")
-                log.warning("checkpoint step %d is unreadable (%s); trying the previous one",
-                            step, e)
+                self._note_damage(step, e)
                 continue
-            for bad in [s for s in steps if s > step]:   # would shadow the steps retrained now
-                log.warning("deleting unreadable checkpoint step %d", bad)
-                self.manager.delete(bad)
-            params = {k: out["params"][_param_key(k)] for k in abstract_state.params}
-            opt = jax.tree.unflatten(treedef, [out["opt_state"][f"{i:05d}"]
-                                               for i in range(len(leaves))])
-            rep = abstract_state.step.sharding
-            state = TrainState(
-                step=jax.device_put(np.asarray(meta["step"], np.int32), rep),
-                params=params, opt_state=opt,
-                bad_steps=jax.device_put(np.asarray(meta.get("bad_steps", 0), np.int32), rep))
-            return state, list(data.get("processes", [])), step
-        raise RuntimeError(f"no checkpoint in {self.directory} could be restored:\n  "
-                           + "\n  ".join(errors))
+            return step, arrays, meta, data, saved_config
+        return None
+
+    def _note_damage(self, step: int, err: BaseException) -> None:
+        import traceback
+        traceback.print_exception(err, file=sys.stderr)   # (stderr is the log file here)
+        self.skipped.append(f"checkpoint step {step} is damaged ({_short(err)}); skipped")
+
+    def _quarantine(self, steps: list[int]) -> list[str]:
+        """Moves damaged steps aside to `<step>.corrupt` (never deletes them); their paths."""
+        moved = []
+        if jax.process_index() != 0:
+            return moved
+        for step in steps:
+            src = os.path.join(self.directory, str(step))
+            dst, n = src + ".corrupt", 1
+            while os.path.exists(dst):
+                dst, n = f"{src}.corrupt{n}", n + 1
+            if os.path.isdir(src):
+                os.rename(src, dst)
+                moved.append(dst)
+        self.manager.reload()
+        return moved
+
+    def restore(self, abstract_state: TrainState, config, vocab_size: int, *,
+                quarantine: bool = True) -> tuple[TrainState, list, int] | None:
+        """The newest restorable (state, per-process data states, step), or None if there is no
+        checkpoint. A config of another shape raises IncompatibleCheckpointError. A damaged
+        step (unreadable, or arrays not matching their checksums) is skipped with a one-line
+        warning for the previous one and, with `quarantine`, moved aside to `<step>.corrupt`;
+        orbax's messages go to `self.log_path`. `self.last_changes` lists the config keys that
+        differ from the restored step's config."""
+        steps = self.steps()
+        if not steps:
+            return None
+        self.skipped = []
+        with _noise_to(self.log_path):
+            found = self._find_restorable(steps, abstract_state, config, vocab_size)
+        for line in self.skipped:
+            log.warning("%s (details in %s)", line, self.log_path)
+        if found is None:
+            raise UnrestorableCheckpointError(
+                f"no checkpoint in {self.directory} could be restored ("
+                + "; ".join(self.skipped) + f"); details in {self.log_path}")
+        step, out, meta, data, saved_config = found
+        damaged = [s for s in steps if s > step]
+        if quarantine and damaged:
+            for path in self._quarantine(damaged):
+                log.warning("moved the damaged step aside to %s", path)
+        self.last_changes = config_changes(saved_config, config)
+        leaves, treedef = jax.tree.flatten(abstract_state.opt_state)
+        params = {k: out["params"][_param_key(k)] for k in abstract_state.params}
+        opt = jax.tree.unflatten(treedef, [out["opt_state"][f"{i:05d}"]
+                                           for i in range(len(leaves))])
+        rep = abstract_state.step.sharding
+        state = TrainState(
+            step=jax.device_put(np.asarray(meta["step"], np.int32), rep),
+            params=params, opt_state=opt,
+            bad_steps=jax.device_put(np.asarray(meta.get("bad_steps", 0), np.int32), rep))
+        return state, list(data.get("processes", [])), step
 
 
-__all__ = ["Checkpointer", "IncompatibleCheckpointError", "SHAPE_KEYS", "config_to_json",
-           "shape_differences"]
+class UnrestorableCheckpointError(RuntimeError):
+    """No step of a checkpoint directory could be restored."""
+
+
+__all__ = ["Checkpointer", "CorruptCheckpointError", "IncompatibleCheckpointError", "SHAPE_KEYS",
+           "UnrestorableCheckpointError", "array_checksums", "config_changes", "config_to_json",
+           "shape_differences", "verify_checksums"]

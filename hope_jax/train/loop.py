@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -31,6 +32,7 @@ from hope_jax.config.defaults import default_config
 from hope_jax.models.decoder import Decoder
 from hope_jax.train import mesh as mesh_lib
 from hope_jax.train.build import Trainer, build_trainer
+from hope_jax.train import checkpoint as checkpoint_lib
 from hope_jax.train.checkpoint import Checkpointer
 from hope_jax.train.distributed import is_main_process, maybe_initialize
 from hope_jax.train.state import ParamCodec, to_host
@@ -44,35 +46,50 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-class _SigtermFlag:
-    """Sets `.raised` on SIGTERM (main thread only); the previous handler is restored on exit.
+class _StopFlag:
+    """Sets `.raised` (and `.name`: "sigterm" | "sigint") on the first SIGTERM or SIGINT (Ctrl-C)
+    while installed (main thread only); the previous handlers are restored on exit.
 
-    A second SIGTERM goes to the previous handler (by default: terminate), so a run stuck inside
-    a step can still be stopped."""
+    A second signal goes to the previous handler (SIGINT: KeyboardInterrupt, SIGTERM: terminate),
+    so a run stuck inside a step can still be stopped."""
 
-    def __init__(self):
+    SIGNALS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
+
+    def __init__(self, announce: bool = True):
         self.raised = False
-        self._previous = None
+        self.name = ""
+        self.announce = announce
+        self._previous: dict = {}
 
     def _handle(self, signum, frame):
         if self.raised:
-            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-            if callable(self._previous):
-                self._previous(signum, frame)
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            signal.signal(signum, previous)
+            if callable(previous):
+                previous(signum, frame)
             else:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signum)
             return
-        self.raised = True
+        self.raised, self.name = True, self.SIGNALS[signum]
+        if self.announce:
+            what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            print(f"\n{what}: finishing this step, then checkpointing and stopping "
+                  f"({what} again aborts without a checkpoint)", file=sys.stderr, flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
         return False
+
+
+_SigtermFlag = _StopFlag  # the former name
 
 
 def _any_process(flag: bool) -> bool:
@@ -139,47 +156,58 @@ def _local_rows(x: np.ndarray) -> np.ndarray:
 
 def evaluate(trainer: Trainer, params, batches: Iterator[dict], token_bytes: jax.Array,
              batch_rows: int) -> dict[str, float]:
-    """Held-out bits per byte over `batches` (every process iterates the same batches):
-    bpb = Σ nats / ln 2 / Σ bytes; also the loss per token."""
-    nats = toks = nbytes = 0.0
-    for batch in batches:
-        tokens = np.asarray(batch["tokens"], np.int32)
-        mask = np.asarray(batch.get("mask", np.ones(tokens[:, 1:].shape)), np.float32)
-        if tokens.shape[0] < batch_rows:  # pad a short last batch with masked rows
-            pad = batch_rows - tokens.shape[0]
-            tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
-            mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), np.float32)])
+    """Held-out bits per byte over `batches` (every process iterates the same batches) with the
+    one bpb implementation, `hope_jax.eval.perplexity.score_bpb`, here scoring each batch with
+    the sharded eval step: dict(bpb, eval_loss (nats/token), eval_tokens, bpb_se, bpb_ci95)."""
+    from hope_jax.eval.perplexity import score_bpb
+
+    host_bytes = np.asarray(to_host(token_bytes), np.int64)
+
+    def score(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         t = _global_batch(_local_rows(tokens), trainer.batch_sharding, batch_rows)
         m = _global_batch(_local_rows(mask), trainer.batch_sharding, batch_rows)
-        a, b, c = to_host(trainer.eval_step(params, t, m, token_bytes))
-        nats, toks, nbytes = nats + float(a), toks + float(b), nbytes + float(c)
-    return dict(bpb=nats / math.log(2) / max(nbytes, 1.0), eval_loss=nats / max(toks, 1.0),
-                eval_tokens=toks)
+        nats, _, _ = to_host(trainer.eval_step(params, t, m, token_bytes))
+        return np.asarray([float(nats)])
+
+    r = score_bpb(batches, score, host_bytes, rows=batch_rows)
+    return dict(bpb=r["bpb"], eval_loss=r["nats"] / max(r["tokens"], 1), eval_tokens=r["tokens"],
+                bpb_se=r["bpb_se"], bpb_ci95=r["bpb_ci95"])
 
 
 def plot_losses(metrics_path: str, out_path: str) -> None:
-    """loss.png: training loss (and held-out bpb) against the step, from metrics.jsonl."""
+    """loss.png from metrics.jsonl: the training loss (nats/token, left axis) and the held-out
+    bits per byte (right axis) against the step, each axis labelled with its unit."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     train_pts, eval_pts = {}, {}
     with open(metrics_path) as f:
         for line in f:
-            r = json.loads(line)
+            try:
+                r = json.loads(line)
+            except ValueError:      # a line cut by a killed run
+                continue
             if "loss" in r:
                 train_pts[r["step"]] = r["loss"]
             if "bpb" in r:
                 eval_pts[r["step"]] = r["bpb"]
     fig, ax = plt.subplots(figsize=(7, 4))
+    lines = []
     if train_pts:
         s = sorted(train_pts)
-        ax.plot(s, [train_pts[i] for i in s], label="train loss (nats/token)")
-    if eval_pts:
-        s = sorted(eval_pts)
-        ax.plot(s, [eval_pts[i] for i in s], "o-", label="held-out bits/byte")
+        lines += ax.plot(s, [train_pts[i] for i in s], color="C0",
+                         label="training loss (nats/token)")
     ax.set_xlabel("step")
-    ax.legend()
+    ax.set_ylabel("training loss (nats/token)", color="C0")
     ax.grid(alpha=0.3)
+    if eval_pts:
+        right = ax.twinx()
+        s = sorted(eval_pts)
+        lines += right.plot(s, [eval_pts[i] for i in s], "o-", color="C1",
+                            label="held-out bits/byte")
+        right.set_ylabel("held-out bits per byte", color="C1")
+    if lines:
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
@@ -193,11 +221,12 @@ def _data_api(data_api):
 def _warm_start_params(init_from: str, trainer: Trainer) -> dict:
     """The parameters of the newest readable checkpoint of another run `init_from`, placed on this
     run's shardings (the architecture must match; the data and optimizer may differ)."""
-    other = Checkpointer(os.path.abspath(os.path.expanduser(init_from)), async_save=False)
+    try:
+        other = _open_existing(init_from)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"train.init_from: {e}") from None
     try:
         steps = other.steps()
-        if not steps:
-            raise FileNotFoundError(f"train.init_from: no checkpoint in {other.directory}")
         errors = []
         for step in steps:
             try:
@@ -235,7 +264,6 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
     main = is_main_process()
     tc, oc = config.train, config.optim
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
     pc, pi = jax.process_count(), jax.process_index()
     G, T = int(tc.global_batch), int(config.data.seq_len)
 
@@ -247,6 +275,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
     tok = prepared.tokenizer
     V = int(tok.vocab_size)
     trainer = build_trainer(config, V, mesh, pad_id=int(tok.pad_id))
+    os.makedirs(workdir, exist_ok=True)   # only now: a bad corpus or config creates nothing
     ckpt = Checkpointer(workdir, int(tc.keep_checkpoints))
     it = data.train_iterator(prepared, seq_len=T, batch_size=G // pc,
                              seed=int(config.data.shuffle_seed), process_index=pi,
@@ -273,6 +302,9 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
                           f"{pc} processes: the data order restarts", stacklevel=2)
         if main:
             print(f"resumed from {ckpt.directory}/{rstep}", flush=True)
+            for line in ckpt.last_changes:
+                print(f"warning: resuming with a changed setting: {line}", file=sys.stderr,
+                      flush=True)
     step = int(to_host(state.step))
 
     rep = mesh_lib.replicated(mesh)
@@ -306,6 +338,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
             if k != "step" and isinstance(v, (int, float)):
                 group = "eval" if k in ("bpb", "eval_loss", "eval_tokens") else "train"
                 writer.add_scalar(k if "/" in k else f"{group}/{k}", v, row["step"])
+        writer.flush()   # a killed run keeps its TensorBoard events
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -320,7 +353,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
 
     stopped, last, tps, mfu, ev = "done", {}, 0.0, 0.0, {}
     t_mark, steps_mark = None, 0
-    with _SigtermFlag() as sig:
+    with _StopFlag(announce=main) as sig:
         try:
             while step < int(tc.steps):
                 if stop_at and step >= stop_at:
@@ -373,9 +406,10 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
                     save()
                     t_mark, steps_mark = time.perf_counter(), step
                 if _any_process(sig.raised):
-                    stopped = "sigterm"
+                    stopped = sig.name or "sigterm"
                     if main:
-                        print(f"SIGTERM: checkpointing step {step} and stopping", flush=True)
+                        print(f"{stopped.upper()}: checkpointing step {step} and stopping",
+                              flush=True)
                     break
             if stopped == "done":
                 ev = run_eval()
@@ -387,6 +421,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
                 bar.close()
             ckpt.close()
             if writer is not None:
+                writer.flush()
                 writer.close()
 
     if main:
@@ -395,7 +430,8 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
         print(f"checkpoints: {ckpt.directory}\ntensorboard: {tb_dir}  "
               f"(tensorboard --logdir {tb_dir})\nloss curve:  {plot_path}", flush=True)
     return dict(step=step, loss=last.get("loss", float("nan")), bpb=ev.get("bpb", float("nan")),
-                eval_loss=ev.get("eval_loss", float("nan")), tokens_per_s=tps, mfu=mfu,
+                eval_loss=ev.get("eval_loss", float("nan")), bpb_ci95=ev.get("bpb_ci95"),
+                tokens_per_s=tps, mfu=mfu,
                 stopped=stopped, checkpoint_dir=ckpt.directory, tensorboard_dir=tb_dir,
                 plot=plot_path)
 
@@ -418,42 +454,84 @@ def config_from_dict(values: dict):
     return config
 
 
-def load_for_inference(workdir: str, *, data_api: Any = None):
-    """(model, tokenizer, config) from the latest readable checkpoint of `workdir` (params on
-    the default device; the config is the one saved with the checkpoint)."""
-    ckpt = Checkpointer(workdir, async_save=False)
+def _open_existing(workdir: str) -> Checkpointer:
+    """A Checkpointer on a workdir that must already hold checkpoints (creates nothing)."""
+    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+    if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    return Checkpointer(workdir, async_save=False)
+
+
+def read_run_config(workdir: str):
+    """(config, step) of the newest step of `workdir` whose JSON items read (no arrays are
+    loaded, nothing compiles: for checks before a model is built)."""
+    ckpt = _open_existing(workdir)
     try:
-        steps = ckpt.steps()
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-        errors = []
-        for step in steps:
-            try:
-                meta, _, saved = ckpt.read_json(step)
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"step {step}: {e}")
-                continue
-            config = config_from_dict(saved)
-            prepared = _data_api(data_api).prepare(config.data, progress=False)
-            tok = prepared.tokenizer
-            dcfg = decoder_config(config, int(tok.vocab_size))
-            make = lambda: Decoder(dcfg, rngs=nnx.Rngs(int(config.train.seed)))  # noqa: E731
-            graphdef, abs_params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-            codec = ParamCodec(abs_params)
-            dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev)
-                        for k, v in codec.to_flat(abs_params).items()}
-            try:
-                params = ckpt.restore_params(step, abstract)
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"step {step}: {e}")
-                continue
-            rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
-            return nnx.merge(graphdef, codec.to_state(params), rest), tok, config
-        raise RuntimeError(f"no checkpoint in {ckpt.directory} could be restored: {errors}")
+        with checkpoint_lib._noise_to(ckpt.log_path):
+            for step in ckpt.steps():
+                try:
+                    _, _, saved = ckpt.read_json(step)
+                except Exception:  # noqa: BLE001 (a damaged step: the previous one)
+                    continue
+                return config_from_dict(saved), step
+        raise checkpoint_lib.UnrestorableCheckpointError(
+            f"no checkpoint in {ckpt.directory} could be read; details in {ckpt.log_path}")
     finally:
         ckpt.close()
 
 
-__all__ = ["NonFiniteTrainingError", "config_from_dict", "evaluate", "load_for_inference", "measure_peak_flops",
-           "model_flops_per_token", "plot_losses", "train"]
+def load_for_inference(workdir: str, *, data_api: Any = None):
+    """(model, tokenizer, config) from the newest intact checkpoint of `workdir` (params on
+    the default device, checked against their checksums; the config is the one saved with the
+    checkpoint). Damaged steps are skipped with a one-line warning, never moved or deleted;
+    a workdir without checkpoints raises FileNotFoundError and is not created."""
+    ckpt = _open_existing(workdir)
+    try:
+        errors = []
+        with checkpoint_lib._noise_to(ckpt.log_path):
+            loaded = _load_newest(ckpt, data_api, errors)
+        for step, err in errors:
+            log.warning("checkpoint step %d is damaged (%s); skipped (details in %s)", step,
+                        checkpoint_lib._short(err), ckpt.log_path)
+        if loaded is None:
+            raise checkpoint_lib.UnrestorableCheckpointError(
+                f"no checkpoint in {ckpt.directory} could be restored ("
+                + "; ".join(f"step {s}: {checkpoint_lib._short(e)}" for s, e in errors)
+                + f"); details in {ckpt.log_path}")
+        return loaded
+    finally:
+        ckpt.close()
+
+
+def _load_newest(ckpt: Checkpointer, data_api: Any, errors: list):
+    for step in ckpt.steps():
+        try:
+            meta, _, saved = ckpt.read_json(step)
+        except Exception as e:  # noqa: BLE001
+            errors.append((step, e))
+            continue
+        config = config_from_dict(saved)
+        prepared = _data_api(data_api).prepare(config.data, progress=False)
+        tok = prepared.tokenizer
+        dcfg = decoder_config(config, int(tok.vocab_size))
+        make = lambda: Decoder(dcfg, rngs=nnx.Rngs(int(config.train.seed)))  # noqa: E731
+        graphdef, abs_params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+        codec = ParamCodec(abs_params)
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev)
+                    for k, v in codec.to_flat(abs_params).items()}
+        try:
+            params = ckpt.restore_params(step, abstract)
+        except Exception as e:  # noqa: BLE001
+            import traceback
+            traceback.print_exception(e, file=sys.stderr)   # (into the log file)
+            errors.append((step, e))
+            continue
+        rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+        return nnx.merge(graphdef, codec.to_state(params), rest), tok, config
+    return None
+
+
+__all__ = ["NonFiniteTrainingError", "config_from_dict", "evaluate", "load_for_inference",
+           "measure_peak_flops", "model_flops_per_token", "plot_losses", "read_run_config",
+           "train"]

@@ -39,14 +39,25 @@ def test_eval_batches_cover_the_split(prepared, seq_len, batch_size):
 
 
 def test_eval_batches_deterministic_and_limited(prepared):
-    """Two passes are identical; max_batches takes a prefix; the train split works too."""
+    """Two passes are identical; max_batches takes windows strided over the whole split (the
+    first window, then evenly spaced ones up to the end; the same windows for any batch size);
+    the train split works too."""
     a = list(eval_batches(prepared, seq_len=7, batch_size=3))
     b = list(eval_batches(prepared, seq_len=7, batch_size=3))
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x["tokens"], y["tokens"])
         np.testing.assert_array_equal(x["mask"], y["mask"])
     limited = list(eval_batches(prepared, seq_len=7, batch_size=3, max_batches=2))
-    assert len(limited) == 2 and np.array_equal(limited[1]["tokens"], a[1]["tokens"])
+    assert len(limited) == 2 and np.array_equal(limited[0]["tokens"][0], a[0]["tokens"][0])
+    rows = np.concatenate([b["tokens"] for b in a])
+    picked = np.concatenate([b["tokens"] for b in limited])
+    windows = -(-(len(prepared.tokens("valid")) - 1) // 7)
+    expect = [(i * windows) // 6 for i in range(6)]
+    np.testing.assert_array_equal(picked, rows[expect])
+    assert expect[-1] > windows // 2                      # reaches the second half
+    by_one = np.concatenate([b["tokens"] for b in eval_batches(prepared, seq_len=7, batch_size=1,
+                                                              windows=6)])
+    np.testing.assert_array_equal(by_one, picked)
     assert next(eval_batches(prepared, "train", seq_len=7, batch_size=3))["mask"].all()
     with pytest.raises(KeyError, match="'test'"):
         next(eval_batches(prepared, "test", seq_len=7, batch_size=3))

@@ -111,7 +111,8 @@ def _damage_step(ckpt_dir: str, step: int) -> None:
 
 
 def test_damaged_or_uncommitted_checkpoint_is_not_loaded(tmp_path, caplog):
-    """A step with deleted files falls back to the previous complete step (with a warning); an
+    """A step with deleted files falls back to the previous complete step (with a warning, the
+    damaged step moved aside to `<step>.corrupt`); an
     uncommitted orbax tmp directory is never listed; if nothing restores, a clear error."""
     config = tiny_config(str(tmp_path), steps=4, checkpoint_every=2)
     workdir = str(tmp_path / "wd")
@@ -131,7 +132,8 @@ def test_damaged_or_uncommitted_checkpoint_is_not_loaded(tmp_path, caplog):
     state, data_states, step = ck.restore(tr.abstract_state, config, 260)
     ck.close()
     assert step == 2 and int(state.step) == 2 and len(data_states) == 1
-    assert any("step 4 is unreadable" in r.getMessage() for r in caplog.records)
+    assert any("step 4 is damaged" in r.getMessage() for r in caplog.records)
+    assert os.path.isdir(os.path.join(ckpt_dir, "4.corrupt"))   # moved aside, never deleted
 
     _damage_step(ckpt_dir, 2)                         # nothing readable left
     ck = Checkpointer(workdir)
