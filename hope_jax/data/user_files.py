@@ -23,19 +23,52 @@ def expand_paths(paths_or_globs: str | Iterable[str]) -> list[str]:
             out.extend(matches)
         elif os.path.isfile(pattern):
             out.append(pattern)
+        elif os.path.isdir(pattern):
+            raise FileNotFoundError(f"data file {pattern!r} is a directory; give its files, e.g. "
+                                    f"{os.path.join(pattern, '*.txt')!r}")
         else:
-            raise FileNotFoundError(f"data file {pattern!r} does not exist (or is not a file)")
+            raise FileNotFoundError(f"data file {pattern!r} does not exist")
     if not out:
         raise ValueError("no data files given")
     return out
 
 
 def _read_text(path: str) -> str:
+    """The file's text; bytes that are not UTF-8 are an error naming the file and the offset
+    (a binary file is never read as replacement characters)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise OSError(f"cannot read data file {path!r}: {e}") from e
+        raise OSError(f"cannot read data file {path!r}: {e.strerror or e}") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"data file {path!r} is not UTF-8 text: byte 0x{data[e.start]:02x} at "
+                         f"offset {e.start} (line {line}); convert it to UTF-8 or remove it") from None
+
+
+def check_files(paths_or_globs: str | Iterable[str]) -> list[str]:
+    """Cheap checks of the user's data files before any work: every path or glob names existing
+    files with a supported suffix and some content. Returns the files; raises naming the first
+    bad one (the contents are checked when the corpus is read)."""
+    paths = expand_paths(paths_or_globs)
+    for path in paths:
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in SUFFIXES:
+            raise ValueError(_suffix_message(path, suffix))
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"data file {path!r} is empty (0 bytes)")
+        if not os.access(path, os.R_OK):
+            raise PermissionError(f"data file {path!r} is not readable")
+    return paths
+
+
+def _suffix_message(path: str, suffix: str) -> str:
+    hint = (" (token shards are not read directly: give the text it came from)"
+            if suffix in (".bin", ".npy", ".arrow", ".idx") else "")
+    return f"data file {path!r}: unsupported suffix {suffix!r}, expected one of {SUFFIXES}{hint}"
 
 
 def _txt(path: str) -> Iterator[tuple[str, str]]:
@@ -43,13 +76,14 @@ def _txt(path: str) -> Iterator[tuple[str, str]]:
 
 
 def _jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+    for n, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines():
+        # it also breaks at \x1c, \u2028 … inside a line, which shifts the line numbers
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
+            raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
         if not isinstance(record, dict) or text_field not in record:
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ValueError(f"{path}:{n}: no field {text_field!r} (has {keys}); set data.text_field")
@@ -87,7 +121,7 @@ def read_user_documents(paths_or_globs: str | Iterable[str], text_field: str = "
         elif suffix == ".parquet":
             docs = _parquet(path, text_field)
         else:
-            raise ValueError(f"data file {path!r}: unsupported suffix {suffix!r} (expected {SUFFIXES})")
+            raise ValueError(_suffix_message(path, suffix))
         count = 0
         for name, text in docs:
             if text.strip():

@@ -88,8 +88,10 @@ def make_niah_example(tokenizer: Tokenizer, length: int, depth: float, task: str
                 f"The special magic {kind} for {key} is")
     budget = length - len(head) - len(needle) - len(query)
     if budget < 1:
-        raise ValueError(f"length {length} is too short: prompt scaffolding and needle need "
-                         f"{length - budget + 1} tokens")
+        raise ValueError(f"NIAH length {length} is too short for this tokenizer: the prompt "
+                         f"scaffolding and needle take {length - budget} tokens, so lengths "
+                         f"must be ≥ {length - budget + 1}"
+                         + ("" if not instruction else " (or drop the instruction line)"))
     start = 0 if haystack is None else int(rng.integers(len(sentences)))
     pieces, bounds, total, i = [], [0], 0, start
     while total < budget:
@@ -103,6 +105,39 @@ def make_niah_example(tokenizer: Tokenizer, length: int, depth: float, task: str
     cut = int(bounds[np.argmin(np.abs(bounds - depth * budget))])
     tokens = np.concatenate([head, hay[:cut], needle, hay[cut:], query]).astype(np.int32)
     return NiahExample(tokens, len(head) + cut, len(head), budget + len(needle), key, value)
+
+
+def scaffold_tokens(tokenizer: Tokenizer, task: str = "passkey", add_bos: bool = True,
+                    instruction: bool = True) -> int:
+    """The most tokens the fixed parts of a prompt (instruction, needle sentence, query; the
+    longest key and value) can take: a prompt needs at least this + 1 tokens."""
+    kind = "uuid" if task == "uuid" else "number"
+    value = {"passkey": "99999", "number": "9999999",
+             "uuid": "ffffffff-ffff-4fff-bfff-ffffffffffff"}.get(task)
+    if value is None:
+        raise ValueError(f"unknown NIAH task {task!r}; expected one of {TASKS}")
+    n = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    longest = max((f"{a}-{b}" for a in _ADJECTIVES for b in _NOUNS), key=lambda k: n(k))
+    head = (n(f"Some special magic {kind}s are hidden within the following text. Make sure to "
+              f"memorize it. I will quiz you about the {kind}s afterwards.\n")
+            if instruction else 0)
+    return (int(add_bos) + head + n(f" One of the special magic {kind}s for {longest} is: "
+                                    f"{value}.")
+            + n(f"\nWhat is the special magic {kind} for {longest} mentioned in the provided "
+                f"text? The special magic {kind} for {longest} is"))
+
+
+def default_lengths(tokenizer: Tokenizer, task: str = "passkey", count: int = 3
+                    ) -> tuple[list[int], bool]:
+    """(lengths, instruction) that fit any tokenizer: `count` powers of two starting at the
+    first that leaves ≥ 32 haystack tokens after the scaffolding without RULER's instruction
+    line; the instruction is used when even the shortest length leaves it ≥ 32 tokens."""
+    need = scaffold_tokens(tokenizer, task, instruction=False) + 32
+    first = 64
+    while first < need:
+        first *= 2
+    lengths = [first * 2 ** i for i in range(count)]
+    return lengths, scaffold_tokens(tokenizer, task, instruction=True) + 32 <= first
 
 
 def _first_word(text: str) -> str:

@@ -9,7 +9,11 @@ Formats (one JSON object per line; the format is detected from the keys):
 A continuation c after a context x is scored as log p(c | x) = Σ_t log p(c_t | x, c_<t); the
 context starts with BOS. Multiple choice: acc picks argmax log p; acc_norm picks argmax
 log p / bytes(c) (the harness's byte-length normalisation). LAMBADA: acc is greedy exact match
-of every token of " " + last word; also the mean log-likelihood and perplexity of those tokens.
+of every token of " " + last word; also the mean log-likelihood of the last word and its
+perplexity per word (ppl; ppl_token per token).
+
+Official releases: HellaSwag's jsonl ({"ctx", "endings", "label", …}) is read as is; PIQA's
+labels live in a separate `<name>-labels.lst` beside `<name>.jsonl`, found automatically.
 
 Rows are padded to a power-of-two length (≥ 32) and a fixed batch, so there are few compiles.
 Sequences longer than `max_len` keep their last max_len + 1 tokens (the context is cut on the left).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Sequence
 
 import numpy as np
@@ -29,25 +34,135 @@ from hope_jax.eval._scoring import bucket_length, pad_rows, progress_bar, score_
 FORMATS = ("lambada", "hellaswag", "piqa")
 
 
-def load_jsonl(path: str) -> list[dict]:
-    """The JSON objects of a jsonl file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+class ZeroShotFileError(ValueError):
+    """A zero-shot file (or its labels file) that cannot be scored; the message starts with
+    `path:line:`."""
+
+
+def _jsonl_rows(path: str) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line; a bad line raises naming path:line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ZeroShotFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    rows = []
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8-sig" if n == 1 else "utf-8"))
+        except UnicodeDecodeError as e:
+            raise ZeroShotFileError(f"{path}:{n}: not UTF-8 text ({e.reason})") from None
+        except ValueError as e:
+            raise ZeroShotFileError(f"{path}:{n}: not valid JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise ZeroShotFileError(f"{path}:{n}: expected a JSON object, got "
+                                    f"{type(obj).__name__}")
+        rows.append((n, obj))
     if not rows:
-        raise ValueError(f"{path} holds no examples")
+        raise ZeroShotFileError(f"{path} holds no examples")
     return rows
 
 
-def detect_format(example: dict) -> str:
+def load_jsonl(path: str) -> list[dict]:
+    """The JSON objects of a jsonl file (blank lines skipped; errors name path:line)."""
+    return [obj for _, obj in _jsonl_rows(path)]
+
+
+def labels_file_for(path: str) -> str | None:
+    """The official PIQA release keeps labels apart: `valid.jsonl` + `valid-labels.lst`
+    (one 0/1 per line). The labels file beside `path`, if there is one."""
+    stem = path[:-len(".jsonl")] if path.endswith(".jsonl") else path
+    candidate = stem + "-labels.lst"
+    return candidate if os.path.isfile(candidate) else None
+
+
+def _read_labels(path: str, count: int, data_path: str) -> list[int]:
+    labels = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                labels.append(int(line.strip()))
+            except ValueError:
+                raise ZeroShotFileError(f"{path}:{n}: expected an integer label, got "
+                                        f"{line.strip()[:40]!r}") from None
+    if len(labels) != count:
+        raise ZeroShotFileError(f"{path}: {len(labels)} labels for the {count} examples of "
+                                f"{data_path}")
+    return labels
+
+
+def _label(value, n_choices: int, where: str) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)      # HF exports write "0"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ZeroShotFileError(f"{where}: label must be an integer, got {value!r}")
+    if not 0 <= value < n_choices:
+        raise ZeroShotFileError(f"{where}: label {value} is out of range for {n_choices} "
+                                f"choices (0..{n_choices - 1})")
+    return value
+
+
+def _checked(example: dict, fmt: str, where: str) -> dict:
+    """The example with its fields checked for `fmt` (label as an int)."""
+    def text(key):
+        if not isinstance(example.get(key), str):
+            raise ZeroShotFileError(f"{where}: {fmt} needs a string {key!r}, got keys "
+                                    f"{sorted(example)}")
+        return example[key]
+
+    if fmt == "lambada":
+        body = text("text").rstrip()
+        if body.rfind(" ") <= 0:
+            raise ZeroShotFileError(f"{where}: LAMBADA text needs a context and a last word: "
+                                    f"{body[:60]!r}")
+        return example
+    if fmt == "hellaswag":
+        text("ctx")
+        endings = example.get("endings")
+        if not isinstance(endings, list) or len(endings) < 2 or not all(
+                isinstance(e, str) and e for e in endings):
+            raise ZeroShotFileError(f"{where}: 'endings' must be a list of ≥ 2 non-empty strings")
+        if "label" not in example:
+            raise ZeroShotFileError(f"{where}: no 'label' (the test split has none)")
+        return dict(example, label=_label(example["label"], len(endings), where))
+    text("goal"), text("sol1"), text("sol2")
+    if "label" not in example:
+        raise ZeroShotFileError(f"{where}: no 'label': PIQA keeps them in a separate file; put "
+                                "it beside as <name>-labels.lst")
+    return dict(example, label=_label(example["label"], 2, where))
+
+
+def load_examples(path: str, fmt: str | None = None, labels_path: str | None = None
+                  ) -> tuple[str, list[dict]]:
+    """(format, checked examples) of a zero-shot jsonl file; every problem raises
+    ZeroShotFileError naming path:line. PIQA labels come from the rows or from `labels_path`
+    (default: `<name>-labels.lst` beside the file, as in the official release)."""
+    rows = _jsonl_rows(path)
+    fmt = detect_format(rows[0][1], f"{path}:{rows[0][0]}") if fmt is None else fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    labels_path = labels_path or (labels_file_for(path) if fmt == "piqa" else None)
+    if labels_path is not None:
+        labels = _read_labels(labels_path, len(rows), path)
+        rows = [(n, dict(obj, label=label)) for (n, obj), label in zip(rows, labels)]
+    return fmt, [_checked(obj, fmt, f"{path}:{n}") for n, obj in rows]
+
+
+def detect_format(example: dict, where: str = "") -> str:
     """"lambada", "hellaswag" or "piqa" from an example's keys."""
-    if {"ctx", "endings", "label"} <= example.keys():
+    if {"ctx", "endings"} <= example.keys():
         return "hellaswag"
-    if {"goal", "sol1", "sol2", "label"} <= example.keys():
+    if {"goal", "sol1", "sol2"} <= example.keys():
         return "piqa"
     if "text" in example:
         return "lambada"
-    raise ValueError(f"unknown zero-shot format with keys {sorted(example)}; expected one of "
-                     "{text} | {ctx, endings, label} | {goal, sol1, sol2, label}")
+    raise ZeroShotFileError(f"{where + ': ' if where else ''}unknown zero-shot format with keys "
+                            f"{sorted(example)}; expected one of {{text}} | "
+                            "{ctx, endings, label} | {goal, sol1, sol2, label}")
 
 
 def score_continuations(model: nnx.Module, tokenizer: Tokenizer,
@@ -114,8 +229,9 @@ def multiple_choice(model: nnx.Module, tokenizer: Tokenizer, examples: Sequence[
 
 def lambada(model: nnx.Module, tokenizer: Tokenizer, examples: Sequence[dict],
             batch_size: int = 8, max_len: int | None = None, progress: bool = False) -> dict:
-    """LAMBADA examples → dict(acc (greedy last word), loglik (mean per example),
-    ppl (per last-word token), n)."""
+    """LAMBADA examples → dict(acc (greedy last word), loglik (mean log p of the last word),
+    ppl (per word: exp(−mean log p of the last word), as LAMBADA reports it), ppl_token (per
+    last-word token: depends on the tokenizer), n)."""
     pairs = []
     for e in examples:
         text = e["text"].rstrip()
@@ -126,17 +242,16 @@ def lambada(model: nnx.Module, tokenizer: Tokenizer, examples: Sequence[dict],
     logp, greedy, n_tok = score_continuations(model, tokenizer, pairs, batch_size, max_len,
                                               progress)
     return dict(acc=float(greedy.mean()), loglik=float(logp.mean()),
-                ppl=math.exp(-logp.sum() / n_tok.sum()), n=len(pairs))
+                ppl=math.exp(-logp.mean()), ppl_token=math.exp(-logp.sum() / n_tok.sum()),
+                n=len(pairs))
 
 
 def evaluate_jsonl(model: nnx.Module, tokenizer: Tokenizer, path: str, fmt: str | None = None,
-                   batch_size: int = 8, max_len: int | None = None,
-                   progress: bool = False) -> dict:
-    """Scores a jsonl file (format detected from its first example unless given)."""
-    examples = load_jsonl(path)
-    fmt = detect_format(examples[0]) if fmt is None else fmt
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+                   batch_size: int = 8, max_len: int | None = None, progress: bool = False,
+                   labels_path: str | None = None) -> dict:
+    """Scores a jsonl file (format detected from its first example unless given; see
+    `load_examples` for the checks and PIQA's separate labels file)."""
+    fmt, examples = load_examples(path, fmt, labels_path)
     if fmt == "lambada":
         result = lambada(model, tokenizer, examples, batch_size, max_len, progress)
     else:

@@ -42,7 +42,8 @@ def test_scorer_picks_the_forced_answer(tok, name, fmt):
     if fmt != "lambada":
         assert out["acc_norm"] == 1.0
     else:
-        assert out["ppl"] < 1.01   # the oracle puts ≈ all its mass on each last-word token
+        assert out["ppl_token"] < 1.01   # the oracle puts ≈ all its mass on each token
+        assert 1.0 < out["ppl"] < 1.1      # per word: the product over the word's tokens
 
 
 def test_wrong_labels_give_zero_accuracy(tok, tmp_path):
