@@ -4,10 +4,13 @@
     hope-jax eval     --workdir=DIR [--tasks=bpb,niah,memorization,mqar,zero_shot] [--zero_shot=FILE.jsonl,…]
     hope-jax generate --workdir=DIR [--prompt=TEXT] [--max_tokens=N] [--temperature=T] [--top_k=K] [--top_p=P]
     hope-jax data prepare --config=…    (download, tokenize and cache the corpus; runs once)
+    hope-jax <command> --help           (that command's flags)
 
 Without --config the embedded default is used (`hope_jax.config.default_config()`: a tiny Hope on
-the pip-only English corpus). Every config is validated before anything compiles; an unknown key or
-a bad value exits with status 2 and a message naming the key.
+the pip-only English corpus). A mistake in the command line or in its inputs (config, data files,
+workdir, checkpoints, evaluation files) is reported in one line, `hope-jax: error: …`, with exit
+status 2, before anything compiles where it can be, and without creating or changing files;
+`--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -15,239 +18,102 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
 from hope_jax.config import ConfigError, validate
 
+PROG = "hope-jax"
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "config", "experiments.py")
-COMMANDS = ("train", "eval", "generate", "data")
 EVAL_TASKS = ("bpb", "niah", "memorization", "mqar", "zero_shot")
-
-FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    """Defines the flags (once). config_flags reads sys.argv's --config.* overrides here, so
-    unknown keys must have been rejected before (see `_unknown_override`)."""
-    if "config" in FLAGS:
-        return
-    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file[:argument].",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard logs, plots. "
-                        "Default: workdirs/<arch>-<size>.")
-    flags.DEFINE_string("prompt", None, "generate: prompt text (default config.sample.prompt).")
-    flags.DEFINE_integer("max_tokens", None, "generate: tokens to sample.")
-    flags.DEFINE_float("temperature", None, "generate: softmax temperature (0 = greedy).")
-    flags.DEFINE_integer("top_k", None, "generate: keep the k most likely tokens (0 = off).")
-    flags.DEFINE_float("top_p", None, "generate: nucleus sampling mass (1 = off).")
-    flags.DEFINE_integer("seed", None, "generate / eval: random seed.")
-    flags.DEFINE_list("tasks", ["bpb", "niah", "memorization"], f"eval: tasks among {EVAL_TASKS}.")
-    flags.DEFINE_list("zero_shot", [], "eval: jsonl files (LAMBADA / HellaSwag / PIQA style).")
-    flags.DEFINE_list("niah_lengths", ["64", "128", "256"], "eval: NIAH context lengths (tokens).")
-    flags.DEFINE_list("niah_depths", ["0.1", "0.5", "0.9"], "eval: NIAH needle depths.")
-    flags.DEFINE_string("niah_task", "passkey", "eval: passkey | number | uuid.")
-    flags.DEFINE_integer("niah_samples", 8, "eval: prompts per NIAH cell.")
-    flags.DEFINE_integer("eval_batches", 16, "eval: held-out batches for bpb.")
-    flags.DEFINE_integer("mqar_steps", 300, "eval: MQAR training steps (a fresh model of the "
-                         "checkpoint's architecture).")
+HELP_ARGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
+# Errors about the user's inputs: their message alone is the report.
+_USER_ERRORS = ("UsageError", "ConfigError", "IncompatibleCheckpointError",
+                "UnrestorableCheckpointError", "CorruptCheckpointError", "NonFiniteTrainingError",
+                "ZeroShotFileError")
+_NOTES: list[str] = []   # appended to an error's line (e.g. where partial results are)
 
 
-def _enable_compilation_cache() -> None:
-    """jax's persistent compilation cache (HOPE_JAX_COMPILATION_CACHE, default
-    ~/.cache/hope_jax/jax_cache; empty = off): a second run skips most XLA compile time."""
-    path = os.environ.get("HOPE_JAX_COMPILATION_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "hope_jax", "jax_cache"))
-    if path:
-        import jax
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: one line on stderr, exit status 2."""
 
 
-def _fail(message: str) -> None:
-    print(f"hope-jax: error: {message}", file=sys.stderr)
-    sys.exit(2)
+@dataclass(frozen=True)
+class Command:
+    """A sub-command: its one-line summary, usage line, flag names and entry point."""
+    summary: str
+    usage: str
+    flags: tuple[str, ...]
+    run: Callable[[flags.FlagValues, list[str]], None]
 
 
-def _workdir(config) -> str:
-    return FLAGS.workdir or os.path.join("workdirs", f"{config.model.arch}-{config.model.size}")
+COMMANDS: dict[str, Command] = {}
 
 
-def _config():
-    config = FLAGS.config
-    try:
-        import jax
-        validate(config, device_count=jax.device_count(), process_count=jax.process_count())
-    except ConfigError as err:
-        _fail(str(err))
-    return config
+def register(name: str, command: Command) -> None:
+    """Adds a sub-command (`hope-jax <name>`)."""
+    COMMANDS[name] = command
 
 
-def cmd_train() -> None:
-    config = FLAGS.config
-    if config.distributed.enabled:  # before any other jax call (device counts need it)
-        from hope_jax.train import maybe_initialize
-        maybe_initialize(config.distributed)
-    config = _config()
-    from hope_jax.train import train
-    workdir = _workdir(config)
-    result = train(config, workdir)
-    if _is_main():
-        summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-        with open(os.path.join(workdir, "result.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        bpb = result.get("bpb")
-        print(f"step {result.get('step')}: training loss {result.get('loss', float('nan')):.4f}, "
-              f"held-out bits per byte {bpb if bpb is None else round(float(bpb), 4)}, "
-              f"{result.get('tokens_per_s', 0):,.0f} tokens/s ({result.get('stopped')}); "
-              f"summary in {os.path.join(workdir, 'result.json')}")
+# ------------------------------------------------------------------------------- flags
+def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+    """Every flag, on a fresh FlagValues (so main() can run many times in one process).
+    config_flags reads argv's --config.* overrides here, so unknown keys must have been rejected
+    before (see `_unknown_override`)."""
+    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config FILE[:ARG] "
+                                    "(default: the embedded tiny Hope).", flag_values=fv,
+                                    lock_config=True, sys_argv=list(argv))
+    s, i, f, lst = flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_float, flags.DEFINE_list
+    s("workdir", None, "Run directory: checkpoints, TensorBoard logs, plots (train default: "
+      "workdirs/<arch>-<size>).", flag_values=fv)
+    s("prompt", None, "Prompt text (default config.sample.prompt).", flag_values=fv)
+    i("max_tokens", None, "Tokens to sample (default config.sample.max_tokens).", flag_values=fv)
+    f("temperature", None, "Softmax temperature, 0 = greedy.", flag_values=fv)
+    i("top_k", None, "Keep the k most likely tokens (0 = off).", flag_values=fv)
+    f("top_p", None, "Nucleus sampling mass (1 = off).", flag_values=fv)
+    i("seed", None, "Random seed.", flag_values=fv)
+    lst("tasks", ["bpb", "niah", "memorization"], f"Tasks among {', '.join(EVAL_TASKS)}.",
+        flag_values=fv)
+    lst("zero_shot", [], "jsonl files: LAMBADA {text}, HellaSwag {ctx, endings, label}, PIQA "
+        "{goal, sol1, sol2[, label]} (official PIQA: NAME-labels.lst beside NAME.jsonl).",
+        flag_values=fv)
+    lst("niah_lengths", [], "NIAH prompt lengths in tokens (default: three powers of two that "
+        "fit the tokenizer's prompt scaffolding).", flag_values=fv)
+    lst("niah_depths", ["0.1", "0.5", "0.9"], "NIAH needle depths in [0, 1].", flag_values=fv)
+    s("niah_task", "passkey", "NIAH task: passkey | number | uuid.", flag_values=fv)
+    i("niah_samples", 8, "Prompts per NIAH cell.", flag_values=fv)
+    i("eval_batches", None, "bpb: held-out windows = eval_batches × train.global_batch, strided "
+      "over the whole held-out split (default train.eval_batches: the trainer's windows).",
+      flag_values=fv)
+    i("mqar_steps", 300, "MQAR training steps (a fresh model of the checkpoint's architecture).",
+      flag_values=fv)
+    flags.DEFINE_bool("debug", False, "Show the traceback of an error.", flag_values=fv)
 
 
-def _is_main() -> bool:
-    import jax
-    return jax.process_index() == 0
+def _flag_names(args: Sequence[str]) -> list[tuple[str, str]]:
+    """(argument, flag name) of every --flag argument."""
+    out = []
+    for arg in args:
+        if arg.startswith("-") and arg not in ("-", "--"):
+            name = arg.lstrip("-").split("=", 1)[0]
+            out.append((arg, "config" if name.startswith("config.") else name))
+    return out
 
 
-def cmd_data(args: Sequence[str]) -> None:
-    if list(args) != ["prepare"]:
-        _fail("usage: hope-jax data prepare --config=FILE[:ARG]")
-    config = _config()
-    from hope_jax import data
-    t0 = time.perf_counter()
-    prepared = data.prepare(config.data, progress=True)
-    print(f"prepared {config.data.corpus} ({config.data.tokenizer} tokenizer, vocabulary "
-          f"{prepared.tokenizer.vocab_size}) in {time.perf_counter() - t0:.1f} s: {prepared.root}")
-    for name, split in prepared.splits.items():
-        print(f"  {name:6s} {split.documents:6d} documents {split.tokens:12,d} tokens "
-              f"{split.bytes:12,d} bytes")
-
-
-def _load(workdir: str):
-    from hope_jax.train import load_for_inference
-    try:
-        return load_for_inference(workdir)
-    except FileNotFoundError as err:
-        _fail(f"{err} (train first: hope-jax train --workdir={workdir})")
-
-
-def cmd_generate() -> None:
-    import jax
-    import numpy as np
-    from hope_jax.sampling import generate
-    workdir = FLAGS.workdir or _fail("generate needs --workdir (a trained run)")
-    model, tok, config = _load(workdir)
-    s = config.sample
-    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
-    prompt = pick(FLAGS.prompt, s.prompt)
-    ids = np.asarray(tok.encode(prompt), np.int32)
-    if ids.size == 0:
-        ids = np.asarray([tok.bos_id], np.int32)
-    out = generate(model, ids[None], pick(FLAGS.max_tokens, s.max_tokens),
-                   jax.random.PRNGKey(pick(FLAGS.seed, s.seed)),
-                   temperature=pick(FLAGS.temperature, s.temperature),
-                   top_k=pick(FLAGS.top_k, s.top_k), top_p=pick(FLAGS.top_p, s.top_p))
-    print(prompt + tok.decode(np.asarray(out[0])))
-
-
-def _documents(prepared, split: str, limit: int):
-    """The first `limit` documents of a split as token arrays (from the shard's offsets)."""
-    import numpy as np
-    with open(os.path.join(prepared.root, f"{split}.json")) as f:
-        offsets = json.load(f)["offsets"]
-    tokens = prepared.tokens(split)
-    ends = list(offsets[1:]) + [len(tokens)]
-    return [np.asarray(tokens[a:b]) for a, b in list(zip(offsets, ends))[:limit]]
-
-
-def cmd_eval() -> None:
-    import numpy as np
-    from hope_jax import data, eval as ev
-    workdir = FLAGS.workdir or _fail("eval needs --workdir (a trained run)")
-    unknown = sorted(set(FLAGS.tasks) - set(EVAL_TASKS))
-    if unknown:
-        _fail(f"--tasks: unknown {unknown}; expected some of {EVAL_TASKS}")
-    if "zero_shot" in FLAGS.tasks and not FLAGS.zero_shot:
-        _fail("--tasks=zero_shot needs --zero_shot=FILE.jsonl[,FILE…]")
-    for path in FLAGS.zero_shot:
-        if not os.path.isfile(path):
-            _fail(f"--zero_shot: no such file {path}")
-    model, tok, config = _load(workdir)
-    prepared = data.prepare(config.data, progress=False)
-    T, seed = int(config.data.seq_len), FLAGS.seed or 0
-    token_bytes = np.asarray(tok.token_bytes())
-    results: dict = {"workdir": os.path.abspath(workdir), "model": config.model.arch + "-" +
-                     config.model.size}
-    if "bpb" in FLAGS.tasks:
-        batches = data.eval_batches(prepared, "valid", seq_len=T, batch_size=8,
-                                    max_batches=FLAGS.eval_batches)
-        results["bpb"] = ev.bits_per_byte(model, batches, token_bytes, progress=True)
-        print(f"held-out bits per byte {results['bpb']['bpb']:.4f}  "
-              f"(perplexity per token {results['bpb']['ppl']:.2f})")
-    if "niah" in FLAGS.tasks:
-        lengths = [int(x) for x in FLAGS.niah_lengths]
-        depths = [float(x) for x in FLAGS.niah_depths]
-        grid = ev.niah_grid(model, tok, lengths, depths, task=FLAGS.niah_task,
-                            n_samples=FLAGS.niah_samples, seed=seed, progress=True,
-                            instruction=min(lengths) >= 256)
-        results["niah"] = dict(task=FLAGS.niah_task, lengths=lengths, depths=depths,
-                               accuracy=np.asarray(grid).tolist())
-        print(f"NIAH ({FLAGS.niah_task}) accuracy, rows = lengths {lengths}, columns = depths "
-              f"{depths}:\n{np.asarray(grid).round(2)}")
-    if "memorization" in FLAGS.tasks:
-        docs = _documents(prepared, "valid", 8)
-        results["memorization"] = ev.memorization_bpb(model, docs, token_bytes, chunk_len=T,
-                                                      progress=True)
-        m = results["memorization"]
-        print(f"test-time memorisation: bpb {m['off']['bpb']:.4f} (memory reset per document) "
-              f"vs {m['on']['bpb']:.4f} (carried across documents)")
-    if "mqar" in FLAGS.tasks:
-        from hope_jax.config import decoder_config
-        _, res = ev.train_mqar(decoder_config(config, 256), steps=FLAGS.mqar_steps, seed=seed,
-                               progress=True)
-        results["mqar"] = dict(accuracy=res["accuracy"], final_loss=float(res["losses"][-1]))
-        print(f"MQAR accuracy {res['accuracy']:.3f} after {FLAGS.mqar_steps} steps")
-    for path in FLAGS.zero_shot:
-        r = ev.evaluate_jsonl(model, tok, path, progress=True)
-        results.setdefault("zero_shot", {})[os.path.basename(path)] = r
-        print(f"{os.path.basename(path)}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
-    out = os.path.join(workdir, "eval", "results.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(results, f, indent=1, default=float)
-    print(f"results: {out}")
-
-
-def _run(command: str, argv: Sequence[str]) -> None:
-    rest = list(argv[1:])
-    if command == "data":
-        return cmd_data(rest)
-    if rest:
-        _fail(f"unexpected arguments {rest}")
-    {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}[command]()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        print(__doc__.strip(), file=sys.stderr)
-        sys.exit(0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2)
-    command = argv[1]
-    args = [f"hope-jax {command}"] + argv[2:]
-    unknown = _unknown_override(args)
-    if unknown:
-        _fail(unknown)
-    _define_flags()
-    try:
-        rest = FLAGS(args)
-    except flags.Error as err:  # e.g. --config.optim.lr=fast, --no-such-flag
-        _fail(str(err))
-    except (AttributeError, KeyError) as err:  # an override of a key the config does not have
-        _fail(_unknown_override(args) or f"bad --config override ({err})")
-    _enable_compilation_cache()
-    _run(command, rest)
+def _check_flag_names(name: str, args: Sequence[str]) -> None:
+    """A flag another command takes (or no command) is an error here, not silently ignored."""
+    own = set(COMMANDS[name].flags) | {"debug"}
+    for arg, flag in _flag_names(args):
+        bare = flag[2:] if flag.startswith("no") and flag[2:] in own else flag
+        if bare in own:
+            continue
+        users = [c for c, cmd in COMMANDS.items() if bare in cmd.flags]
+        where = f" (a flag of `{PROG} {'` / `'.join(users)}`)" if users else ""
+        raise UsageError(f"{arg.split('=', 1)[0]}: `{PROG} {name}` has no such flag{where}; "
+                         f"its flags: {', '.join('--' + f for f in COMMANDS[name].flags)}")
 
 
 def _unknown_override(args: Sequence[str]) -> str | None:
@@ -265,6 +131,521 @@ def _unknown_override(args: Sequence[str]) -> str | None:
                         + (f" (known: {known})" if known else ""))
             node = node[key]
     return None
+
+
+def _check_config_file(args: Sequence[str]) -> None:
+    """--config=FILE[:ARG] must name an existing .py file."""
+    for arg in args:
+        if arg.startswith(("--config=", "-config=")):
+            value = arg.split("=", 1)[1]
+            path = value.split(":", 1)[0]
+            if not os.path.isfile(path):
+                what = "is a directory" if os.path.isdir(path) else "no such file"
+                raise UsageError(f"--config={value}: {what} {path!r}")
+            if not path.endswith(".py"):
+                raise UsageError(f"--config={value}: expected a Python config file (.py) "
+                                 "with get_config()")
+
+
+def _flag_error(err: BaseException) -> str:
+    """absl's message, or for a config file that raised, the file and its error's last line."""
+    text = str(err)
+    if "Traceback" not in text:
+        return _one_line(text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    places = [ln for ln in lines if ln.startswith("File ") and "site-packages" not in ln]
+    where = f" ({places[-1]})" if places else ""
+    flag = text.split(":", 1)[0].replace("flag ", "")
+    return f"{flag}: the config file raised {lines[-1]}{where}"
+
+
+def _parse(name: str, rest: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
+    """The parsed flags of `hope-jax <name> rest…` and the positional arguments."""
+    argv = [f"{PROG} {name}"] + list(rest)
+    _check_flag_names(name, rest)
+    unknown = _unknown_override(argv)
+    if unknown:
+        raise UsageError(unknown)
+    _check_config_file(rest)
+    fv = flags.FlagValues()
+    _define_flags(fv, argv)
+    try:
+        positional = fv(argv)
+    except flags.Error as err:  # e.g. --config.optim.lr=fast, a config file that raised
+        raise UsageError(_flag_error(err)) from None
+    except (AttributeError, KeyError) as err:  # an override of a key the config does not have
+        raise UsageError(_unknown_override(argv) or f"bad --config override ({err})") from None
+    except Exception as err:  # noqa: BLE001 — the config file itself raised
+        raise UsageError(f"--config: {_one_line(err)}") from err
+    if not flags.FLAGS.is_parsed():  # grain reads absl's global flags
+        flags.FLAGS.mark_as_parsed()
+    return fv, positional[1:]
+
+
+# ------------------------------------------------------------------------------- help
+def _command_help(name: str) -> str:
+    cmd = COMMANDS[name]
+    fv = flags.FlagValues()
+    _define_flags(fv, [PROG])
+    lines = [f"usage: {cmd.usage}", "", cmd.summary, "", "flags:"]
+    for flag in cmd.flags + ("debug",):
+        f = fv[flag]
+        default = "" if f.default in (None, [], "") or flag == "config" else \
+            f" (default: {f.default_as_str.strip(chr(39))})"
+        lines.append(f"  --{flag:<14s} {f.help}{default}")
+        if flag == "config":
+            lines.append(f"  --config.GROUP.KEY=VALUE  one setting (every key and its meaning: "
+                         "hope_jax/config/defaults.py)")
+    return "\n".join(lines)
+
+
+def _top_help() -> str:
+    parts = [__doc__.strip(), "", "commands:"]
+    parts += [f"  {n:<9s} {c.summary}" for n, c in COMMANDS.items()]
+    for n in COMMANDS:
+        parts += ["", _command_help(n)]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------- errors
+def _one_line(err: BaseException | str) -> str:
+    """An error message on one line (a list of problems joined with '; '), shortened."""
+    text = str(err)
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__ if not isinstance(err, str) else ""
+    head = lines[0] + (" " if lines[0].endswith(":") else "; ") + "; ".join(lines[1:]) \
+        if len(lines) > 1 else lines[0]
+    return head if len(head) <= 700 else head[:697] + "..."
+
+
+def _describe(err: BaseException) -> str:
+    """The report of an error: its message for a user's mistake, else the type too."""
+    message = _one_line(err)
+    if type(err).__name__ in _USER_ERRORS or isinstance(err, (OSError, ValueError, ConfigError)):
+        return message
+    return (f"{type(err).__name__}: {message} (unexpected: run again with --debug for the "
+            "traceback)")
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`hope-jax <command> [flags]`. Errors: one line on stderr and exit status 2 (--debug:
+    the traceback); Ctrl-C outside a training loop: exit status 130."""
+    argv = list(sys.argv if argv is None else argv)
+    debug = "--debug" in argv[1:]
+    _NOTES.clear()
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 — every error of a command is reported in one line
+        if debug:
+            raise
+        _fail(" ".join([_describe(err)] + _NOTES))
+
+
+def _main(argv: list[str]) -> None:
+    args = argv[1:]
+    if not args:
+        print(__doc__.strip(), file=sys.stderr)
+        sys.exit(2)
+    if args[0] in HELP_ARGS + ("help",):
+        print(_top_help())
+        sys.exit(0)
+    name = args[0]
+    if name not in COMMANDS:
+        raise UsageError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)} "
+                         f"(`{PROG} --help` lists them)")
+    if any(a in HELP_ARGS for a in args[1:]):
+        print(_command_help(name))
+        sys.exit(0)
+    fv, positional = _parse(name, args[1:])
+    COMMANDS[name].run(fv, positional)
+
+
+# ------------------------------------------------------------------------------- helpers
+def _enable_compilation_cache() -> None:
+    """jax's persistent compilation cache (HOPE_JAX_COMPILATION_CACHE, default
+    ~/.cache/hope_jax/jax_cache; empty = off): a second run skips most XLA compile time."""
+    path = os.environ.get("HOPE_JAX_COMPILATION_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "hope_jax", "jax_cache"))
+    if path:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _validated(config):
+    import jax
+    validate(config, device_count=jax.device_count(), process_count=jax.process_count())
+    return config
+
+
+def _no_positional(positional: Sequence[str]) -> None:
+    if positional:
+        raise UsageError(f"unexpected arguments {list(positional)}")
+
+
+def _is_main() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
+def _has_checkpoints(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def _trained_workdir(fv: flags.FlagValues, command: str) -> str:
+    """--workdir of a trained run (nothing is created when it is not one)."""
+    workdir = fv.workdir
+    if not workdir:
+        raise UsageError(f"{command} needs --workdir (a trained run)")
+    workdir = os.path.expanduser(workdir)
+    if not os.path.isdir(workdir):
+        raise UsageError(f"--workdir={workdir}: no such directory (train first: {PROG} train "
+                         f"--workdir={workdir})")
+    if not _has_checkpoints(workdir):
+        raise UsageError(f"--workdir={workdir}: no checkpoint in {workdir}/checkpoints (train "
+                         f"first: {PROG} train --workdir={workdir})")
+    return workdir
+
+
+def _writable_parent(path: str) -> None:
+    """The nearest existing ancestor of `path` must be a writable directory."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"--workdir={path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--workdir={path}: cannot create it, {parent} is not writable")
+
+
+
+# ------------------------------------------------------------------------------- train
+def _check_train_inputs(config, workdir: str) -> None:
+    """Checks that need no compilation: the workdir, the data files, a warm start, and an
+    existing run's checkpoints (their shape keys must match: IncompatibleCheckpointError)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir={workdir} exists and is not a directory")
+    _writable_parent(workdir)
+    if config.data.corpus == "files" and config.data.files:
+        from hope_jax.data.user_files import check_files
+        check_files(list(config.data.files))
+    init_from = str(config.train.get("init_from", "") or "")
+    if init_from and not _has_checkpoints(os.path.expanduser(init_from)):
+        raise UsageError(f"config.train.init_from={init_from}: no checkpoint in "
+                         f"{os.path.join(init_from, 'checkpoints')}")
+    if _has_checkpoints(workdir):
+        from hope_jax.train.checkpoint import (IncompatibleCheckpointError, config_to_json,
+                                               shape_differences)
+        from hope_jax.train.loop import read_run_config
+        saved, step = read_run_config(workdir)
+        diffs = shape_differences(config_to_json(saved), config)
+        if diffs:
+            lines = "; ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+            raise IncompatibleCheckpointError(
+                f"{workdir} holds checkpoints (step {step}) of a different model/data shape "
+                f"({lines}); use a new --workdir, or the config it was trained with")
+
+
+def cmd_train(fv: flags.FlagValues, positional: list[str]) -> None:
+    _no_positional(positional)
+    config = fv.config
+    if config.distributed.enabled:  # before any other jax call (device counts need it)
+        from hope_jax.train import maybe_initialize
+        maybe_initialize(config.distributed)
+    config = _validated(config)
+    workdir = fv.workdir or os.path.join("workdirs", f"{config.model.arch}-{config.model.size}")
+    _check_train_inputs(config, workdir)
+    _enable_compilation_cache()
+    from hope_jax.train import train
+    result = train(config, workdir)
+    if _is_main():
+        _report_training(result, workdir)
+
+
+def _report_training(result: dict, workdir: str) -> None:
+    summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str, list))}
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    bpb, ci = result.get("bpb"), result.get("bpb_ci95")
+    held = "n/a" if bpb is None else f"{float(bpb):.4f}"
+    if ci and all(x == x for x in ci):
+        held += f" (95% interval {ci[0]:.3f}–{ci[1]:.3f})"
+    print(f"step {result.get('step')}: training loss {result.get('loss', float('nan')):.4f}, "
+          f"held-out bits per byte {held}, {result.get('tokens_per_s', 0):,.0f} tokens/s "
+          f"({result.get('stopped')}); summary in {os.path.join(workdir, 'result.json')}")
+
+
+# ------------------------------------------------------------------------------- data
+def cmd_data(fv: flags.FlagValues, positional: list[str]) -> None:
+    if list(positional) != ["prepare"]:
+        raise UsageError(f"usage: {PROG} data prepare --config=FILE[:ARG]")
+    config = _validated(fv.config)
+    if config.data.corpus == "files" and config.data.files:
+        from hope_jax.data.user_files import check_files
+        check_files(list(config.data.files))
+    from hope_jax import data
+    t0 = time.perf_counter()
+    prepared = data.prepare(config.data, progress=True)
+    print(f"prepared {config.data.corpus} ({config.data.tokenizer} tokenizer, vocabulary "
+          f"{prepared.tokenizer.vocab_size}) in {time.perf_counter() - t0:.1f} s: {prepared.root}")
+    for name, split in prepared.splits.items():
+        print(f"  {name:6s} {split.documents:6d} documents {split.tokens:12,d} tokens "
+              f"{split.bytes:12,d} bytes")
+
+
+# ------------------------------------------------------------------------------- generate
+def _sampling_settings(fv: flags.FlagValues, s) -> dict:
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+    out = dict(prompt=pick(fv.prompt, s.prompt), max_tokens=pick(fv.max_tokens, s.max_tokens),
+               temperature=pick(fv.temperature, s.temperature), top_k=pick(fv.top_k, s.top_k),
+               top_p=pick(fv.top_p, s.top_p), seed=pick(fv.seed, s.seed))
+    checks = [(out["max_tokens"] >= 1, "--max_tokens must be ≥ 1"),
+              (out["temperature"] >= 0, "--temperature must be ≥ 0 (0 = greedy)"),
+              (out["top_k"] >= 0, "--top_k must be ≥ 0 (0 = off)"),
+              (0 < out["top_p"] <= 1, "--top_p must be in (0, 1]")]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    return out
+
+
+def cmd_generate(fv: flags.FlagValues, positional: list[str]) -> None:
+    _no_positional(positional)
+    workdir = _trained_workdir(fv, "generate")
+    from hope_jax.config import default_config
+    _sampling_settings(fv, default_config().sample)   # flag ranges, before loading anything
+    _enable_compilation_cache()
+    import jax
+    import numpy as np
+    from hope_jax.sampling import generate
+    from hope_jax.train import load_for_inference
+    model, tok, config = load_for_inference(workdir)
+    s = _sampling_settings(fv, config.sample)
+    ids = np.asarray(tok.encode(s["prompt"]), np.int32)
+    if ids.size == 0:
+        ids = np.asarray([tok.bos_id], np.int32)
+    out = generate(model, ids[None], s["max_tokens"], jax.random.PRNGKey(s["seed"]),
+                   temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"])
+    print(s["prompt"] + tok.decode(np.asarray(out[0])))
+
+
+# ------------------------------------------------------------------------------- eval
+def _documents(prepared, split: str, limit: int):
+    """The first `limit` documents of a split as token arrays (from the shard's offsets)."""
+    import numpy as np
+    with open(os.path.join(prepared.root, f"{split}.json")) as f:
+        offsets = json.load(f)["offsets"]
+    tokens = prepared.tokens(split)
+    ends = list(offsets[1:]) + [len(tokens)]
+    return [np.asarray(tokens[a:b]) for a, b in list(zip(offsets, ends))[:limit]]
+
+
+def _eval_plan(fv: flags.FlagValues) -> dict:
+    """The evaluation flags, checked (no model or data needed)."""
+    from hope_jax.eval.niah import TASKS
+    tasks = [t for t in fv.tasks if t]
+    unknown = sorted(set(tasks) - set(EVAL_TASKS))
+    if unknown or not tasks:
+        raise UsageError(f"--tasks: unknown {unknown}; expected some of {EVAL_TASKS}")
+    if "zero_shot" in tasks and not fv.zero_shot:
+        raise UsageError("--tasks=zero_shot needs --zero_shot=FILE.jsonl[,FILE…]")
+    try:
+        lengths = [int(x) for x in fv.niah_lengths]
+        depths = [float(x) for x in fv.niah_depths]
+    except ValueError as err:
+        raise UsageError(f"--niah_lengths / --niah_depths: {err}") from None
+    if any(n < 1 for n in lengths) or not depths or any(not 0 <= d <= 1 for d in depths):
+        raise UsageError("--niah_lengths must be positive token counts and --niah_depths "
+                         "fractions in [0, 1]")
+    if fv.niah_task not in TASKS:
+        raise UsageError(f"--niah_task={fv.niah_task}: expected one of {TASKS}")
+    for flag in ("niah_samples", "mqar_steps", "eval_batches"):
+        if fv[flag].value is not None and fv[flag].value < 1:
+            raise UsageError(f"--{flag} must be ≥ 1, got {fv[flag].value}")
+    zero_shot = {}
+    if "zero_shot" in tasks or fv.zero_shot:
+        from hope_jax.eval.zero_shot import load_examples
+        for path in fv.zero_shot:
+            if not os.path.isfile(path):
+                raise UsageError(f"--zero_shot: no such file {path}")
+            zero_shot[path] = load_examples(path)
+        tasks = list(dict.fromkeys(tasks + ["zero_shot"]))
+    return dict(tasks=tasks, lengths=lengths, depths=depths, zero_shot=zero_shot)
+
+
+def _niah_lengths(plan: dict, tok, task: str) -> tuple[list[int], bool]:
+    """The NIAH lengths (default: ones that fit this tokenizer) and whether RULER's
+    instruction line fits; too short a length is an error naming the minimum."""
+    from hope_jax.eval.niah import default_lengths, scaffold_tokens
+    if not plan["lengths"]:
+        return default_lengths(tok, task)
+    need = scaffold_tokens(tok, task, instruction=False) + 1
+    if min(plan["lengths"]) < need:
+        raise UsageError(f"--niah_lengths: {min(plan['lengths'])} tokens is too short for this "
+                         f"model's tokenizer: the NIAH prompt scaffolding and needle take "
+                         f"{need - 1} tokens, so lengths must be ≥ {need}")
+    return plan["lengths"], min(plan["lengths"]) >= scaffold_tokens(tok, task) + 32
+
+
+class _Results:
+    """eval/results.json (this run) and eval/runs/<start time>.json, rewritten after each task
+    so computed results are never lost; earlier runs stay in eval/runs/."""
+
+    def __init__(self, workdir: str, header: dict):
+        self.dir = os.path.join(workdir, "eval")
+        self.started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.data = dict(header, started=self.started, completed=[])
+        self.path = os.path.join(self.dir, "results.json")
+        self.run_path = os.path.join(self.dir, "runs", f"{self.started}.json")
+
+    def _keep_previous(self) -> None:
+        """A results.json from before eval/runs/ existed is copied there once."""
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                old = json.load(f)
+            stamp = old.get("started") or time.strftime(
+                "%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(self.path)))
+            keep = os.path.join(self.dir, "runs", f"{stamp}.json")
+            if not os.path.exists(keep):
+                _write_json(keep, old)
+
+    def add(self, task: str, value) -> None:
+        if not self.data["completed"]:
+            self._keep_previous()
+        self.data[task] = value
+        self.data["completed"].append(task)
+        for path in (self.run_path, self.path):
+            _write_json(path, self.data)
+        if len(_NOTES) == 0:
+            _NOTES.append(f"(results of the completed tasks: {self.path})")
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def cmd_eval(fv: flags.FlagValues, positional: list[str]) -> None:
+    _no_positional(positional)
+    workdir = _trained_workdir(fv, "eval")
+    plan = _eval_plan(fv)
+    from hope_jax import data
+    from hope_jax.train.loop import read_run_config
+    config, _ = read_run_config(workdir)
+    prepared = data.prepare(config.data, progress=False)
+    tok = prepared.tokenizer
+    if "niah" in plan["tasks"]:
+        plan["lengths"], plan["instruction"] = _niah_lengths(plan, tok, fv.niah_task)
+    _enable_compilation_cache()
+    from hope_jax.train import load_for_inference
+    model, tok, config = load_for_inference(workdir)
+    results = _Results(workdir, {"workdir": os.path.abspath(workdir),
+                                 "model": f"{config.model.arch}-{config.model.size}"})
+    for task in plan["tasks"]:
+        _EVAL_RUNNERS[task](fv, plan, model, tok, config, prepared, results)
+    print(f"results: {results.path} (this run also in {results.run_path})")
+
+
+def _eval_bpb(fv, plan, model, tok, config, prepared, results) -> None:
+    import numpy as np
+    from hope_jax import data
+    from hope_jax.eval import bits_per_byte
+    T, G = int(config.data.seq_len), int(config.train.global_batch)
+    windows = int(fv.eval_batches or config.train.eval_batches) * G
+    batches = data.eval_batches(prepared, "valid", seq_len=T, batch_size=min(G, 8),
+                                windows=windows)
+    r = bits_per_byte(model, batches, np.asarray(tok.token_bytes()), progress=True)
+    r.update(windows=windows, seq_len=T, selection="strided evenly over the whole held-out split")
+    results.add("bpb", r)
+    print(f"held-out bits per byte {r['bpb']:.4f}, 95% interval {r['bpb_ci95'][0]:.3f}–"
+          f"{r['bpb_ci95'][1]:.3f} ({r['units']} windows of {T} tokens strided over the "
+          f"held-out split; perplexity per token {r['ppl']:.2f})")
+
+
+def _eval_niah(fv, plan, model, tok, config, prepared, results) -> None:
+    import numpy as np
+    from hope_jax.eval import niah_grid
+    lengths, depths = plan["lengths"], plan["depths"]
+    grid = niah_grid(model, tok, lengths, depths, task=fv.niah_task,
+                     n_samples=fv.niah_samples, seed=fv.seed or 0, progress=True,
+                     instruction=plan["instruction"])
+    results.add("niah", dict(task=fv.niah_task, lengths=lengths, depths=depths,
+                             instruction=plan["instruction"],
+                             accuracy=np.asarray(grid).tolist()))
+    print(f"NIAH ({fv.niah_task}) accuracy, rows = lengths {lengths}, columns = depths "
+          f"{depths}:\n{np.asarray(grid).round(2)}")
+
+
+def _eval_memorization(fv, plan, model, tok, config, prepared, results) -> None:
+    import numpy as np
+    from hope_jax.eval import memorization_bpb
+    docs = _documents(prepared, "valid", 8)
+    m = memorization_bpb(model, docs, np.asarray(tok.token_bytes()),
+                         chunk_len=int(config.data.seq_len), progress=True)
+    results.add("memorization", m)
+    print(f"test-time memorisation: bpb {m['off']['bpb']:.4f} (memory reset per document) "
+          f"vs {m['on']['bpb']:.4f} (carried across documents)")
+
+
+def _eval_mqar(fv, plan, model, tok, config, prepared, results) -> None:
+    from hope_jax.config import decoder_config
+    from hope_jax.eval import train_mqar
+    _, res = train_mqar(decoder_config(config, 256), steps=fv.mqar_steps, seed=fv.seed or 0,
+                        progress=True)
+    results.add("mqar", dict(accuracy=res["accuracy"], final_loss=float(res["losses"][-1]),
+                             steps=fv.mqar_steps))
+    print(f"MQAR accuracy {res['accuracy']:.3f} after {fv.mqar_steps} steps")
+
+
+def _eval_zero_shot(fv, plan, model, tok, config, prepared, results) -> None:
+    from hope_jax.eval import zero_shot as zs
+    scores = {}
+    for path, (fmt, examples) in plan["zero_shot"].items():
+        if fmt == "lambada":
+            r = zs.lambada(model, tok, examples, progress=True)
+        else:
+            r = zs.multiple_choice(model, tok, examples, fmt, progress=True)
+        scores[os.path.basename(path)] = dict(format=fmt, **r)
+        results.add("zero_shot", scores)
+        print(f"{os.path.basename(path)} ({fmt}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
+
+
+_EVAL_RUNNERS = dict(bpb=_eval_bpb, niah=_eval_niah, memorization=_eval_memorization,
+                     mqar=_eval_mqar, zero_shot=_eval_zero_shot)
+
+register("train", Command("train a model (resumes from --workdir's newest intact checkpoint)",
+                          f"{PROG} train [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …] "
+                          "[--workdir=DIR]", ("config", "workdir"), cmd_train))
+register("eval", Command("evaluate a trained run: held-out bpb, NIAH, memorisation, MQAR, "
+                         "zero-shot files", f"{PROG} eval --workdir=DIR [--tasks=…] [flags]",
+                         ("workdir", "tasks", "zero_shot", "niah_lengths", "niah_depths",
+                          "niah_task", "niah_samples", "eval_batches", "mqar_steps", "seed"),
+                         cmd_eval))
+register("generate", Command("sample text from a trained run",
+                             f"{PROG} generate --workdir=DIR [--prompt=TEXT] [flags]",
+                             ("workdir", "prompt", "max_tokens", "temperature", "top_k",
+                              "top_p", "seed"), cmd_generate))
+register("data", Command("download, tokenize and cache the corpus of a config (once)",
+                         f"{PROG} data prepare [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …]",
+                         ("config",), cmd_data))
 
 
 if __name__ == "__main__":
