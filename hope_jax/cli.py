@@ -91,6 +91,8 @@ def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
     i("mqar_steps", 300, "MQAR training steps (a fresh model of the checkpoint's architecture).",
       flag_values=fv)
     flags.DEFINE_bool("debug", False, "Show the traceback of an error.", flag_values=fv)
+    from hope_jax import cli_learn  # learn / --learn flags (hope_jax/cli_learn.py)
+    cli_learn.define_flags(fv)
 
 
 def _flag_names(args: Sequence[str]) -> list[tuple[str, str]]:
@@ -340,9 +342,7 @@ def _check_train_inputs(config, workdir: str) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UsageError(f"--workdir={workdir} exists and is not a directory")
     _writable_parent(workdir)
-    if config.data.corpus == "files" and config.data.files:
-        from hope_jax.data.user_files import check_files
-        check_files(list(config.data.files))
+    _check_data_files(config.data)
     init_from = str(config.train.get("init_from", "") or "")
     if init_from and not _has_checkpoints(os.path.expanduser(init_from)):
         raise UsageError(f"config.train.init_from={init_from}: no checkpoint in "
@@ -358,6 +358,23 @@ def _check_train_inputs(config, workdir: str) -> None:
             raise IncompatibleCheckpointError(
                 f"{workdir} holds checkpoints (step {step}) of a different model/data shape "
                 f"({lines}); use a new --workdir, or the config it was trained with")
+
+
+def _check_data_files(data_config) -> None:
+    """The user's data files: cheap checks always; when the corpus is not prepared yet, every
+    document is read too (bad UTF-8, bad jsonl lines), so prepare() fails on nothing."""
+    if data_config.corpus != "files" or not data_config.files:
+        return
+    from hope_jax.data.cache_key import cache_key
+    from hope_jax.data.user_files import check_files, read_user_documents
+    files = list(data_config.files)
+    check_files(files)
+    key = cache_key(data_config)
+    cache = os.path.abspath(os.path.expanduser(data_config.cache_dir))
+    entry = os.path.join(cache, "prepared", f"files-{data_config.tokenizer}-{key[:16]}")
+    if not os.path.exists(os.path.join(entry, "manifest.json")):
+        for _ in read_user_documents(files, data_config.text_field):
+            pass
 
 
 def cmd_train(fv: flags.FlagValues, positional: list[str]) -> None:
@@ -394,9 +411,7 @@ def cmd_data(fv: flags.FlagValues, positional: list[str]) -> None:
     if list(positional) != ["prepare"]:
         raise UsageError(f"usage: {PROG} data prepare --config=FILE[:ARG]")
     config = _validated(fv.config)
-    if config.data.corpus == "files" and config.data.files:
-        from hope_jax.data.user_files import check_files
-        check_files(list(config.data.files))
+    _check_data_files(config.data)
     from hope_jax import data
     t0 = time.perf_counter()
     prepared = data.prepare(config.data, progress=True)
@@ -647,6 +662,8 @@ register("data", Command("download, tokenize and cache the corpus of a config (o
                          f"{PROG} data prepare [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …]",
                          ("config",), cmd_data))
 
+from hope_jax import cli_learn as _cli_learn  # noqa: E402  `learn`, --learn on eval/generate
+_cli_learn.register_commands()
 
 if __name__ == "__main__":
     main()

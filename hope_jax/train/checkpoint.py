@@ -144,21 +144,28 @@ def _short(err: BaseException) -> str:
 @contextlib.contextmanager
 def _noise_to(log_path: str) -> Iterator[None]:
     """Sends the process's stderr (file descriptor 2: orbax's absl log lines, TensorStore's C++
-    messages, Python's own stderr) to `log_path` while inside; logging records still reach
-    their handlers."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    messages, Python's own stderr) to `log_path` while inside (appended, and only if anything
+    was written: a clean restore leaves no log); logging records still reach their handlers."""
+    import tempfile
     sys.stderr.flush()
     saved_fd = os.dup(2)
-    with open(log_path, "a") as f:
-        f.write(f"--- restore {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
-        os.dup2(f.fileno(), 2)
+    saved_stderr = sys.stderr
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        sys.stderr = open(os.dup(tmp.fileno()), "w", encoding="utf-8", errors="replace")
         try:
             yield
         finally:
-            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = saved_stderr
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
+            tmp.seek(0)
+            noise = tmp.read()
+            if noise:
+                os.makedirs(os.path.dirname(log_path), exist_ok=True)
+                with open(log_path, "ab") as f:
+                    f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode() + noise)
 
 
 class Checkpointer:
