@@ -93,8 +93,6 @@ def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
     flags.DEFINE_bool("debug", False, "Show the traceback of an error.", flag_values=fv)
     from hope_jax import cli_learn  # learn / --learn flags (hope_jax/cli_learn.py)
     cli_learn.define_flags(fv)
-    from hope_jax import cli_learn  # learn / --learn flags (hope_jax/cli_learn.py)
-    cli_learn.define_flags(fv)
 
 
 def _flag_names(args: Sequence[str]) -> list[tuple[str, str]]:
@@ -664,8 +662,6 @@ register("data", Command("download, tokenize and cache the corpus of a config (o
                          f"{PROG} data prepare [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …]",
                          ("config",), cmd_data))
 
-from hope_jax import cli_learn as _cli_learn  # noqa: E402  `learn`, --learn on eval/generate
-_cli_learn.register_commands()
 from hope_jax import cli_learn as _cli_learn  # noqa: E402  `learn`, --learn on eval/generate
 _cli_learn.register_commands()
 
