@@ -19,7 +19,6 @@ from hope_jax.config.defaults import ConfigDict, default_config
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "block", "full")
-CORPORA = ("en_pip", "python_stdlib", "japanese", "files")
 TOKENIZERS = ("byte", "bpe")
 SCHEDULES = ("cosine", "constant")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
@@ -92,6 +91,7 @@ def resolve_mesh(mesh: Any, device_count: int) -> dict[str, int]:
 
 
 def _value_errors(c: Any) -> list[str]:
+    from hope_jax.data.cache_key import CORPORA  # the runtime's table of corpora (one list)
     from hope_jax.models.presets import ARCHS, HOPE_ARCHS, SIZES
     e = []
 
@@ -112,6 +112,8 @@ def _value_errors(c: Any) -> list[str]:
 
     d = c.data
     need(d.corpus in CORPORA, "data.corpus", f"expected one of {CORPORA}")
+    need(d.corpus != "hf_dataset" or bool(d.hf_dataset), "data.hf_dataset",
+         "corpus='hf_dataset' needs data.hf_dataset (a dataset name)")
     need(d.corpus != "files" or bool(d.files) or bool(d.hf_dataset), "data.files",
          "corpus='files' needs data.files (paths or globs) or data.hf_dataset")
     need(d.tokenizer in TOKENIZERS, "data.tokenizer", f"expected one of {TOKENIZERS}")
