@@ -336,7 +336,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
             return
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
-                group = "eval" if k in ("bpb", "eval_loss", "eval_tokens") else "train"
+                group = "eval" if k in ("bpb", "eval_loss", "eval_tokens", "bpb_se") else "train"
                 writer.add_scalar(k if "/" in k else f"{group}/{k}", v, row["step"])
         writer.flush()   # a killed run keeps its TensorBoard events
         with open(metrics_path, "a") as f:
