@@ -12,6 +12,10 @@ mixer interface (docs/layers.md) plugs into either slot.
 
 Recurrent inference: `prefill(tokens, max_len)` returns logits and a cache (one state per block);
 `step(token, cache)` continues by one token. prefill + steps equals the full forward.
+
+Sharding: the residual stream h [B, T, d] is constrained to the logical axes (batch, length,
+embed) after the embedding and after each residual add (`sharding.rules.constrain`), when the
+step is traced under `jax.set_mesh(mesh)`; without a mesh in context these are no-ops.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from flax import nnx
 from hope_jax.layers.mlp import SwiGLUConfig
 from hope_jax.layers.norms import RMSNorm
 from hope_jax.layers.params import Dense, normal, param
+from hope_jax.sharding.rules import constrain
 
 Array = jax.Array
 
@@ -122,9 +127,9 @@ class Block(nnx.Module):
                  ) -> tuple[Array, BlockState | None]:
         """h [B, T, d] → (h [B, T, d], state)."""
         y, s_mix = self.mixer(self.norm_mixer(h), None if state is None else state.mixer)
-        h = h + y.astype(h.dtype)
+        h = constrain(h + y.astype(h.dtype))
         z, s_mlp = self.mlp(self.norm_mlp(h), None if state is None else state.mlp)
-        h = h + z.astype(h.dtype)
+        h = constrain(h + z.astype(h.dtype))
         return h, None if state is None else BlockState(s_mix, s_mlp)
 
 
@@ -200,7 +205,7 @@ class Decoder(nnx.Module):
     def forward(self, tokens: Array, cache: DecoderCache | None = None
                 ) -> tuple[Array, DecoderCache | None]:
         """tokens [B, T] int → (logits [B, T, V] float32, cache). cache None = training."""
-        h = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        h = constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype))
         if self.config.scan_blocks:
             return self._scan_blocks(h, cache)
         states = []

@@ -73,6 +73,27 @@ def logical_to_mesh_axes(names: Sequence[str | None], shape: Sequence[int] | Non
     return PartitionSpec(*spec)
 
 
+ACTIVATION_AXES = ("batch", "length", "embed")  # the residual stream h [B, T, d]
+
+
+def constrain(x: jax.Array, names: Sequence[str | None] = ACTIVATION_AXES,
+              rules: dict | None = None) -> jax.Array:
+    """`with_sharding_constraint` of an activation by its logical axis names, on the mesh of the
+    current context (`jax.set_mesh(mesh)` around tracing / the jitted call).
+
+    A no-op without a mesh in context (one CPU, the tests of single layers), for a rank that does
+    not match `names`, and on meshes with Explicit axes (where shardings travel with the types).
+    With the rules above, h [B, T, d] becomes P(("data", "fsdp"), "sequence", None): batch over the
+    data-parallel axes (which takes fsdp, so the width stays whole), length over `sequence`.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or x.ndim != len(names):
+        return x
+    if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_mesh_axes(names, x.shape, mesh, rules))
+
+
 def logical_to_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                         rules: dict | None = None) -> NamedSharding:
     """NamedSharding on `mesh` for an array of `shape` with logical axis `names`."""
