@@ -14,7 +14,7 @@ in slot i mod w), so decoding costs O(w) memory and time whatever the context le
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -371,3 +371,22 @@ class Attention(nnx.Module):
         ck = state.k.at[:, slots].set(k[:, t - m:].astype(state.k.dtype), unique_indices=True)
         cv = state.v.at[:, slots].set(v[:, t - m:].astype(state.v.dtype), unique_indices=True)
         return o, KVCache(ck, cv, start + t)
+
+
+def configure_attention(config: Any, **fields) -> Any:
+    """`config` (a mixer / decoder config dataclass, or a tuple of them) with `fields` (e.g.
+    implementation=, block_size=) replaced in every nested `AttentionConfig`, and nowhere else
+    (memory mixers have their own `implementation`)."""
+    if isinstance(config, tuple):
+        return tuple(configure_attention(c, **fields) for c in config)
+    if isinstance(config, AttentionConfig):
+        return dataclasses.replace(config, **fields)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    changes = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        new = configure_attention(value, **fields)
+        if new is not value:
+            changes[f.name] = new
+    return dataclasses.replace(config, **changes) if changes else config
