@@ -108,3 +108,24 @@ def test_every_optimizer_trains_a_tiny_model():
         assert np.all(np.isfinite(losses)), (name, losses)
         assert losses[-1] < losses[0] - 1e-3, (name, losses)
         assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(p)), name
+
+
+@pytest.mark.fast
+def test_muon_fallbacks_on_toy_params():
+    """Muon: the hidden matrix gets NS (orthogonal rows), the embedding and the norm get the
+    fallback: AdamW's first step (lr · sign(g)) or plain momentum (lr · g)."""
+    params = {"blocks/0/mixer/w_q/kernel": jnp.zeros((4, 4)), "embed": jnp.zeros((5, 4)),
+              "norm/scale": jnp.ones((4,))}
+    grads = {k: jax.random.normal(jax.random.PRNGKey(i), v.shape)
+             for i, (k, v) in enumerate(params.items())}
+    for fallback in ("adamw", "momentum"):
+        c = _config().optim
+        c.name, c.fallback, c.lr, c.warmup_steps, c.schedule = "muon", fallback, 1.0, 0, "constant"
+        c.clip_norm, c.weight_decay = 0.0, 0.0
+        tx, _ = make_optimizer(c, 10)
+        upd, _ = tx.update(grads, tx.init(params), params)
+        w = np.asarray(upd["blocks/0/mixer/w_q/kernel"])
+        assert np.abs(w @ w.T - np.diag(np.diag(w @ w.T))).max() < 0.35   # ~orthogonal rows
+        for k in ("embed", "norm/scale"):
+            want = np.sign(grads[k]) if fallback == "adamw" else np.asarray(grads[k])
+            np.testing.assert_allclose(-np.asarray(upd[k]), want, rtol=1e-4, atol=1e-6)
