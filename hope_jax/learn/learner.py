@@ -1,8 +1,8 @@
 """Continual learning after deployment (NL §7.1): levels that keep learning from the next-token loss.
 
-A trained decoder reads a token stream in segments of S tokens (S = gcd of the groups' chunks),
-carrying its recurrent state across segments (`model.forward(tokens, cache)`: O(1) memory per
-token). For every segment j the learner computes, in one backward pass,
+A trained decoder reads a token stream in segments of S tokens (S = gcd of the groups' chunks and
+of the state-restart periods), carrying its recurrent state across segments (`model.forward(tokens,
+cache)`: O(1) memory per token). For every segment j the learner computes, in one backward pass,
 
     ℓ_j = mean_{b, t ∈ segment j} −log p(x_{t+1} | x_≤t)          (the next-token loss)
     a_g ← a_g + ∇_{θ_g} ℓ_j                                         (every learn group g)
@@ -87,15 +87,16 @@ class Learner:
       context_len: restart the context state (KV caches, conv buffers) every this many tokens;
         default T for models with attention (the KV cache holds T tokens), else None (carried).
       memory_len: restart the whole recurrent state every this many tokens (None: carried).
+      frozen: score only (no gradient, no update): the same reading as learning rate 0 at the
+        cost of a forward pass.
     """
 
     def __init__(self, model: nnx.Module, groups: Sequence[GroupSpec] | None = None, *,
                  seq_len: int | None = None, context_len: int | None | str = "auto",
-                 memory_len: int | None = None):
+                 memory_len: int | None = None, frozen: bool = False):
         self.seq_len = int(seq_len or model.config.max_len)
         self.groups: list[Group] = resolve_groups(model, list(groups or [GroupSpec()]),
                                                   self.seq_len)
-        self.segment = math.gcd(*(g.chunk for g in self.groups))
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self.codec = ParamCodec(params)
         self.params = self.codec.to_flat(params)
@@ -104,9 +105,12 @@ class Learner:
             context_len = self.seq_len if _has_kv_cache(probe) else None
         self.context_len, self.memory_len = context_len, memory_len
         for what, n in (("context_len", context_len), ("memory_len", memory_len)):
-            if n is not None and (n < 1 or n % self.segment):
-                raise ValueError(f"{what} {n} must be a positive multiple of the segment "
-                                 f"({self.segment} tokens, the gcd of the groups' chunks)")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ValueError(f"{what} must be a positive int or None, got {n!r}")
+        # segment S: every chunk end and every restart falls on a segment boundary
+        self.segment = math.gcd(*(g.chunk for g in self.groups),
+                                *(n for n in (context_len, memory_len) if n))
+        self.frozen = bool(frozen)
         self.slots = int(context_len or model.config.max_len)  # KV-cache slots
         self._jit_learn = jax.jit(self._learn, donate_argnums=())
 
@@ -207,6 +211,9 @@ class Learner:
         inp, tgt = xs
         cache = self._restart(params, cache, position)
         values = self._values(params, cache)
+        if self.frozen:
+            _, (nll, cache) = self._loss(values, params, cache, inp, tgt)
+            return (params, opt, acc, cache, position + self.segment), nll
         (_, (nll, cache)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             values, params, cache, inp, tgt)
         rows = inp.shape[0]

@@ -125,6 +125,9 @@ def test_learning_rate_zero_is_eval():
     np.testing.assert_allclose(np.asarray(nll), np.asarray(ref), rtol=1e-6, atol=2e-6)  # f32 logits
     for n, p in learner.params.items():
         np.testing.assert_array_equal(np.asarray(state.params[n]), np.asarray(p))
+    frozen = Learner(model, [GroupSpec()], seq_len=4, context_len=None, frozen=True)
+    _, nll_frozen = frozen.learn(frozen.init(B), tokens)  # forward only: the same numbers
+    np.testing.assert_allclose(np.asarray(nll_frozen), np.asarray(nll), rtol=1e-6, atol=2e-6)
 
 
 def test_only_chosen_groups_change_and_streaming_equals_one_call(model32):
