@@ -141,25 +141,27 @@ def _pad_time(x: Array, before: int, after: int) -> Array:
 
 
 def _flash_blocks(qb, qpb, k, v, k_pos, nb, bq, prefix_k, prefix_v) -> Array:
-    """Full causal attention of query blocks qb [nb, B, bq, H, d]: online softmax over every key
-    block (later blocks are fully masked and add 0). Returns [nb, B, H, bq, d] float32."""
+    """Full causal attention of query blocks qb [nb, B, bq, H, d]: online softmax over the key
+    blocks; blocks after the query block are skipped (`lax.cond`), so the work is the causal
+    half. Returns [nb, B, H, bq, d] float32."""
     b, _, h, d = k.shape
     kb = k.reshape(b, nb, bq, h, d).swapaxes(0, 1)
     vb = v.reshape(b, nb, bq, h, d).swapaxes(0, 1)
     kpb = k_pos.reshape(nb, bq)
 
     def query_block(_, xs):
-        qi, qpi = xs
+        qi, qpi, i = xs
 
         def key_block(state, ys):
-            kj, vj, kpj = ys
-            return _online_step(state, _block_logits(qi, kj, qpi, kpj, None), vj), None
+            kj, vj, kpj, j = ys
+            visit = lambda st: _online_step(st, _block_logits(qi, kj, qpi, kpj, None), vj)  # noqa: E731
+            return jax.lax.cond(j <= i, visit, lambda st: st, state), None
 
         (m, l, o), _ = jax.lax.scan(key_block, _prefix_state(qi, prefix_k, prefix_v),
-                                    (kb, vb, kpb))
+                                    (kb, vb, kpb, jnp.arange(nb)))
         return None, o / l[..., None]
 
-    return jax.lax.scan(jax.checkpoint(query_block), None, (qb, qpb))[1]
+    return jax.lax.scan(jax.checkpoint(query_block), None, (qb, qpb, jnp.arange(nb)))[1]
 
 
 def _band_blocks(qb, qpb, k, v, k_pos, window, nb, bq, prefix_k, prefix_v) -> Array:
@@ -190,7 +192,8 @@ def blockwise_attention(q: Array, k: Array, v: Array, pos: Array, window: int | 
 
     `lax.scan` over query blocks of `block_size`, each recomputed in the backward pass
     (`jax.checkpoint`), so no [T, T] array exists in either pass. Without a window a query block
-    runs an online softmax (flash style) over the key blocks (`lax.scan`). With a window w it
+    runs an online softmax (flash style) over the key blocks up to its own (`lax.scan`, later
+    blocks skipped by `lax.cond`). With a window w it
     attends only to the band of keys that can be visible, the w − 1 tokens before it and its own
     block: O(T · (block + w)) work and memory, never a masked T × T. The persistent prefix
     enters the online softmax's initial state. T is padded to a multiple of the block.
