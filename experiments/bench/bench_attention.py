@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--implementations", nargs="+", default=["xla", "dense"])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "attention.json"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other rows of an existing --out file (replace only these)")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -118,6 +120,11 @@ def main() -> None:
     meta = dict(jax=jax.__version__, backend=jax.default_backend(), machine=platform.machine(),
                 cpus=os.cpu_count(), batch=1, preset="tiny", optimizer="adamw")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)["rows"]
+        done = {(r["model"], r["implementation"]) for r in rows}
+        rows = [r for r in old if (r["model"], r["implementation"]) not in done] + rows
     with open(args.out, "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(f"{'model':12} {'impl':6} {'compiled GiB':>12} {'peak RSS GiB':>12} {'tokens/s':>9}")
