@@ -28,7 +28,7 @@ from hope_jax.config import ConfigError, validate
 
 PROG = "hope-jax"
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "config", "experiments.py")
-EVAL_TASKS = ("bpb", "niah", "memorization", "mqar", "zero_shot")
+EVAL_TASKS = ("bpb", "niah", "memorization", "mqar", "zero_shot", "memory")
 HELP_ARGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
 # Errors about the user's inputs: their message alone is the report.
 _USER_ERRORS = ("UsageError", "ConfigError", "IncompatibleCheckpointError",
@@ -90,6 +90,8 @@ def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
       flag_values=fv)
     i("mqar_steps", 300, "MQAR training steps (a fresh model of the checkpoint's architecture).",
       flag_values=fv)
+    i("probe_windows", 16, "memory: seeded random held-out windows per probed length (1×, 4×, "
+      "16× the training length).", flag_values=fv)
     flags.DEFINE_bool("debug", False, "Show the traceback of an error.", flag_values=fv)
     from hope_jax import cli_learn  # learn / --learn flags (hope_jax/cli_learn.py)
     cli_learn.define_flags(fv)
@@ -248,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(" ".join([f"{PROG}: interrupted"] + _NOTES), file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 — every error of a command is reported in one line
         if debug:
@@ -488,7 +490,7 @@ def _eval_plan(fv: flags.FlagValues) -> dict:
                          "fractions in [0, 1]")
     if fv.niah_task not in TASKS:
         raise UsageError(f"--niah_task={fv.niah_task}: expected one of {TASKS}")
-    for flag in ("niah_samples", "mqar_steps", "eval_batches"):
+    for flag in ("niah_samples", "mqar_steps", "eval_batches", "probe_windows"):
         if fv[flag].value is not None and fv[flag].value < 1:
             raise UsageError(f"--{flag} must be ≥ 1, got {fv[flag].value}")
     zero_shot = {}
@@ -643,8 +645,34 @@ def _eval_zero_shot(fv, plan, model, tok, config, prepared, results) -> None:
             f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
 
 
+def _eval_memory(fv, plan, model, tok, config, prepared, results) -> None:
+    """The memory probe (hope_jax.eval.memory_probe): writes on vs off, loss by position,
+    memorisation gain, MQAR on vs off. JSON in results, PNG beside it."""
+    import numpy as np
+    from hope_jax.config import decoder_config
+    from hope_jax.eval.memory_probe import memory_probe, plot_memory_probe
+    T = int(config.data.seq_len)
+    r = memory_probe(model, np.asarray(prepared.tokens("valid")), np.asarray(tok.token_bytes()),
+                     T, documents=_documents(prepared, "valid", 8),
+                     model_config=decoder_config(config, 128), mqar_steps=fv.mqar_steps,
+                     windows=fv.probe_windows, seed=fv.seed or 0, progress=True)
+    png = os.path.join(results.dir, "memory_probe.png")
+    plot_memory_probe(r, png, title=f"memory probe: {config.model.arch}-{config.model.size}")
+    r["plot"] = png
+    results.add("memory", r)
+    for length, e in r["windows"].items():
+        print(f"memory probe, windows of {length}: bpb {e['on']['bpb']:.4f} writes on, "
+              f"{e['off']['bpb']:.4f} off (ablation {e['ablation']:+.4f}); last − first quarter "
+              f"{e['on']['last_minus_first']:+.4f}")
+    if r["memorization"]:
+        print(f"memorisation gain {r['memorization']['gain']:+.4f} bpb")
+    if r["mqar"]:
+        print(f"MQAR accuracy {r['mqar']['on']:.3f} writes on, {r['mqar']['off']:.3f} off")
+    print(f"plot: {png}")
+
+
 _EVAL_RUNNERS = dict(bpb=_eval_bpb, niah=_eval_niah, memorization=_eval_memorization,
-                     mqar=_eval_mqar, zero_shot=_eval_zero_shot)
+                     mqar=_eval_mqar, zero_shot=_eval_zero_shot, memory=_eval_memory)
 
 register("train", Command("train a model (resumes from --workdir's newest intact checkpoint)",
                           f"{PROG} train [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …] "
@@ -652,7 +680,8 @@ register("train", Command("train a model (resumes from --workdir's newest intact
 register("eval", Command("evaluate a trained run: held-out bpb, NIAH, memorisation, MQAR, "
                          "zero-shot files", f"{PROG} eval --workdir=DIR [--tasks=…] [flags]",
                          ("workdir", "tasks", "zero_shot", "niah_lengths", "niah_depths",
-                          "niah_task", "niah_samples", "eval_batches", "mqar_steps", "seed"),
+                          "niah_task", "niah_samples", "eval_batches", "mqar_steps",
+                          "probe_windows", "seed"),
                          cmd_eval))
 register("generate", Command("sample text from a trained run",
                              f"{PROG} generate --workdir=DIR [--prompt=TEXT] [flags]",
