@@ -78,7 +78,7 @@ def default_config() -> ConfigDict:
         decay_memory_init=False,  # weight decay also on meta-learned initial memories / gate heads
         momentum=0.95,            # β of muon, delta_momentum and dmgd
         ns_steps=5,               # Newton–Schulz iterations (muon, m3)
-        fallback="adamw",         # muon: non-matrix leaves (embedding, head, norms…): adamw | momentum
+        fallback="adamw",         # muon, non-matrix leaves (embedding, head…): adamw | momentum
         m3_slow_period=16,        # m3: the slow momentum's update period f
         delta_gamma=1.0,          # delta_momentum: γ of the delta term
     ))

@@ -154,7 +154,10 @@ def _flash_blocks(qb, qpb, k, v, k_pos, nb, bq, prefix_k, prefix_v) -> Array:
 
         def key_block(state, ys):
             kj, vj, kpj, j = ys
-            visit = lambda st: _online_step(st, _block_logits(qi, kj, qpi, kpj, None), vj)  # noqa: E731
+
+            def visit(st):
+                return _online_step(st, _block_logits(qi, kj, qpi, kpj, None), vj)
+
             return jax.lax.cond(j <= i, visit, lambda st: st, state), None
 
         (m, l, o), _ = jax.lax.scan(key_block, _prefix_state(qi, prefix_k, prefix_v),

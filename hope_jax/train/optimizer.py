@@ -3,7 +3,7 @@
     g ← clip_by_global_norm(g, clip_norm)                    (per update group, on update steps)
     s ← direction(g)                                          (optim.name, below)
     s ← s + λ · mask ⊙ θ                                      (decoupled weight decay)
-    θ ← θ − η_t · s                                           (η_t: warm-up + cosine at the global step)
+    θ ← θ − η_t · s                                      (η_t: warm-up + cosine, global step)
 
 `optim.name` picks the direction (`OPTIMIZERS`; every one is a `hope_jax.optim` transform):
 
