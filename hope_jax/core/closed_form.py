@@ -45,12 +45,16 @@ def effective_gates(spec: RecurrenceSpec, k: Array, eta: Array, alpha: Array | N
     eta_norm = None
     if spec.normalize_step or (spec.dgd and spec.dgd_normalize):
         eta_norm = normalized_step_size(eta, k)
-    eta_e = eta_norm if spec.normalize_step else eta
+    eta_e = eta_norm if spec.normalize_step else eta  # with step_curvature: ρ in the deltas
     alpha_e = alpha if spec.retention else jnp.ones_like(eta)
     beta_e = beta if spec.momentum_slot is not None else None
+    if spec.momentum_dampening and beta_e is not None:  # S = β S + (1 − β) u
+        eta_e = eta_e * (1.0 - beta_e)
     p = None
     if spec.dgd:
-        p = eta_norm if spec.dgd_normalize else eta
+        p = eta_norm if spec.dgd_normalize else eta  # dgd_curvature: rescaled per memory
+        if spec.dgd_curvature:
+            p = eta
         if spec.dgd_gated:
             p = p * alpha
     if mask is not None:
@@ -69,12 +73,15 @@ class ChunkPrep(NamedTuple):
     qk: [C, C] scores q_t · k_i of the input-side layer's reads.
     kk: [C, C] key Gram matrix k_t · k_i (DGD only, else None).
     system_inverse: (I + L)⁻¹ [C, C] of the DGD predictions' triangular system, or None.
+    curvature_eta: [C] the raw η_t of the curvature-normalised step (`spec.step_curvature`), else
+      None: each memory scales its token gradients by 1/(1 + η_t ρ_t) with its own ρ_t.
     """
 
     coeffs: ChunkCoefficients
     qk: Array
     kk: Array | None
     system_inverse: Array | None
+    curvature_eta: Array | None = None
 
 
 def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: Array,
@@ -93,7 +100,27 @@ def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, e
         strict = co.precond_weights[:c] * kk  # zero on and above the diagonal
         eye = jnp.eye(c, dtype=k.dtype)
         inverse = solve_triangular(eye + strict, eye, lower=True, unit_diagonal=True)
-    return ChunkPrep(co, q @ k.T, kk, inverse)
+    return ChunkPrep(co, q @ k.T, kk, inverse, eta if spec.step_curvature else None)
+
+
+def curvature_scale(deltas: tuple, inputs: tuple, eta: Array) -> Array:
+    """1/(1 + η_t ρ_t) per token, ρ_t = Σ_l ‖δ_l‖² ‖a_l‖² / ‖e_t‖² (`gradient_curvature` of the
+    outer-product gradients G_l = δ_l a_lᵀ; the last layer's δ is the output error e_t). [C]."""
+    g2 = sum(jnp.sum(jnp.square(d), -1) * jnp.sum(jnp.square(a), -1)
+             for d, a in zip(deltas, inputs))
+    e2 = jnp.sum(jnp.square(deltas[-1]), -1)
+    rho = jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0)
+    return 1.0 / (1.0 + eta * rho)
+
+
+def _rescale_preconditioner(prep: ChunkPrep, scale: Array, c: int) -> ChunkPrep:
+    """The DGD terms with p_t → p_t · scale_t (this memory's curvature-normalised η'_t), and the
+    inverse of their triangular system rebuilt for them."""
+    co = prep.coeffs
+    weights = co.precond_weights * scale[None, :]
+    eye = jnp.eye(c, dtype=weights.dtype)
+    inverse = solve_triangular(eye + weights[:c] * prep.kk, eye, lower=True, unit_diagonal=True)
+    return prep._replace(coeffs=co._replace(precond_weights=weights), system_inverse=inverse)
 
 
 def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: ChunkPrep) -> Array:
@@ -128,12 +155,17 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
         run, snap, k, v = sg(run), sg(snap), sg(k), sg(v)
         momentum = None if momentum is None else sg(momentum)
     c = k.shape[0]
-    co = prep.coeffs
 
     # Snapshot forward/backward on the keys: a_l (layer inputs) and δ_l (output-side errors).
     y_k, cache = memory.forward_cached(snap, k)
     deltas = memory.backward(snap, cache, objective.error(y_k, v))
     inputs = cache.inputs
+    if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t ρ_t): fold the factor into δ_t
+        scale = curvature_scale(deltas, inputs, prep.curvature_eta)
+        deltas = tuple(d * scale[:, None] for d in deltas)
+        if spec.dgd_curvature:
+            prep = _rescale_preconditioner(prep, scale, c)
+    co = prep.coeffs
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
     u = _dgd_predictions(run[0], s[0], k, deltas[0], prep) if spec.dgd else None

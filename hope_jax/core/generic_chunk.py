@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hope_jax.core.inner_optimizers import InnerTransform
+from hope_jax.core.inner_optimizers import InnerTransform, gradient_curvature
 from hope_jax.core.memories import MLPMemory
 from hope_jax.core.objectives import Objective
 
@@ -45,6 +45,8 @@ def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTrans
         beta = None if beta is None else sg(beta)
     c = k.shape[0]
     grads = snapshot_gradients(memory, objective, snap, k, v)
+    errors = objective.error(memory.apply(snap, k), v)
+    curvature = jax.vmap(gradient_curvature)(grads, errors)  # ρ_t at the snapshot, like G_t
     ones = jnp.ones((c,), k.dtype)
     mask = jnp.ones((c,), bool) if mask is None else mask
 
@@ -55,9 +57,9 @@ def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTrans
 
     def token(carry, xs):
         params, state = carry
-        g, q_t, k_t, eta_t, alpha_t, beta_t, m_t = xs
+        g, q_t, k_t, eta_t, alpha_t, beta_t, m_t, rho_t = xs
         y_pre = memory.apply(readable(params), q_t)
-        hyper = dict(eta=eta_t, key=k_t)
+        hyper = dict(eta=eta_t, key=k_t, curvature=rho_t)
         if alpha is not None:
             hyper["alpha"] = alpha_t
         if beta is not None:
@@ -68,7 +70,8 @@ def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTrans
         y_post = memory.apply(readable(new_params), q_t)
         return (new_params, new_state), (y_pre, y_post)
 
-    xs = (grads, q, k, eta, ones if alpha is None else alpha, ones if beta is None else beta, mask)
+    xs = (grads, q, k, eta, ones if alpha is None else alpha, ones if beta is None else beta, mask,
+          curvature)
     (new_run, new_state), (y_pre, y_post) = jax.lax.scan(token, (run, opt_state), xs)
     if read == "snapshot":
         y = memory.apply(readable(snap), q)

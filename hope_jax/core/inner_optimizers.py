@@ -7,13 +7,15 @@ per-token hyperparameters as extra arguments, as optax's extra-args transforms d
     updates, state = opt.update(grads, state, params, eta=η_t, alpha=α_t, beta=β_t, key=k_t)
     params = params + updates                      # NL sign convention: updates carry the minus
 
-`eta`, `alpha`, `beta` are scalars and `key` is the memory's input vector `k_t` [d_in]. Memory
-parameters are tuples of layer matrices, input side first (see `memories.py`).
+`eta`, `alpha`, `beta` are scalars and `key` is the memory's input vector `k_t` [d_in];
+`curvature` is the scalar ρ_t = ‖∇_W ℓ‖² / ‖∂ℓ/∂M(k)‖² of the token's gradient (see
+`gradient_curvature`), read only by the curvature-normalised step. Memory parameters are tuples
+of layer matrices, input side first (see `memories.py`).
 
 The building blocks, chained in this canonical order:
 
-    scale_by_step_size     u = −η g               (η read as η/(1+η‖k‖²) when normalised; §2.3)
-    trace_momentum         S = β S + u;  u = S     (Titans' surprise; §2.2, D5)
+    scale_by_step_size     u = −η g               (η read as η/(1+η‖k‖²) or η/(1+ηρ) when normalised)
+    trace_momentum         S = β S + u;  u = S     (Titans' surprise; §2.2, D5; or S = β S + (1−β) u)
     add_retention          u += (α − 1) W          (weight decay / forget gate; §2.1)
     add_dgd_preconditioner u[0] −= p (W₀ k) kᵀ     (DGD on the input-side layer; §2.3, D3)
 
@@ -42,19 +44,26 @@ class RecurrenceSpec:
       stage: how far along the canonical order the chain is (0 nothing, 1 step, 2 momentum,
         3 retention / preconditioner); used to reject non-canonical chains.
       normalize_step: η_e = η/(1+η‖k‖²) instead of η.
+      step_curvature: η_e = η/(1+η ρ_t), ρ_t the curvature of the token's own gradient
+        (`gradient_curvature`; docs/hope.md, "Curvature-normalised step").
       momentum_slot: index in the chain state of the momentum buffer S (None: no momentum, β ≡ 0).
+      momentum_dampening: S_t = β S_{t−1} + (1 − β) u_t, i.e. η_e is further scaled by (1 − β_t).
       retention: α_t multiplies the old state (else α ≡ 1).
       dgd: the DGD preconditioner acts on the input-side layer with coefficient p.
       dgd_normalize: p = η/(1+η‖k‖²) instead of η.
+      dgd_curvature: p = η/(1+ηρ_t) (the curvature-normalised step's η'; overrides dgd_normalize).
       dgd_gated: p is additionally multiplied by α (Gated DeltaNet: gradient at the decayed state).
     """
 
     stage: int = 0
     normalize_step: bool = False
+    step_curvature: bool = False
     momentum_slot: int | None = None
+    momentum_dampening: bool = False
     retention: bool = False
     dgd: bool = False
     dgd_normalize: bool = True
+    dgd_curvature: bool = False
     dgd_gated: bool = False
 
     @property
@@ -89,47 +98,93 @@ def normalized_step_size(eta: Array, key: Array) -> Array:
     return eta / (1.0 + eta * jnp.sum(jnp.square(key), axis=-1))
 
 
+def curvature_step_size(eta: Array, curvature: Array) -> Array:
+    """η' = η / (1 + η ρ): the proximal step of the memory linearised along its own gradient.
+
+    For a loss ℓ(M(k)) with output error e = ∂ℓ/∂M(k) and gradient g = ∇_W ℓ, one step −η g moves
+    the output by −η J Jᵀ e, and eᵀ J Jᵀ e = ‖g‖² (J: the output's Jacobian in W). With
+    ρ = ‖g‖²/‖e‖² the step corrects a fraction ηρ/(1+ηρ) < 1 of the error along e: never past
+    the target, whatever the widths and weights. For a depth-1 memory ρ = ‖k‖², so this is
+    `normalized_step_size` (D3); for an MLP memory it also counts the hidden layers' inputs
+    (‖σ(W₂k)‖² ≈ 0.4·hidden for W₁) and the output Jacobian seen by the input-side layer.
+    """
+    return eta / (1.0 + eta * curvature)
+
+
+def gradient_curvature(grads: Params, error: Array) -> Array:
+    """ρ = ‖∇_W ℓ‖² / ‖e‖², summed over the layers of one token's gradient (0 when e = 0)."""
+    g2 = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+    e2 = jnp.sum(jnp.square(error))
+    return jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0)
+
+
 def _tree_add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
 # -- building blocks -------------------------------------------------------------------------
 
-def scale_by_step_size(normalize: bool = False) -> InnerTransform:
+STEP_NORMALIZATIONS = (False, True, "key", "curvature")
+
+
+def _check_normalize(normalize) -> None:
+    if normalize not in STEP_NORMALIZATIONS or normalize is None:
+        raise ValueError(f"normalize must be False, True / 'key' (η/(1+η‖k‖²)) or 'curvature' "
+                         f"(η/(1+ηρ)), got {normalize!r}")
+
+
+def scale_by_step_size(normalize: bool | str = False) -> InnerTransform:
     """u = −η_t g: one plain GD step on the inner objective (spec §2.1, Eq. 1).
 
-    With `normalize`, η_t is read as η_t/(1+η_t‖k_t‖²) (the DGD step size of D3).
+    `normalize`: True or "key" reads η_t as η_t/(1+η_t‖k_t‖²) (the DGD step size of D3);
+    "curvature" reads it as η_t/(1+η_t ρ_t) with the gradient's own curvature ρ_t
+    (`curvature_step_size`; equal to "key" for a depth-1 memory).
     """
+    _check_normalize(normalize)
+    by_curvature = normalize == "curvature"
+    by_key = normalize is True or normalize == "key"
 
     def init(params):
         return EmptyState()
 
-    def update(updates, state, params=None, *, eta, alpha=None, beta=None, key=None):
-        step = normalized_step_size(eta, key) if normalize else eta
+    def update(updates, state, params=None, *, eta, alpha=None, beta=None, key=None,
+               curvature=None):
+        if by_curvature:
+            step = curvature_step_size(eta, curvature)
+        else:
+            step = normalized_step_size(eta, key) if by_key else eta
         return jax.tree.map(lambda g: -step * g, updates), state
 
     def describe(spec, slot):
         if spec is None or spec.stage != 0:
             return None
-        return dataclasses.replace(spec, stage=1, normalize_step=normalize)
+        return dataclasses.replace(spec, stage=1, normalize_step=by_key,
+                                   step_curvature=by_curvature)
 
     return InnerTransform(init, update, describe)
 
 
-def trace_momentum() -> InnerTransform:
-    """S_t = β_t S_{t−1} + u_t, u ← S_t: momentum as a key-less memory (spec §1.4, §2.2; D5)."""
+def trace_momentum(dampening: bool = False) -> InnerTransform:
+    """S_t = β_t S_{t−1} + u_t, u ← S_t: momentum as a key-less memory (spec §1.4, §2.2; D5).
+
+    `dampening=True`: S_t = β_t S_{t−1} + (1 − β_t) u_t, an exponential average of the updates.
+    One token's update then adds up to u over all later steps (not u/(1 − β)), so momentum can
+    no longer carry a correction past its target (docs/hope.md, "Dampened momentum").
+    """
 
     def init(params):
         return MomentumState(jax.tree.map(jnp.zeros_like, params))
 
-    def update(updates, state, params=None, *, eta=None, alpha=None, beta, key=None):
-        momentum = jax.tree.map(lambda s, u: beta * s + u, state.momentum, updates)
+    def update(updates, state, params=None, *, eta=None, alpha=None, beta, key=None,
+               curvature=None):
+        gain = (1.0 - beta) if dampening else 1.0
+        momentum = jax.tree.map(lambda s, u: beta * s + gain * u, state.momentum, updates)
         return momentum, MomentumState(momentum)
 
     def describe(spec, slot):
         if spec is None or spec.stage != 1:
             return None
-        return dataclasses.replace(spec, stage=2, momentum_slot=slot)
+        return dataclasses.replace(spec, stage=2, momentum_slot=slot, momentum_dampening=dampening)
 
     return InnerTransform(init, update, describe)
 
@@ -140,7 +195,8 @@ def add_retention() -> InnerTransform:
     def init(params):
         return EmptyState()
 
-    def update(updates, state, params=None, *, eta=None, alpha, beta=None, key=None):
+    def update(updates, state, params=None, *, eta=None, alpha, beta=None, key=None,
+               curvature=None):
         return jax.tree.map(lambda u, w: u + (alpha - 1.0) * w, updates, params), state
 
     def describe(spec, slot):
@@ -151,19 +207,26 @@ def add_retention() -> InnerTransform:
     return InnerTransform(init, update, describe)
 
 
-def add_dgd_preconditioner(normalize: bool = True, gated: bool = False) -> InnerTransform:
+def add_dgd_preconditioner(normalize: bool | str = True, gated: bool = False) -> InnerTransform:
     """u[0] ← u[0] − p_t (W₀ k_t) k_tᵀ: the DGD term `W (α I − p k kᵀ)` on the input-side layer.
 
-    Spec §2.3 and D3 (NL Eq. 88): p = η' = η/(1+η‖k‖²) with `normalize` (default), else p = η.
-    `gated=True` multiplies p by α_t, which turns the L2 step at the decayed state `α M` of Gated
-    DeltaNet into this form (spec §4). Other layers are untouched (they get the plain decay α).
+    Spec §2.3 and D3 (NL Eq. 88): p = η' = η/(1+η‖k‖²) with `normalize` (default), else p = η;
+    `normalize="curvature"`: p = η/(1+ηρ), the same η' as the gradient step (D3's "η' in both
+    places"). `gated=True` multiplies p by α_t, which turns the L2 step at the decayed state `α M`
+    of Gated DeltaNet into this form (spec §4). Other layers get only the plain decay α.
     """
+    _check_normalize(normalize)
+    by_curvature = normalize == "curvature"
 
     def init(params):
         return EmptyState()
 
-    def update(updates, state, params=None, *, eta, alpha=None, beta=None, key):
-        p = normalized_step_size(eta, key) if normalize else eta
+    def update(updates, state, params=None, *, eta, alpha=None, beta=None, key,
+               curvature=None):
+        if by_curvature:
+            p = curvature_step_size(eta, curvature)
+        else:
+            p = normalized_step_size(eta, key) if normalize else eta
         if gated:
             p = p * alpha
         w0 = params[0]
@@ -173,7 +236,8 @@ def add_dgd_preconditioner(normalize: bool = True, gated: bool = False) -> Inner
     def describe(spec, slot):
         if spec is None or spec.stage < 1 or spec.dgd:
             return None
-        return dataclasses.replace(spec, stage=3, dgd=True, dgd_normalize=normalize, dgd_gated=gated)
+        return dataclasses.replace(spec, stage=3, dgd=True, dgd_normalize=bool(normalize),
+                                   dgd_curvature=by_curvature, dgd_gated=gated)
 
     return InnerTransform(init, update, describe)
 
@@ -214,7 +278,7 @@ def recurrence_spec(opt: InnerTransform) -> RecurrenceSpec | None:
 
 # -- complete inner optimizers -----------------------------------------------------------------
 
-def gd(retention: bool = True, normalize: bool = False) -> InnerTransform:
+def gd(retention: bool = True, normalize: bool | str = False) -> InnerTransform:
     """GD with retention: `M_t = α_t M_{t−1} − η_t ∇ℓ` (spec §2.1; α ≡ 1 without retention)."""
     parts = [scale_by_step_size(normalize)]
     if retention:
@@ -222,24 +286,29 @@ def gd(retention: bool = True, normalize: bool = False) -> InnerTransform:
     return chain(*parts)
 
 
-def momentum_gd(retention: bool = True, normalize: bool = False) -> InnerTransform:
-    """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t` (spec §2.2; Titans Eq. 18)."""
-    parts = [scale_by_step_size(normalize), trace_momentum()]
+def momentum_gd(retention: bool = True, normalize: bool | str = False,
+                dampening: bool = False) -> InnerTransform:
+    """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t` (spec §2.2; Titans Eq. 18).
+
+    `dampening`: `S_t = β_t S_{t−1} − (1 − β_t) η_t ∇ℓ` (see `trace_momentum`)."""
+    parts = [scale_by_step_size(normalize), trace_momentum(dampening)]
     if retention:
         parts.append(add_retention())
     return chain(*parts)
 
 
-def dgd(momentum: bool = True, retention: bool = True, normalize: bool = True,
-        gated: bool = False) -> InnerTransform:
+def dgd(momentum: bool = True, retention: bool = True, normalize: bool | str = True,
+        gated: bool = False, dampening: bool = False) -> InnerTransform:
     """DGD (spec §2.3, Eq. 88; D3, D5): `S_t = β S − η' ∇ℓ`, `M_t = M_{t−1}(α I − η' k kᵀ) + S_t`.
 
-    η' = η/(1+η‖k‖²) in both places when `normalize` (default). Without momentum the write is
+    η' = η/(1+η‖k‖²) in both places when `normalize` (default); with `normalize="curvature"`
+    η' = η/(1+ηρ) in both places (`curvature_step_size`). Without momentum the write is
     `M_{t−1}(α I − η' k kᵀ) − η' ∇ℓ`. The preconditioner acts on the input-side layer only (D3).
+    `dampening`: momentum as an exponential average (see `trace_momentum`).
     """
     parts = [scale_by_step_size(normalize)]
     if momentum:
-        parts.append(trace_momentum())
+        parts.append(trace_momentum(dampening))
     if retention:
         parts.append(add_retention())
     parts.append(add_dgd_preconditioner(normalize=normalize, gated=gated))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hope_jax.core.inner_optimizers import gradient_curvature
 from hope_jax.core.level import Level, LevelState
 from hope_jax.core.validation import check_level_inputs
 
@@ -38,7 +39,8 @@ def reference_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array
             params, opt_state = carry
             q_t, k_t, v_t, eta_t, alpha_t, beta_t = xs
             g = jax.grad(loss)(params, k_t, v_t)
-            hyper = dict(eta=eta_t, key=k_t)
+            error = objective.error(memory.apply(params, k_t), v_t)
+            hyper = dict(eta=eta_t, key=k_t, curvature=gradient_curvature(g, error))
             if alpha_t is not None:
                 hyper["alpha"] = alpha_t
             if beta_t is not None:

@@ -42,6 +42,8 @@ class OptimizerCase:
     dgd: bool = False
     dgd_normalize: bool = True
     gated: bool = False
+    curvature: bool = False  # η' = η/(1 + ηρ), ρ = ‖G‖²/‖e‖² at the snapshot, in both places
+    dampening: bool = False  # S ← β S − (1 − β) η' G
 
 
 OPTIMIZERS = {
@@ -54,6 +56,13 @@ OPTIMIZERS = {
                          dgd=True),
     "dgd_no_momentum": OptimizerCase("dgd_no_momentum", lambda: core.dgd(momentum=False),
                                      normalize=True, retention=True, dgd=True),
+    "dgd_curvature": OptimizerCase("dgd_curvature",
+                                   lambda: core.dgd(normalize="curvature", dampening=True),
+                                   momentum=True, retention=True, dgd=True, curvature=True,
+                                   dampening=True),
+    "momentum_curvature": OptimizerCase("momentum_curvature",
+                                        lambda: core.momentum_gd(normalize="curvature"),
+                                        momentum=True, retention=True, curvature=True),
     "gdn": OptimizerCase("gdn", lambda: core.dgd(momentum=False, normalize=False, gated=True),
                          retention=True, dgd=True, dgd_normalize=False, gated=True),
 }
@@ -105,7 +114,13 @@ def explicit_chunk_loop(memory: core.MLPMemory, objective: core.Objective, case:
                 g = jax.grad(loss)(snap, k[t], v[t])
                 y_pre = memory.apply(tuple(w), q[t])
                 eta_n = eta[t] / (1.0 + eta[t] * jnp.sum(k[t] ** 2))
-                eta_e = eta_n if case.normalize else eta[t]
+                if case.curvature:  # ρ = ‖G‖² / ‖∂ℓ/∂y‖² of this token at the snapshot
+                    e = jax.grad(lambda y: objective.loss(y, v[t]))(memory.apply(snap, k[t]))
+                    rho = sum(jnp.sum(x ** 2) for x in g) / jnp.sum(e ** 2)
+                    eta_n = eta[t] / (1.0 + eta[t] * rho)
+                eta_e = eta_n if (case.normalize or case.curvature) else eta[t]
+                if case.dampening:
+                    eta_e = eta_e * (1.0 - beta[t])
                 a = alpha[t] if case.retention else 1.0
                 p = (eta_n if case.dgd_normalize else eta[t]) * (alpha[t] if case.gated else 1.0)
                 for l in range(len(w)):

@@ -24,6 +24,9 @@ from level_cases import (MEMORIES, OBJECTIVES, OPTIMIZERS, assert_close, explici
     ("mlp", "dot", "dgd_no_momentum", "snapshot", 4, (1, 9, 2, 4, 4)),
     ("mlp3_tanh", "l2", "momentum_norm", "post", 2, (1, 7, 1, 3, 3)),
     ("mlp", "l2", "gd_plain", "pre", 16, (1, 21, 1, 4, 4)),
+    ("mlp", "l2", "dgd_curvature", "pre", 4, (2, 13, 2, 4, 4)),
+    ("mlp3_tanh", "dot", "momentum_curvature", "post", 3, (1, 10, 1, 3, 3)),
+    ("matrix", "l2", "dgd_curvature", "post", 4, (1, 9, 2, 4, 3)),
 ])
 def test_chunked_equals_explicit_loop(x64, memory, objective, optimizer, read, chunk, shape):
     """Outputs and final memory at chunk size C > 1 equal the explicit loop (float64, 1e-10)."""
@@ -50,6 +53,7 @@ PATH_GRID = [
     ("residual_linear", "dot", "momentum", "snapshot", ("linear", "closed_form", "generic")),
     ("mlp", "l2", "dgd", "post", ("closed_form", "generic")),
     ("mlp", "dot", "momentum_norm", "pre", ("closed_form", "generic")),
+    ("mlp", "l2", "dgd_curvature", "pre", ("closed_form", "generic")),
 ]
 
 
