@@ -87,6 +87,10 @@ def test_train_generate_eval_end_to_end(tmp_path):
     results = json.loads((workdir / "eval" / "results.json").read_text())
     assert results["bpb"]["bpb"] > 0 and "off" in results["memorization"]
     assert os.path.basename(zero_shot) in results["zero_shot"]
+    # the trainer's final held-out bpb and eval's score the same windows with the same function
+    assert abs(results["bpb"]["bpb"] - result["bpb"]) <= 1e-4 * result["bpb"]
+    assert results["completed"] == ["bpb", "memorization", "zero_shot"]
+    assert len(list((workdir / "eval" / "runs").iterdir())) == 1
 
     out = _cli("eval", f"--workdir={workdir}", "--tasks=perplexity")
     assert out.returncode == 2 and "--tasks: unknown ['perplexity']" in out.stderr
