@@ -108,8 +108,15 @@ def _array_checksum(x: jax.Array) -> jax.Array:
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-    u = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
-    weights = jnp.arange(u.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    u = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    # the row-major position of every element, built from iotas (no reshape: a sharded array
+    # stays in place), then the odd weight 2·position + 1 (mod 2^32)
+    position, stride = jnp.zeros(u.shape, jnp.uint32), 1
+    for axis in reversed(range(u.ndim)):
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis) * jnp.uint32(
+            stride % 2 ** 32)
+        stride *= u.shape[axis]
+    weights = position * jnp.uint32(2) + jnp.uint32(1)
     return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * weights, dtype=jnp.uint32)])
 
 
