@@ -242,6 +242,8 @@ def _fail(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """`hope-jax <command> [flags]`. Errors: one line on stderr and exit status 2 (--debug:
     the traceback); Ctrl-C outside a training loop: exit status 130."""
+    global _STANDALONE
+    _STANDALONE = argv is None
     argv = list(sys.argv if argv is None else argv)
     debug = "--debug" in argv[1:]
     _NOTES.clear()
@@ -274,7 +276,28 @@ def _main(argv: list[str]) -> None:
         print(_command_help(name))
         sys.exit(0)
     fv, positional = _parse(name, args[1:])
+    if _STANDALONE:
+        _plain_warnings()
     COMMANDS[name].run(fv, positional)
+
+
+_STANDALONE = False   # main() called as the program (argv from sys.argv), not by a caller
+
+
+def _plain_warnings() -> None:
+    """The library's logged warnings (a damaged checkpoint step, …) as `hope-jax: warning: …`
+    lines on stderr, instead of the root logger's format (once per process; only when run as
+    the program, so a caller's logging set-up is left alone)."""
+    import logging
+    logger = logging.getLogger("hope_jax")
+    if any(getattr(h, "_hope_jax_cli", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    handler._hope_jax_cli = True
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 # ------------------------------------------------------------------------------- helpers
