@@ -123,12 +123,15 @@ def _rescale_preconditioner(prep: ChunkPrep, scale: Array, c: int) -> ChunkPrep:
     return prep._replace(coeffs=co._replace(precond_weights=weights), system_inverse=inverse)
 
 
-def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: ChunkPrep) -> Array:
+def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: ChunkPrep,
+                     a0: Array | None = None) -> Array:
     """U = [W_{t−1} k_t]_t for the input-side layer (whose inputs are the keys), from the
-    triangular system above. [C, out]."""
+    triangular system above; a0: the retention anchor of that layer, or None. [C, out]."""
     co = prep.coeffs
     c = k.shape[0]
     rhs = co.decay[:c, None] * (k @ w0.T)
+    if a0 is not None:  # Σ_s P_α[t, s](1 − α_s) W_init = (1 − ᾱ_t) W_init
+        rhs = rhs + (1.0 - co.decay[:c, None]) * (k @ a0.T)
     if s0 is not None:
         rhs = rhs + co.carry[:c, None] * (k @ s0.T)
     rhs = rhs - (co.grad_weights[:c] * prep.kk) @ d0
@@ -137,7 +140,7 @@ def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: Chu
 
 def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceSpec, read: str,
                       stop_writes: bool, run: tuple, momentum: tuple | None, snap: tuple,
-                      q: Array, k: Array, v: Array, prep: ChunkPrep):
+                      q: Array, k: Array, v: Array, prep: ChunkPrep, anchor: tuple | None = None):
     """Reads and writes of one chunk for one head of one sequence.
 
     Args:
@@ -146,6 +149,8 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
       snap: the snapshot `M_{ξ}` at which this chunk's gradients are taken (D2).
       q, k: [C, d_in]; v: [C, d_out]; prep: `prepare_chunk` of this chunk.
       stop_writes: D8's stop-gradient mode (writes are constants; reads stay differentiable).
+      anchor: the initial memory that retention decays toward (like `run`), or None for decay
+        toward 0: W_t = ᾱ_t W_0 + (1 − ᾱ_t) W_init + … (`add_retention(to_init=True)`).
 
     Returns:
       (y [C, d_out], new running memory, new momentum or None).
@@ -154,6 +159,7 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     if stop_writes:
         run, snap, k, v = sg(run), sg(snap), sg(k), sg(v)
         momentum = None if momentum is None else sg(momentum)
+        anchor = None if anchor is None else sg(anchor)
     c = k.shape[0]
 
     # Snapshot forward/backward on the keys: a_l (layer inputs) and δ_l (output-side errors).
@@ -168,10 +174,13 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     co = prep.coeffs
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
-    u = _dgd_predictions(run[0], s[0], k, deltas[0], prep) if spec.dgd else None
+    a = anchor if anchor is not None else (None,) * n_layers
+    u = _dgd_predictions(run[0], s[0], k, deltas[0], prep, a[0]) if spec.dgd else None
 
     def read_layer(l: int, x: Array, rows: slice) -> Array:
         z = co.decay[rows, None] * (x @ run[l].T)
+        if a[l] is not None:
+            z = z + (1.0 - co.decay[rows, None]) * (x @ a[l].T)
         if s[l] is not None:
             z = z + co.carry[rows, None] * (x @ s[l].T)
         scores = prep.qk if l == 0 else x @ inputs[l].T
@@ -199,6 +208,8 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     new_run, new_mom = [], []
     for l in range(n_layers):
         w = co.decay[c] * run[l] - (deltas[l] * co.grad_weights[c][:, None]).T @ inputs[l]
+        if a[l] is not None:
+            w = w + (1.0 - co.decay[c]) * a[l]
         if s[l] is not None:
             w = w + co.carry[c] * s[l]
             new_mom.append(co.momentum_decay * s[l]

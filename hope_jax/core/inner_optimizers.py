@@ -16,7 +16,9 @@ The building blocks, chained in this canonical order:
 
     scale_by_step_size     u = −η g               (η read as η/(1+η‖k‖²) or η/(1+ηρ) when normalised)
     trace_momentum         S = β S + u;  u = S     (Titans' surprise; §2.2, D5; or S = β S + (1−β) u)
-    add_retention          u += (α − 1) W          (weight decay / forget gate; §2.1)
+    add_retention          u += (α − 1) W          (weight decay / forget gate; §2.1; or
+                                                    u += (α − 1)(W − W_init): decay toward the
+                                                    initial state)
     add_dgd_preconditioner u[0] −= p (W₀ k) kᵀ     (DGD on the input-side layer; §2.3, D3)
 
 so that one token's write is `S_t = β S_{t−1} − η G_t`, `W_t = W_{t−1}(α I − p k kᵀ) + S_t`. Besides
@@ -49,6 +51,8 @@ class RecurrenceSpec:
       momentum_slot: index in the chain state of the momentum buffer S (None: no momentum, β ≡ 0).
       momentum_dampening: S_t = β S_{t−1} + (1 − β) u_t, i.e. η_e is further scaled by (1 − β_t).
       retention: α_t multiplies the old state (else α ≡ 1).
+      anchor_slot: with retention toward the initial state, the index in the chain state of the
+        anchor W_init (the old state's distance to it is what α_t multiplies), else None.
       dgd: the DGD preconditioner acts on the input-side layer with coefficient p.
       dgd_normalize: p = η/(1+η‖k‖²) instead of η.
       dgd_curvature: p = η/(1+ηρ_t) (the curvature-normalised step's η'; overrides dgd_normalize).
@@ -61,6 +65,7 @@ class RecurrenceSpec:
     momentum_slot: int | None = None
     momentum_dampening: bool = False
     retention: bool = False
+    anchor_slot: int | None = None
     dgd: bool = False
     dgd_normalize: bool = True
     dgd_curvature: bool = False
@@ -85,6 +90,12 @@ class InnerTransform(NamedTuple):
 
 class EmptyState(NamedTuple):
     """State of a stateless transformation."""
+
+
+class AnchorState(NamedTuple):
+    """The initial memory W_init that retention decays toward (`add_retention(to_init=True)`)."""
+
+    anchor: Params
 
 
 class MomentumState(NamedTuple):
@@ -189,20 +200,30 @@ def trace_momentum(dampening: bool = False) -> InnerTransform:
     return InnerTransform(init, update, describe)
 
 
-def add_retention() -> InnerTransform:
-    """u ← u + (α_t − 1) W: retention α_t multiplies the old state (spec §2.1; 1 = keep all)."""
+def add_retention(to_init: bool = False) -> InnerTransform:
+    """u ← u + (α_t − 1) W: retention α_t multiplies the old state (spec §2.1; 1 = keep all).
+
+    `to_init=True`: u ← u + (α_t − 1)(W − W_init), the state decays toward the memory it started
+    from (kept in the state by `init`) instead of toward 0: Miras' retention with the initial
+    state as its anchor. A meta-learned W_init (Hope's M_□,0) then survives any context length;
+    decaying to 0 erases it at a rate α^t (docs/hope.md, "Retention toward the initial state").
+    """
 
     def init(params):
-        return EmptyState()
+        return AnchorState(params) if to_init else EmptyState()
 
     def update(updates, state, params=None, *, eta=None, alpha, beta=None, key=None,
                curvature=None):
+        if to_init:
+            return jax.tree.map(lambda u, w, a: u + (alpha - 1.0) * (w - a), updates, params,
+                                state.anchor), state
         return jax.tree.map(lambda u, w: u + (alpha - 1.0) * w, updates, params), state
 
     def describe(spec, slot):
         if spec is None or spec.stage < 1 or spec.retention:
             return None
-        return dataclasses.replace(spec, stage=3, retention=True)
+        return dataclasses.replace(spec, stage=3, retention=True,
+                                   anchor_slot=slot if to_init else None)
 
     return InnerTransform(init, update, describe)
 
@@ -278,38 +299,43 @@ def recurrence_spec(opt: InnerTransform) -> RecurrenceSpec | None:
 
 # -- complete inner optimizers -----------------------------------------------------------------
 
-def gd(retention: bool = True, normalize: bool | str = False) -> InnerTransform:
-    """GD with retention: `M_t = α_t M_{t−1} − η_t ∇ℓ` (spec §2.1; α ≡ 1 without retention)."""
+def gd(retention: bool = True, normalize: bool | str = False,
+       retain_to_init: bool = False) -> InnerTransform:
+    """GD with retention: `M_t = α_t M_{t−1} − η_t ∇ℓ` (spec §2.1; α ≡ 1 without retention).
+
+    `retain_to_init`: decay toward the initial state (`add_retention(to_init=True)`)."""
     parts = [scale_by_step_size(normalize)]
     if retention:
-        parts.append(add_retention())
+        parts.append(add_retention(retain_to_init))
     return chain(*parts)
 
 
 def momentum_gd(retention: bool = True, normalize: bool | str = False,
-                dampening: bool = False) -> InnerTransform:
+                dampening: bool = False, retain_to_init: bool = False) -> InnerTransform:
     """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t` (spec §2.2; Titans Eq. 18).
 
     `dampening`: `S_t = β_t S_{t−1} − (1 − β_t) η_t ∇ℓ` (see `trace_momentum`)."""
     parts = [scale_by_step_size(normalize), trace_momentum(dampening)]
     if retention:
-        parts.append(add_retention())
+        parts.append(add_retention(retain_to_init))
     return chain(*parts)
 
 
 def dgd(momentum: bool = True, retention: bool = True, normalize: bool | str = True,
-        gated: bool = False, dampening: bool = False) -> InnerTransform:
+        gated: bool = False, dampening: bool = False, retain_to_init: bool = False
+        ) -> InnerTransform:
     """DGD (spec §2.3, Eq. 88; D3, D5): `S_t = β S − η' ∇ℓ`, `M_t = M_{t−1}(α I − η' k kᵀ) + S_t`.
 
     η' = η/(1+η‖k‖²) in both places when `normalize` (default); with `normalize="curvature"`
     η' = η/(1+ηρ) in both places (`curvature_step_size`). Without momentum the write is
     `M_{t−1}(α I − η' k kᵀ) − η' ∇ℓ`. The preconditioner acts on the input-side layer only (D3).
-    `dampening`: momentum as an exponential average (see `trace_momentum`).
+    `dampening`: momentum as an exponential average (see `trace_momentum`); `retain_to_init`:
+    α decays the state toward its initial value (see `add_retention`).
     """
     parts = [scale_by_step_size(normalize)]
     if momentum:
         parts.append(trace_momentum(dampening))
     if retention:
-        parts.append(add_retention())
+        parts.append(add_retention(retain_to_init))
     parts.append(add_dgd_preconditioner(normalize=normalize, gated=gated))
     return chain(*parts)

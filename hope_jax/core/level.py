@@ -107,7 +107,9 @@ class Level:
 
     @property
     def _linear_applies(self) -> bool:
-        return self.memory.depth == 1 and self.objective.affine is not None
+        spec = self.spec
+        return (self.memory.depth == 1 and self.objective.affine is not None
+                and (spec is None or spec.anchor_slot is None))
 
     @property
     def path(self) -> str:

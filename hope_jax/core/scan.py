@@ -75,9 +75,12 @@ def _chunk_step(level: Level, dynamic: bool):
         return prepare_chunk(spec, stop, q, k, eta, alpha, beta, mask)
 
     def step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep):
+        anchor = None if spec.anchor_slot is None else opt_state[spec.anchor_slot].anchor
         y, new_run, momentum = closed_form_chunk(level.memory, level.objective, spec, level.read,
                                                  stop, run, get_momentum(opt_state), snap, q, k,
-                                                 v, prep)
+                                                 v, prep, anchor)
+        if stop:  # the optimizer state is written like the memory: a constant (D8)
+            opt_state = jax.lax.stop_gradient(opt_state)
         return y, new_run, set_momentum(opt_state, momentum)
     return prepare, step
 

@@ -91,6 +91,8 @@ class SelfModifyingLevel:
       gradient: "full" (meta-gradient through every write, D8) or "stop".
       stop_target: stop the outer gradient through the targets v̂ (D8 option).
       remat: rematerialise each sub-chunk in the backward pass (D30).
+      writes: False freezes every memory at its initial state (η ≡ 0, α ≡ 1): the write
+        ablation of the memory probe (`hope_jax.eval.memory_probe`); reads are unchanged.
     """
 
     memory: MLPMemory = residual_mlp_memory(expansion=1.0)
@@ -109,6 +111,7 @@ class SelfModifyingLevel:
     gradient: str = "full"
     stop_target: bool = False
     remat: bool = True
+    writes: bool = True
 
     def __post_init__(self):
         for name in ("chunk_other", "chunk_memory"):
@@ -188,12 +191,16 @@ def _generate(level: SelfModifyingLevel, snaps: dict, gates: GateHeads, xq, xk, 
     eta = level.eta_max * jax.nn.sigmoid(h_eta @ gates.w_eta + gates.b_eta)
     alpha = jax.nn.sigmoid(h_alpha @ gates.w_alpha + gates.b_alpha)
     beta = jax.nn.sigmoid(h_alpha @ gates.w_beta + gates.b_beta)
+    if not level.writes:  # η ≡ 0, α ≡ 1: every write is the identity (S stays 0)
+        eta, alpha = jnp.zeros_like(eta), jnp.ones_like(alpha)
     return q, k, v, eta, alpha, beta
 
 
-def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, running: dict, momenta: dict,
-               snaps: dict, xq, xk, xv, mask):
-    """One sub-chunk of `chunk_other` tokens for one head: (o [C, d], running', momenta')."""
+def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, anchors: dict, running: dict,
+               momenta: dict, snaps: dict, xq, xk, xv, mask):
+    """One sub-chunk of `chunk_other` tokens for one head: (o [C, d], running', momenta').
+
+    anchors: the initial memories retention decays toward (`retain_to_init`), or {}."""
     spec = level.spec
     stop = level.gradient == "stop"
     q, k, v, eta, alpha, beta = _generate(level, snaps, gates, xq, xk, xv)
@@ -210,7 +217,8 @@ def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, running: dict, momen
             target = sg(target)
         read = level.read if name == "out" else "none"
         y, w, s = closed_form_chunk(arch, level.objective, spec, read, stop, running[name],
-                                    momenta.get(name), snaps[name], q, k, target, prep)
+                                    momenta.get(name), snaps[name], q, k, target, prep,
+                                    anchors.get(name))
         new_running[name] = w
         if s is not None:
             new_momenta[name] = s
@@ -281,17 +289,20 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
         ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
     all_real = single or (not dynamic and total == t)
     gates = jax.tree.map(lambda g: g.astype(dtype), params.gates)
+    anchors = {}
+    if level.spec.anchor_slot is not None:  # retention toward the initial memories M_□,0
+        anchors = jax.tree.map(lambda w: w.astype(dtype), params.memories)
 
-    # Gate heads are per head: mapped over the head axis, shared across the batch.
+    # Gate heads and anchors are per head: mapped over the head axis, shared across the batch.
     axes = (0, 0, 0, 0, 0, 0, None)
-    per_head = jax.vmap(lambda g, *a: _sub_chunk(level, g, *a), in_axes=(0,) + axes)
-    per_batch = jax.vmap(per_head, in_axes=(None,) + axes)
+    per_head = jax.vmap(lambda g, a0, *a: _sub_chunk(level, g, a0, *a), in_axes=(0, 0) + axes)
+    per_batch = jax.vmap(per_head, in_axes=(None, None) + axes)
 
     def body(carry, inputs):
         running, momenta, snaps = carry
         (xq_c, xk_c, xv_c), m, end_real, end_mem = inputs
-        o, new_running, new_momenta = per_batch(gates, running, momenta, snaps, xq_c, xk_c, xv_c,
-                                                None if all_real else m)
+        o, new_running, new_momenta = per_batch(gates, anchors, running, momenta, snaps, xq_c,
+                                                xk_c, xv_c, None if all_real else m)
         keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)  # noqa: E731
         new_snaps = {}
         for name in level.memory_names:

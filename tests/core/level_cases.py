@@ -44,6 +44,7 @@ class OptimizerCase:
     gated: bool = False
     curvature: bool = False  # η' = η/(1 + ηρ), ρ = ‖G‖²/‖e‖² at the snapshot, in both places
     dampening: bool = False  # S ← β S − (1 − β) η' G
+    anchor: bool = False  # retention toward the initial memory: α W + (1 − α) W_init
 
 
 OPTIMIZERS = {
@@ -60,6 +61,11 @@ OPTIMIZERS = {
                                    lambda: core.dgd(normalize="curvature", dampening=True),
                                    momentum=True, retention=True, dgd=True, curvature=True,
                                    dampening=True),
+    "dgd_anchor": OptimizerCase("dgd_anchor",
+                                lambda: core.dgd(normalize="curvature", dampening=True,
+                                                 retain_to_init=True),
+                                momentum=True, retention=True, dgd=True, curvature=True,
+                                dampening=True, anchor=True),
     "momentum_curvature": OptimizerCase("momentum_curvature",
                                         lambda: core.momentum_gd(normalize="curvature"),
                                         momentum=True, retention=True, curvature=True),
@@ -130,6 +136,8 @@ def explicit_chunk_loop(memory: core.MLPMemory, objective: core.Objective, case:
                     else:
                         inc = -eta_e * g[l]
                     new = a * w[l] + inc
+                    if case.anchor:
+                        new = new + (1.0 - a) * p0[l]
                     if case.dgd and l == 0:
                         new = new - p * jnp.outer(w[0] @ k[t], k[t])
                     w[l] = new

@@ -27,6 +27,7 @@ from level_cases import (MEMORIES, OBJECTIVES, OPTIMIZERS, assert_close, explici
     ("mlp", "l2", "dgd_curvature", "pre", 4, (2, 13, 2, 4, 4)),
     ("mlp3_tanh", "dot", "momentum_curvature", "post", 3, (1, 10, 1, 3, 3)),
     ("matrix", "l2", "dgd_curvature", "post", 4, (1, 9, 2, 4, 3)),
+    ("mlp", "l2", "dgd_anchor", "pre", 4, (1, 11, 2, 4, 4)),
 ])
 def test_chunked_equals_explicit_loop(x64, memory, objective, optimizer, read, chunk, shape):
     """Outputs and final memory at chunk size C > 1 equal the explicit loop (float64, 1e-10)."""
@@ -54,6 +55,7 @@ PATH_GRID = [
     ("mlp", "l2", "dgd", "post", ("closed_form", "generic")),
     ("mlp", "dot", "momentum_norm", "pre", ("closed_form", "generic")),
     ("mlp", "l2", "dgd_curvature", "pre", ("closed_form", "generic")),
+    ("matrix", "l2", "dgd_anchor", "post", ("closed_form", "generic")),
 ]
 
 

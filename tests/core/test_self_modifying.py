@@ -17,6 +17,11 @@ from level_cases import assert_close
 B, H, D = 2, 2, 4
 
 
+# The Hope presets' inner optimizer: curvature-normalised step, dampened momentum, retention
+# toward the initial memories (docs/hope.md, "Stable writes that matter").
+PRESET_OPTIMIZER = core.dgd(normalize="curvature", dampening=True, retain_to_init=True)
+
+
 def _params(level, seed=0):
     params = level.init_params(jax.random.PRNGKey(seed), H, D, jnp.float64)
     ks = jax.random.split(jax.random.PRNGKey(seed + 100), 3)
@@ -36,7 +41,8 @@ def explicit_loop(level, params, xq, xk, xv):
     l2n = lambda x: x / jnp.sqrt(jnp.sum(x * x) + 1e-6)  # noqa: E731
     names = level.memory_names
     arch = {n: level._arch(n) for n in names}
-    momentum, dgd = level.spec.momentum_slot is not None, level.spec.dgd
+    spec = level.spec
+    momentum, dgd = spec.momentum_slot is not None, spec.dgd
 
     def loss(n, p, k, target):
         return level.objective.loss(arch[n].apply(p, k), target)
@@ -61,17 +67,24 @@ def explicit_loop(level, params, xq, xk, xv):
             alpha = jax.nn.sigmoid(ap("alpha", xk[t]) @ gates.w_alpha + gates.b_alpha)
             beta = jax.nn.sigmoid(ap("alpha", xk[t]) @ gates.w_beta + gates.b_beta)
             outs.append(arch["out"].apply(tuple(w["out"]), q))
-            eta_n = eta / (1 + eta * jnp.sum(k * k))
             for n in names:
                 target = v if (n == "out" and level.out_target == "value") else ap(n, v)
                 g = jax.grad(lambda p: loss(n, p, k, target))(snap[n])
+                eta_n = eta / (1 + eta * jnp.sum(k * k))
+                if spec.step_curvature:  # η' = η/(1 + ηρ), ρ = ‖G‖²/‖e‖² at the snapshot
+                    e = jax.grad(lambda y: level.objective.loss(y, target))(
+                        arch[n].apply(snap[n], k))
+                    eta_n = eta / (1 + eta * sum(jnp.sum(x * x) for x in g) / jnp.sum(e * e))
+                eta_g = eta_n * (1 - beta) if spec.momentum_dampening else eta_n
                 for l in range(len(w[n])):
                     if momentum:  # S ← β S − η' G; M ← M(α I − η' k kᵀ) + S (Eq. 88, D5)
-                        s[n][l] = beta * s[n][l] - eta_n * g[l]
+                        s[n][l] = beta * s[n][l] - eta_g * g[l]
                         inc = s[n][l]
                     else:
-                        inc = -eta_n * g[l]
+                        inc = -eta_g * g[l]
                     new = alpha * w[n][l] + inc
+                    if spec.anchor_slot is not None:  # retention toward M_□,0
+                        new = new + (1 - alpha) * mems0[n][l]
                     if dgd and l == 0:
                         new = new - eta_n * jnp.outer(w[n][0] @ k, k)
                     w[n][l] = new
@@ -92,6 +105,8 @@ def explicit_loop(level, params, xq, xk, xv):
     ((1, 1), 5, dict(normalize_value=True)),
     ((2, 4), 9, dict(normalize_value=True)),
     ((2, 2), 5, dict(normalize_value=True, adaptive_v=False, out_target="value")),
+    ((1, 1), 5, dict(normalize_value=True, optimizer=PRESET_OPTIMIZER)),
+    ((2, 4), 9, dict(normalize_value=True, optimizer=PRESET_OPTIMIZER)),
 ])
 def test_chunked_equals_token_loop(x64, chunks, t, variant):
     """Outputs and final memories/momenta equal the explicit loop (float64, 1e-10), T odd."""
@@ -105,10 +120,12 @@ def test_chunked_equals_token_loop(x64, chunks, t, variant):
     assert_close(state.momenta, s_ref, 1e-10, "momenta")
 
 
-@pytest.mark.parametrize("normalize_value", [False, True])
-def test_meta_gradients_equal_token_loop(x64, normalize_value):
+@pytest.mark.parametrize("normalize_value, preset", [(False, False), (True, False), (True, True)])
+def test_meta_gradients_equal_token_loop(x64, normalize_value, preset):
     """Gradients w.r.t. every initial memory, the gate heads and the inputs equal the loop's (C = 2, 4)."""
-    level = SelfModifyingLevel(chunk_other=2, chunk_memory=4, normalize_value=normalize_value)
+    extra = dict(optimizer=PRESET_OPTIMIZER) if preset else {}
+    level = SelfModifyingLevel(chunk_other=2, chunk_memory=4, normalize_value=normalize_value,
+                               **extra)
     params = _params(level, 3)
     xs = _inputs(4, 4)
 
