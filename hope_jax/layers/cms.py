@@ -112,6 +112,7 @@ class InContextSwiGLU(nnx.Module):
         self.chunk, self.eta_max, self.dtype = level.chunk, level.eta_max, dtype
         self.normalize = level.normalize
         self.reset_every = reset_every  # nested CMS (D24)
+        self.memory_writes = True  # False: the write ablation (layers.memory_writes)
 
     def theta0(self) -> core_cms.SwiGLUParams:
         k = lambda dense: dense.kernel[...].astype(jnp.float32)  # noqa: E731  fp32 state (D30)
@@ -123,7 +124,8 @@ class InContextSwiGLU(nnx.Module):
     def __call__(self, z: Array, state=None):
         y, new = core_cms.in_context_level(self.theta0(), self.w_target[...].astype(jnp.float32),
                                            self.rho[...].astype(jnp.float32),
-                                           z.astype(jnp.float32), self.chunk, self.eta_max, state,
+                                           z.astype(jnp.float32), self.chunk,
+                                           self.eta_max if self.memory_writes else 0.0, state,
                                            self.reset_every, self.normalize)
         return y.astype(self.dtype), new
 

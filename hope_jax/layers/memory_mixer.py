@@ -54,7 +54,10 @@ class MemoryMixerConfig:
       momentum: S_t = β_t S_{t−1} − η_t ∇ℓ (Titans Eq. 18; β gate).
       retention: α_t multiplies the old state (α gate; "weight decay" in Titans Table 5).
       delta: the DGD / delta-rule preconditioner `M (α I − η k kᵀ)` (spec §2.3).
-      normalize: η' = η/(1 + η‖k‖²) (spec §2.3). gated: Gated DeltaNet's α on the k kᵀ term.
+      momentum_dampening: S_t = β S_{t−1} − (1 − β) η ∇ℓ (momentum as an average, docs/hope.md).
+      normalize: True / "key": η' = η/(1 + η‖k‖²) (spec §2.3); "curvature": η' = η/(1 + ηρ)
+        with the gradient's own curvature ρ (equal to "key" for the matrix memory; docs/hope.md).
+      gated: Gated DeltaNet's α on the k kᵀ term.
       chunk_size, read, remat, method: passed to `core.Level`.
     Block:
       num_heads, head_dim (default d / H); conv, conv_kernel: causal depthwise conv + SiLU on
@@ -76,9 +79,10 @@ class MemoryMixerConfig:
     memory_expansion: float = 4.0
     objective: str = "l2"
     momentum: bool = False
+    momentum_dampening: bool = False
     retention: bool = True
     delta: bool = False
-    normalize: bool = False
+    normalize: bool | str = False
     gated: bool = False
     chunk_size: int = 64
     read: str = "post"
@@ -107,6 +111,9 @@ class MemoryMixerConfig:
             raise ValueError(f"objective must be 'l2' or 'dot', got {self.objective!r}")
         if self.memory_init not in ("default", "zeros"):
             raise ValueError(f"memory_init must be 'default' or 'zeros', got {self.memory_init!r}")
+        if self.normalize not in core.inner_optimizers.STEP_NORMALIZATIONS:
+            raise ValueError(f"normalize must be False, True, 'key' or 'curvature', "
+                             f"got {self.normalize!r}")
         if self.eta_max <= 0:
             raise ValueError(f"eta_max must be > 0, got {self.eta_max}")
         if self.implementation not in IMPLEMENTATIONS:
@@ -130,9 +137,11 @@ def build_level(config: MemoryMixerConfig) -> core.Level:
     objective = core.l2() if config.objective == "l2" else core.dot_product()
     if config.delta:
         opt = core.dgd(momentum=config.momentum, retention=config.retention,
-                       normalize=config.normalize, gated=config.gated)
+                       normalize=config.normalize, gated=config.gated,
+                       dampening=config.momentum_dampening)
     elif config.momentum:
-        opt = core.momentum_gd(retention=config.retention, normalize=config.normalize)
+        opt = core.momentum_gd(retention=config.retention, normalize=config.normalize,
+                               dampening=config.momentum_dampening)
     else:
         opt = core.gd(retention=config.retention, normalize=config.normalize)
     return core.Level(memory, objective, opt, chunk_size=config.chunk_size, read=config.read,
@@ -157,6 +166,10 @@ def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:
         return "linear", ""
     if config.memory_depth != 2:
         return None, f"mlp_chunk_update is the depth-2 MLP (memory_depth={config.memory_depth})"
+    if config.normalize == "curvature":
+        return None, "mlp_chunk_update has no curvature-normalised step"
+    if config.momentum and config.momentum_dampening:
+        return None, "mlp_chunk_update has no dampened momentum"
     if config.delta and config.gated:
         return None, "mlp_chunk_update has no gated DGD"
     if not config.remat:
@@ -182,6 +195,7 @@ class MemoryMixer(nnx.Module):
         self.num_heads, self.head_dim = h, dh
         self.level = build_level(config)
         self.kernel_op = kernel_route(config)[0]  # "linear", "mlp" or None (core.chunked_scan)
+        self.memory_writes = True  # False: the write ablation (layers.memory_writes)
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w_q = Dense(d_model, h * dh, ("embed", "heads"), **kw)
@@ -247,9 +261,12 @@ class MemoryMixer(nnx.Module):
             eta = jnp.full(u.shape[:2] + (self.num_heads,), cfg.fixed_eta, jnp.float32)
         else:
             eta = cfg.eta_max * jax.nn.sigmoid(self.gate_eta(u32))  # bounded by construction
+        if not self.memory_writes:  # write ablation: η ≡ 0, α ≡ 1 keep M_0 exactly
+            eta = jnp.zeros_like(eta)
         out = dict(eta=eta)
         if self.gate_alpha is not None:
-            out["alpha"] = jax.nn.sigmoid(self.gate_alpha(u32))
+            alpha = jax.nn.sigmoid(self.gate_alpha(u32))
+            out["alpha"] = alpha if self.memory_writes else jnp.ones_like(alpha)
         if self.gate_beta is not None:
             out["beta"] = jax.nn.sigmoid(self.gate_beta(u32))
         return out
@@ -260,7 +277,8 @@ class MemoryMixer(nnx.Module):
         cfg, spec = self.config, self.level.spec
         alpha = gates.get("alpha") if cfg.retention else None
         common = dict(chunk_size=cfg.chunk_size, objective=cfg.objective, dgd=cfg.delta,
-                      normalize=cfg.normalize, read=cfg.read, implementation=cfg.implementation)
+                      normalize=bool(cfg.normalize), read=cfg.read,
+                      implementation=cfg.implementation)  # "curvature" = "key" at depth 1
         if self.kernel_op == "linear":
             y, w = linear_chunk_update(q, k, v, gates["eta"], alpha, level_state.memory[0],
                                        gated=cfg.delta and cfg.gated, **common)

@@ -35,7 +35,11 @@ class SelfModifyingConfig:
 
     num_heads, head_dim (default d / H); chunk_other / chunk_memory: C_oth, C_mem (D12);
     expansion / out_expansion: hidden width of M_k, M_v, M_η, M_α (and M_q) / of M_out (D11);
-    dgd, momentum, retention, normalize: the inner optimizer (D3, D5); objective: "l2" or "dot";
+    dgd, momentum, retention, normalize: the inner optimizer (D3, D5; normalize True / "key" =
+    η/(1+η‖k‖²), "curvature" = η/(1+ηρ) with the gradient's own curvature ρ, docs/hope.md);
+    momentum_dampening: S = β S + (1 − β) u (momentum as an average; docs/hope.md);
+    retain_to_init: α decays each memory toward its meta-learned M_□,0 instead of 0 (docs/hope.md);
+    objective: "l2" or "dot";
     adaptive_k / adaptive_v / adaptive_q: D14 switches; out_target: "self" (Eq. 85) or "value"
     (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); normalize_value:
     v = L2Norm(M_v(x̃_v)) (off = Eq. 84 as printed; on in the Hope presets, docs/hope.md); eta_bias, alpha_bias,
@@ -51,8 +55,10 @@ class SelfModifyingConfig:
     out_expansion: float = 4.0
     dgd: bool = True
     momentum: bool = True
+    momentum_dampening: bool = False
     retention: bool = True
-    normalize: bool = True
+    retain_to_init: bool = False
+    normalize: bool | str = True
     objective: str = "l2"
     adaptive_k: bool = True
     adaptive_v: bool = True
@@ -73,11 +79,16 @@ class SelfModifyingConfig:
 
     def level(self) -> SelfModifyingLevel:
         if self.dgd:
-            opt = core.dgd(momentum=self.momentum, retention=self.retention, normalize=self.normalize)
+            opt = core.dgd(momentum=self.momentum, retention=self.retention,
+                           normalize=self.normalize, dampening=self.momentum_dampening,
+                           retain_to_init=self.retain_to_init)
         elif self.momentum:
-            opt = core.momentum_gd(retention=self.retention, normalize=self.normalize)
+            opt = core.momentum_gd(retention=self.retention, normalize=self.normalize,
+                                   dampening=self.momentum_dampening,
+                                   retain_to_init=self.retain_to_init)
         else:
-            opt = core.gd(retention=self.retention, normalize=self.normalize)
+            opt = core.gd(retention=self.retention, normalize=self.normalize,
+                          retain_to_init=self.retain_to_init)
         return SelfModifyingLevel(
             memory=core.residual_mlp_memory(expansion=self.expansion),
             out_memory=core.residual_mlp_memory(expansion=self.out_expansion),
@@ -109,6 +120,7 @@ class SelfModifyingMixer(nnx.Module):
         dh = config.head_dim or d_model // h
         self.config, self.num_heads, self.head_dim, self.dtype = config, h, dh, dtype
         self.level = config.level()
+        self.memory_writes = True  # False: the write ablation (layers.memory_writes)
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w_q = Dense(d_model, h * dh, ("embed", "heads"), **kw)
         self.w_k = Dense(d_model, h * dh, ("embed", "heads"), **kw)
@@ -151,7 +163,8 @@ class SelfModifyingMixer(nnx.Module):
             x, s = conv(proj(u), s)  # spec §6.6: projection → causal conv 4 → SiLU
             paths.append(jax.nn.silu(x).reshape(*u.shape[:2], self.num_heads, self.head_dim))
             conv_state.append(s)
-        o, level_state = self_modifying_scan(self.level, params, state.level, *paths)
+        level = self.level if self.memory_writes else dataclasses.replace(self.level, writes=False)
+        o, level_state = self_modifying_scan(level, params, state.level, *paths)
         o = self.out_norm(o).reshape(*u.shape[:2], -1).astype(self.dtype)
         y = self.w_o(o * jax.nn.sigmoid(self.out_gate(u)))
         return y, None if fresh else SelfModifyingMixerState(tuple(conv_state), level_state)
