@@ -38,10 +38,13 @@ def prepared_domain(config, corpus: str):
     return data.prepare(cfg, progress=False)
 
 
+CMS_CHUNKS: dict = {}  # --cms_chunk overrides, e.g. {"cms0": 64}
+
+
 def make_learner(model, config, arch: str, opt: str, lr: float, frozen: bool = False
                  ) -> Learner:
     if arch == "hope":
-        groups = [GroupSpec(("cms",), optimizer=opt, lr=lr)]
+        groups = [GroupSpec(("cms",), optimizer=opt, lr=lr, chunk=dict(CMS_CHUNKS) or None)]
     else:  # Transformer++: all MLPs (logical axis "mlp"), one step every 128 tokens
         groups = [GroupSpec(("mlp",), name="mlp", chunk=128, optimizer=opt, lr=lr)]
     return Learner(model, groups, seq_len=int(config.data.seq_len), frozen=frozen)
@@ -222,10 +225,14 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--throughput_batches", type=int, nargs="+", default=[4, 32])
+    ap.add_argument("--cms_chunk", default="", help="Hope chunk overrides, e.g. cms0=64")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/hope_jax/jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    for part in filter(None, args.cms_chunk.split(",")):
+        name, value = part.split("=")
+        CMS_CHUNKS[name] = int(value)
     budgets = dict(en_pip=args.en_tokens, python_stdlib=args.new_tokens,
                    japanese=args.new_tokens)
     res = dict(settings=vars(args), budgets=budgets, models={})
