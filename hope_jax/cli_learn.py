@@ -39,7 +39,8 @@ def define_flags(fv: flags.FlagValues) -> None:
       flag_values=fv)
     s("learn_chunk", "", "Chunk sizes in tokens: N (every group) or NAME=N,… (default: each "
       "group's own chunk; must be a multiple of it).", flag_values=fv)
-    s("learn_optimizer", "gd", "gd | momentum | adam | adamw | m3 | muon.", flag_values=fv)
+    s("learn_optimizer", "gd", "gd | momentum | adam | adamw | m3 | muon, for every group, or "
+      "NAME=OPT,…,OPT per group.", flag_values=fv)
     f("learn_lr", 1e-3, "Learning rate of the learn groups.", flag_values=fv)
     i("learn_batch", 4, "Parallel streams (the data is cut into this many contiguous parts).",
       flag_values=fv)

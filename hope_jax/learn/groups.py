@@ -165,8 +165,15 @@ def _cms_groups(spec: GroupSpec, levels: list[_Level], names: Sequence[str]) -> 
         params = () if states else tuple(n for n in names
                                          if any(n.startswith(lvl.prefix) for lvl in members))
         groups.append(Group(name, params, states, chunk, own,
-                            make_optimizer(spec.optimizer, spec.lr)))
+                            make_optimizer(_pick(spec.optimizer, name), spec.lr)))
     return groups
+
+
+def _pick(optimizer: Any, name: str) -> Any:
+    """A per-group optimizer from {name: optimizer, None: default} (or one for all)."""
+    if isinstance(optimizer, dict):
+        return optimizer.get(name, optimizer.get(None, "gd"))
+    return optimizer
 
 
 def resolve_groups(model: nnx.Module, specs: Sequence[GroupSpec], seq_len: int,
@@ -200,7 +207,7 @@ def resolve_groups(model: nnx.Module, specs: Sequence[GroupSpec], seq_len: int,
         chunk = (math.lcm(own, seq_len) if spec.chunk is None else spec.chunk)
         _check_chunk(name, chunk, own)
         groups.append(Group(name, tuple(names), (), chunk, own,
-                            make_optimizer(spec.optimizer, spec.lr)))
+                            make_optimizer(_pick(spec.optimizer, name), spec.lr)))
     _check_disjoint(groups)
     return groups
 
@@ -220,9 +227,11 @@ def _check_disjoint(groups: Sequence[Group]) -> None:
 def parse_groups(text: str, chunk: str = "", optimizer: str = "gd", lr: float = 1e-3
                  ) -> list[GroupSpec]:
     """CLI form: groups `"cms"` or `"NAME=SEL|SEL,SEL"` (comma = next group, | = union);
-    chunk `"256"` (every group) or `"NAME=256,NAME=512"`."""
+    chunk `"256"` (every group) or `"NAME=256,NAME=512"`; optimizer `"adam"` or
+    `"cms0=gd,cms1=m3,adam"` (the unnamed one for the other groups)."""
     specs = []
     chunks = _parse_chunks(chunk)
+    optimizers = _parse_map(optimizer or "gd", str)
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         name, _, sel = part.rpartition("=")
         select = tuple(s.strip() for s in sel.split("|") if s.strip())
@@ -230,19 +239,25 @@ def parse_groups(text: str, chunk: str = "", optimizer: str = "gd", lr: float = 
         c = chunks.get(key, chunks.get(None))
         if all(s.startswith("cms") for s in select):
             c = dict(chunks)  # cms expands to one group per level: cms1=256 picks one
-        specs.append(GroupSpec(select=select, name=name or None, chunk=c, optimizer=optimizer,
+        specs.append(GroupSpec(select=select, name=name or None, chunk=c, optimizer=optimizers,
                                lr=lr))
     return specs
 
 
 def _parse_chunks(text: str) -> dict[str | None, int]:
-    out: dict[str | None, int] = {}
+    return _parse_map(text, int)
+
+
+def _parse_map(text: str, kind: type) -> dict[str | None, Any]:
+    """`"V"` or `"NAME=V,NAME=V,V"` → {NAME: V, None: V}."""
+    out: dict[str | None, Any] = {}
     for part in [p.strip() for p in (text or "").split(",") if p.strip()]:
         name, _, value = part.rpartition("=")
         try:
-            out[name or None] = int(value)
+            out[name or None] = kind(value)
         except ValueError:
-            raise LearnConfigError(f"learn chunk {part!r} is not an integer (NAME=INT or INT)")
+            raise LearnConfigError(f"learn setting {part!r}: expected NAME={kind.__name__} or "
+                                   f"{kind.__name__}") from None
     return out
 
 

@@ -190,6 +190,16 @@ def test_bad_groups_are_named(specs, message, model32):
         Learner(model32, specs, seq_len=4)
 
 
+def test_per_group_optimizers_from_the_command_line_form(model32):
+    specs = parse_groups("cms", chunk="cms2=16", optimizer="cms1=momentum,adam", lr=0.1)
+    learner = Learner(model32, specs, seq_len=4, context_len=None)
+    assert [(g.name, g.chunk) for g in learner.groups] == [("cms0", 2), ("cms1", 4), ("cms2", 16)]
+    with pytest.raises(LearnConfigError, match="unknown learn optimizer 'lion'"):
+        Learner(model32, parse_groups("cms", optimizer="cms1=lion"), seq_len=4)
+    with pytest.raises(LearnConfigError, match="expected NAME=int"):
+        parse_groups("cms", chunk="cms1=big")
+
+
 def test_model_without_learnable_level():
     model = _model("float32", mlp=SwiGLUConfig())
     with pytest.raises(LearnConfigError, match="no learnable level"):
