@@ -279,14 +279,62 @@ def self_attention(q: Array, k: Array, v: Array, pos: Array, window: int | None 
     return blockwise_attention(q, k, v, pos, window, prefix_k, prefix_v, block_size)
 
 
+def _blocks(x: Array, n: int, size: int) -> Array:
+    """[B, n·size, ...] → [n, B, size, ...]."""
+    return x.reshape(x.shape[0], n, size, *x.shape[2:]).swapaxes(0, 1)
+
+
+def general_blockwise_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array,
+                                window: int | None = None, prefix_k: Array | None = None,
+                                prefix_v: Array | None = None, block_size: int = 512) -> Array:
+    """`dense_attention` at arbitrary positions in O(T · block) memory: query blocks (scanned,
+    rematerialised) run an online softmax over key blocks; a key block none of whose positions
+    can be visible to the query block (by the min / max of both blocks' positions) is skipped
+    with `lax.cond`. Rows with no visible key at all (which the dense form turns into NaN) give
+    a finite average instead."""
+    b, t, h, d = q.shape
+    bq, bk = max(1, min(block_size, t)), max(1, min(block_size, k.shape[1]))
+    nq, nk = -(-t // bq), -(-k.shape[1] // bk)
+    pq, pk = nq * bq - t, nk * bk - k.shape[1]
+    qp = jnp.concatenate([q_pos, jnp.full((pq,), q_pos[-1], q_pos.dtype)]).reshape(nq, bq)
+    kp = jnp.concatenate([k_pos, jnp.full((pk,), _FAR, k_pos.dtype)]).reshape(nk, bk)
+    qb = _blocks(_pad_time(q, 0, pq), nq, bq)
+    kb, vb = _blocks(_pad_time(k, 0, pk), nk, bk), _blocks(_pad_time(v, 0, pk), nk, bk)
+
+    def query_block(_, xs):
+        qi, qpi = xs
+
+        def key_block(state, ys):
+            kj, vj, kpj = ys
+            seen = kpj.min() <= qpi.max()
+            if window is not None:
+                seen &= kpj.max() > qpi.min() - window
+
+            def visit(st):
+                return _online_step(st, _block_logits(qi, kj, qpi, kpj, window), vj)
+
+            return jax.lax.cond(seen, visit, lambda st: st, state), None
+
+        (_, l, o), _ = jax.lax.scan(key_block, _prefix_state(qi, prefix_k, prefix_v),
+                                    (kb, vb, kp))
+        return None, o / l[..., None]
+
+    ob = jax.lax.scan(jax.checkpoint(query_block), None, (qb, qp))[1]
+    return ob.transpose(1, 0, 3, 2, 4).reshape(b, nq * bq, h, d)[:, :t].astype(v.dtype)
+
+
 def causal_attention(q: Array, k: Array, v: Array, q_pos: Array, k_pos: Array,
                      window: int | None = None, prefix_k: Array | None = None,
-                     prefix_v: Array | None = None) -> Array:
+                     prefix_v: Array | None = None, *, block_size: int = 512) -> Array:
     """Masked softmax attention (Eq. 63) at arbitrary positions: decoding against a KV cache or
-    ring buffer, MAC's segments. Routes to `dense_attention` (the [T, S] logits are bounded by
-    the cache or segment there); a fresh sequence goes through `self_attention` instead, which
-    never forms [T, T]. Args and result as in `dense_attention`."""
-    return dense_attention(q, k, v, q_pos, k_pos, window, prefix_k, prefix_v)
+    ring buffer, prefill into a cache, MAC's segments. Up to `block_size` queries (a decoding
+    step, a short prompt, a segment) run `dense_attention` ([T, S] logits, T small); more run
+    `general_blockwise_attention` (O(T · block) memory). A fresh sequence goes through
+    `self_attention`. Args and result as in `dense_attention`."""
+    if q.shape[1] <= block_size:
+        return dense_attention(q, k, v, q_pos, k_pos, window, prefix_k, prefix_v)
+    return general_blockwise_attention(q, k, v, q_pos, k_pos, window, prefix_k, prefix_v,
+                                       block_size)
 
 
 class Attention(nnx.Module):
@@ -346,7 +394,7 @@ class Attention(nnx.Module):
             cv = jax.lax.dynamic_update_slice(state.v, v.astype(state.v.dtype), idx)
             k_pos = jnp.arange(ck.shape[1], dtype=jnp.int32)
             o = causal_attention(q, ck.astype(q.dtype), cv.astype(v.dtype), q_pos, k_pos,
-                                 None, prefix_k, prefix_v)
+                                 None, prefix_k, prefix_v, block_size=cfg.block_size)
             new_state = KVCache(ck, cv, start + t)
         else:
             o, new_state = self._ring_attention(q, k, v, q_pos, state, prefix_k, prefix_v)
@@ -371,7 +419,8 @@ class Attention(nnx.Module):
         keys = jnp.concatenate([state.k.astype(q.dtype), k], axis=1)
         values = jnp.concatenate([state.v.astype(v.dtype), v], axis=1)
         o = causal_attention(q, keys, values, q_pos, jnp.concatenate([ring_pos, q_pos]),
-                             self.config.window, prefix_k, prefix_v)
+                             self.config.window, prefix_k, prefix_v,
+                             block_size=self.config.block_size)
         m = min(t, w)  # only the last w tokens can be seen again
         slots = jnp.mod(q_pos[t - m:], w)
         ck = state.k.at[:, slots].set(k[:, t - m:].astype(state.k.dtype), unique_indices=True)

@@ -108,3 +108,42 @@ def test_splash_lowers_for_tpu():
     grad = jax.grad(lambda q, k, v: splash_attention(q, k, v, 64).astype(jnp.float32).sum())
     text = jax.jit(grad).trace(x, x, x).lower(lowering_platforms=("tpu",)).as_text()
     assert text.count("tpu_custom_call") >= 2
+
+
+def test_general_blockwise_equals_dense_float64(x64):
+    """causal_attention's long-query path: unsorted key positions (a ring buffer), a window, the
+    prefix; values and gradients (the full-cache case: the prefill test below)."""
+    from hope_jax.layers.attention import general_blockwise_attention
+    t, s = 23, 41
+    ks = jax.random.split(jax.random.PRNGKey(0), 6)
+    q, w = (jax.random.normal(ks[i], (2, t, 2, 8), jnp.float64) for i in (0, 1))
+    k, v = (jax.random.normal(ks[i], (2, s, 2, 8), jnp.float64) for i in (2, 3))
+    pre = tuple(jax.random.normal(ks[i], (3, 2, 8), jnp.float64) for i in (4, 5))
+    q_pos = jnp.arange(t, dtype=jnp.int32) + 30
+    k_pos = jnp.asarray(np.random.RandomState(0).permutation(s) + 12, jnp.int32)
+
+    @jax.jit
+    def both(q, k, v):
+        out = []
+        for fn in (lambda q, k, v: general_blockwise_attention(q, k, v, q_pos, k_pos, 9, *pre,
+                                                               block_size=8),
+                   lambda q, k, v: dense_attention(q, k, v, q_pos, k_pos, 9, *pre)):
+            g = jax.grad(lambda *x: jnp.sum(fn(*x) * w), argnums=(0, 1, 2))(q, k, v)
+            out.append((fn(q, k, v), *g))
+        return out
+
+    got, want = both(q, k, v)
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(got, want)) < 1e-12
+
+
+def test_long_prefill_into_cache_equals_training():
+    """A prompt longer than the block written into a KV cache (full) or a ring buffer (window)
+    gives the training forward's outputs (the long-query path of causal_attention)."""
+    u = jax.random.normal(jax.random.PRNGKey(0), (2, 21, 16))
+    for window in (None, 6):
+        cfg = AttentionConfig(num_heads=2, window=window, num_persistent=2, block_size=8)
+        model = Attention(16, cfg, rngs=nnx.Rngs(0))
+        want, _ = model(u)
+        got, cache = nnx.jit(lambda m, u: m(u, m.init_state(2, 32)))(model, u)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+        assert int(cache.position) == 21
