@@ -2,8 +2,9 @@
 
 `experiment_config(arch, size)` is `default_config()` with the model, data, optimiser and mesh
 settings that suit a size:
-  tiny / small — CPU (D13a): byte tokenizer, T = 64 / 512, 4 / 16 sequences per step, lr 3e-3,
-  data-parallel mesh, float32;
+  tiny / small — CPU (D13a): byte tokenizer, T = 256 / 512, 4 / 16 sequences per step, lr 3e-3,
+  data-parallel mesh, float32 (tiny trains at T = 256, not D13a's 64: in-context memories need
+  room to pay; docs/hope.md, "Stable writes that matter");
   340m / 760m / 1.3b — D13 (Atlas Table 7 recipe): 32K BPE, T = 4096, bf16 compute, FSDP over all
   devices, AdamW with cosine decay, weight decay 0.1, ≈ 0.5M tokens per step (128 × 4096).
 """
@@ -19,7 +20,7 @@ def experiment_config(arch: str, size: str) -> ConfigDict:
     c = default_config()
     c.model.arch, c.model.size = arch, size
     if size == "tiny":
-        c.data.seq_len, c.train.global_batch, c.train.steps = 64, 4, 1000
+        c.data.seq_len, c.train.global_batch, c.train.steps = 256, 4, 1000
         c.train.eval_every, c.train.checkpoint_every = 250, 250
     elif size == "small":
         c.data.seq_len, c.train.global_batch, c.train.steps = 512, 16, 2000

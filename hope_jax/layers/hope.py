@@ -33,14 +33,24 @@ CMS_LEVELS = {
     "small": (CMSLevel(chunk=16, normalize=True), CMSLevel(period=4), CMSLevel(period=16)),
     "paper": (CMSLevel(chunk=16, normalize=True), CMSLevel(period=2), CMSLevel(period=32)),
 }
-# Inner step bound of the presets. D19's η_max = 1 (η ≈ 0.12 at init) makes the self-modifying
-# memories diverge within ~20–60 tokens of real text at every chunk size, C = 1 included. The
-# first cause is the target path: an unnormalised value v feeds each memory's target M_□(v)
-# back through the memory itself (fixed by PRESET_NORMALIZE_VALUE below). With unit-norm v, 300
-# tiny steps skip 1 step at η_max = 0.01 and 3 at η_max = 0.1, with the same held-out bpb (3.049 /
-# 3.047); η_max = 1 still diverges (W₂'s curvature through W₁ reaches the edge). Without unit-norm
-# v, η_max = 0.01 skipped 274 of 300 steps. See docs/hope.md.
-PRESET_ETA_MAX = 0.01
+# The presets' inner step (D19 revised for a measured reason; docs/hope.md, "Stable writes that
+# matter"). D19's gates with Eq. 88's key-normalised step η/(1+η‖k‖²) diverge within ~20–60 tokens
+# of real text: that normalisation assumes an identity output Jacobian, while the residual MLP's
+# curvature along its own gradient is ρ ≈ ‖σ(W₂k)‖² ≈ 0.4·hidden (27 at d_h = 16, 109 at 64), and
+# momentum multiplies every correction by 1/(1 − β) ≈ 8. The old cure, η_max = 0.01, left the
+# writes inert (switching them off changed held-out bpb by 0.1 %). The presets now keep D19's
+# η_max = 1 and instead (i) divide each token's step by 1 + ηρ with the gradient's own curvature
+# ρ = ‖G‖²/‖e‖² ("curvature": a token never corrects past its target, at any width), and
+# (ii) dampen momentum, S = β S + (1 − β) u, so one token's correction adds up to at most 1× its
+# step instead of 1/(1 − β)×. Unit-norm values stay (PRESET_NORMALIZE_VALUE).
+PRESET_ETA_MAX = 1.0
+PRESET_NORMALIZE = "curvature"
+PRESET_MOMENTUM_DAMPENING = True
+# Retention decays each memory toward its meta-learned initial state M_□,0, not toward 0: with
+# decay to 0 the k/v/η/α memories lose M_□,0 at a rate α^t (α ≈ 0.993: 0.1 % left after 1K
+# tokens), so beyond the training length the generated keys, values and gates drift out of
+# distribution (docs/hope.md).
+PRESET_RETAIN_TO_INIT = True
 # Unit-norm values v = L2Norm(M_v(x̃_v)) in the presets: v is the input of every self-generated
 # target M_□(v) (Eq. 84), and an unnormalised v makes the target path a positive feedback loop
 # (measured first cause of the divergence; docs/hope.md).
@@ -77,7 +87,8 @@ def hope_config(arch: str = "hope", size: str = "tiny", **switches) -> DecoderCo
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
     unknown = set(switches) - set(ABLATIONS) - {"eta_max", "eta_bias", "alpha_bias", "beta_bias",
-                                                         "normalize_value"}
+                                                "normalize_value", "normalize",
+                                                "momentum_dampening", "retain_to_init"}
     if unknown:
         raise ValueError(f"unknown Hope switches {sorted(unknown)}; expected some of {ABLATIONS}")
     s = SIZES[size]
@@ -85,6 +96,9 @@ def hope_config(arch: str = "hope", size: str = "tiny", **switches) -> DecoderCo
     if arch == "hope":
         c_oth, c_mem = MEMORY_CHUNKS[size]
         switches.setdefault("eta_max", PRESET_ETA_MAX)
+        switches.setdefault("normalize", PRESET_NORMALIZE)
+        switches.setdefault("momentum_dampening", PRESET_MOMENTUM_DAMPENING)
+        switches.setdefault("retain_to_init", PRESET_RETAIN_TO_INIT)
         switches.setdefault("normalize_value", PRESET_NORMALIZE_VALUE)
         mixer = SelfModifyingConfig(num_heads=s.num_heads, chunk_other=c_oth, chunk_memory=c_mem,
                                     **switches)

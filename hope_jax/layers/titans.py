@@ -7,10 +7,13 @@ gradients at the chunk snapshot with post-write running reads (Eqs. 16–18, D2,
 projections → causal conv 4 → SiLU, L2-normalised q and k, data-dependent η/α/β per head
 (D7, D19 biases), output per-head RMSNorm and gate, N_p = 4 persistent tokens (Eq. 19).
 
-Step bound (D19 changed for a measured reason, docs/layers.md): the factories use
-`eta_max = 0.1` (η ≈ 0.012 at init) and unit-norm values (`v_l2=True`). At D19's `eta_max = 1`
-the memory diverges to NaN within ~200 tokens of random input and at the first batch of real
-text; `titans_lmm(H, eta_max=1.0, v_l2=False)` is D19 exactly.
+Inner step (D19 revised for a measured reason, docs/layers.md and docs/hope.md, "Stable writes
+that matter"): the factories keep D19's `eta_max = 1` with unit-norm values (`v_l2=True`), the
+curvature-normalised step η/(1 + ηρ) (`normalize="curvature"`: a token never corrects past its
+target, whatever the memory's width) and dampened momentum `S = β S − (1 − β) η' ∇ℓ`. With the
+plain step at D19's gates the memory diverged to NaN within ~200 tokens of random input and at
+the first batch of real text; the previous cure (`eta_max = 0.1`) kept it finite but nearly inert.
+`titans_lmm(H, normalize=False, momentum_dampening=False, v_l2=False)` is D19 exactly.
 
 Ablation switches (Titans Table 5, spec §7.7) are `titans_lmm(...)` keyword overrides:
   linear memory      memory="matrix"
@@ -51,14 +54,15 @@ from hope_jax.layers.rope import apply_rope
 Array = jax.Array
 
 
-TITANS_ETA_MAX = 0.1  # D19 says 1: diverges (docs/layers.md)
+TITANS_ETA_MAX = 1.0  # D19, made stable by the curvature-normalised, dampened step
 
 
 def titans_lmm(num_heads: int, **overrides) -> MemoryMixerConfig:
     """The Titans long-term memory module (LMM) as a mixer config (spec §3; D26 defaults, with
-    the step bound `eta_max = TITANS_ETA_MAX` and unit-norm values `v_l2=True`; see above)."""
+    unit-norm values, the curvature-normalised step and dampened momentum; see above)."""
     cfg = dict(memory="mlp", memory_depth=2, memory_expansion=4.0, objective="l2",
-               momentum=True, retention=True, delta=False, normalize=False, chunk_size=64,
+               momentum=True, momentum_dampening=True, retention=True, delta=False,
+               normalize="curvature", chunk_size=64,
                read="post", conv=True, conv_kernel=4, qk_l2=True, v_l2=True,
                eta_max=TITANS_ETA_MAX,
                eta_bias=-2.0, alpha_bias=5.0, beta_bias=2.0, gate_init_std=0.0,

@@ -54,7 +54,8 @@ def test_train_mqar_skips_non_finite_steps():
     from hope_jax.layers import titans_lmm
     from hope_jax.models import Decoder
     cfg = get_config("titans_lmm", "tiny", d_model=32, num_blocks=1, vocab_size=32,
-                     mixers=(titans_lmm(2, chunk_size=8, eta_max=1e4, v_l2=False),))
+                     mixers=(titans_lmm(2, chunk_size=8, eta_max=1e4, v_l2=False,
+                                                normalize=False, momentum_dampening=False),))
     model, hist = train_mqar(cfg, steps=3, batch_size=4, seq_len=32, num_kv_pairs=4,
                              eval_batches=1)
     assert hist["skipped_steps"] == 3 and not np.isfinite(hist["losses"]).any()

@@ -26,14 +26,18 @@ from hope_jax.models.decoder import DecoderConfig
 D, H, C = 32, 2, 8  # d_head 16; C a multiple of 8 (the TPU kernel's tiling, also interpreted)
 IMPLS = ("reference", "xla", "interpret")
 
+# The Titans factory's curvature-normalised, dampened step has no kernel (it falls back to the
+# core, tested below); the op covers Titans' plain momentum step.
+PLAIN_STEP = dict(normalize=False, momentum_dampening=False)
+
 CASES = {  # kind → (mixer config, the op that should run it)
     "linear_attention": (layers.linear_attention(H, chunk_size=C), "linear"),
     "deltanet": (layers.deltanet(H, chunk_size=C), "linear"),
     "gated_deltanet": (layers.gated_deltanet(H, chunk_size=C), "linear"),
     "ttt_linear": (layers.ttt_linear(H, chunk_size=C), "linear"),
     "ttt_mlp": (layers.ttt_mlp(H, chunk_size=C, memory_expansion=2.0), "mlp"),
-    "titans_lmm": (layers.titans_lmm(H, chunk_size=C, memory_expansion=2.0, num_persistent=0),
-                   "mlp"),
+    "titans_lmm": (layers.titans_lmm(H, chunk_size=C, memory_expansion=2.0, num_persistent=0,
+                                     **PLAIN_STEP), "mlp"),
 }
 
 
@@ -142,6 +146,8 @@ def test_uncovered_levels_fall_back_to_the_core():
         "MLP gated DGD": layers.titans_lmm(H, delta=True, gated=True),
         "gated DGD, no retention": layers.deltanet(H, gated=True),
         "MLP remat=False": layers.titans_lmm(H, remat=False),
+        "curvature-normalised step": layers.titans_lmm(H, momentum_dampening=False),
+        "dampened momentum": layers.titans_lmm(H, normalize=False),
     }
     for what, cfg in uncovered.items():
         op, why = kernel_route(cfg)
@@ -158,7 +164,7 @@ def test_decoder_trains_one_step_identically():
     near-zero gradients into O(lr) differences.)"""
     mixers = (layers.gated_deltanet(H, chunk_size=C),
               layers.titans_mal(H, window=5, num_persistent=3, chunk_size=C,
-                                memory_expansion=2.0))
+                                memory_expansion=2.0, **PLAIN_STEP))
 
     def with_memory(cfg, fn):
         if isinstance(cfg, layers.MemoryMixerConfig):

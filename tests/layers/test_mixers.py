@@ -100,12 +100,14 @@ def test_v_l2_feeds_unit_norm_values_to_the_level(monkeypatch):
 
 @pytest.mark.fast
 def test_titans_factory_step_bound_and_d19_divergence():
-    """The Titans factory's step bound (eta_max 0.1, unit-norm values) stays finite over 1024
-    tokens of random input where D19's gates (eta_max 1, raw values) blow up (docs/layers.md)."""
+    """The Titans factory (D19's eta_max 1 with unit-norm values, the curvature-normalised step and
+    dampened momentum) stays finite over 1024 tokens of random input where D19's gates with the
+    plain step and raw values blow up (docs/layers.md)."""
     from hope_jax.layers import titans_lmm
     u = jax.random.normal(jax.random.PRNGKey(0), (1, 1024, 16))
     finite = {}
-    for name, overrides in (("factory", {}), ("d19", dict(eta_max=1.0, v_l2=False))):
+    for name, overrides in (("factory", {}), ("d19", dict(eta_max=1.0, v_l2=False, normalize=False,
+                                                          momentum_dampening=False))):
         mixer = titans_lmm(2, **overrides).build(16, rngs=nnx.Rngs(0))
         finite[name] = bool(np.all(np.isfinite(np.asarray(_full(mixer, u)))))
     assert finite == {"factory": True, "d19": False}
