@@ -93,8 +93,8 @@ def init_in_context_state(params: SwiGLUParams, batch_size: int) -> InContextSta
 
 def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,
                      eta_max: float = 0.1, state: InContextState | None = None,
-                     reset_every: int | None = None, normalize: bool = False
-                     ) -> tuple[Array, InContextState]:
+                     reset_every: int | None = None, normalize: bool = False,
+                     retention: float = 1.0) -> tuple[Array, InContextState]:
     """Runs one in-context CMS level over sequences.
 
     Args:
@@ -109,6 +109,10 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
         input (`normalized_local_grad`). Off = D22 as printed (plain GD). The Hope presets turn
         it on: with the RMS-normalised stream ‖z‖² ≈ d, so plain GD at η_max = 0.1 is expansive
         for d ≳ 40 and diverged on real text (docs/hope.md).
+      retention: r in θ ← θ_0 + r (θ − θ_0) − η ḡ at every write: the level decays toward its
+        meta-learned θ_0, so its distance from θ_0 stays bounded however long the context (1 = D22
+        as printed: plain GD, which drifts further with every chunk past the training length;
+        docs/hope.md, "Stable writes that matter").
 
     Returns:
       (F_θ(z) [B, T, d], each token read at its chunk's snapshot; the new state). The caller adds
@@ -119,6 +123,8 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
     if z.ndim != 3 or z.shape[-1] != params.w_gate.shape[0]:
         raise ValueError(f"z must have shape [B, T, d] with d = {params.w_gate.shape[0]} "
                          f"(the level's width), got {tuple(z.shape)}")
+    if not 0.0 <= retention <= 1.0:
+        raise ValueError(f"retention must be in [0, 1], got {retention!r}")
     if reset_every is not None and (isinstance(reset_every, bool) or not isinstance(reset_every, int)
                                     or reset_every < 1 or reset_every % chunk):
         raise ValueError(f"reset_every must be a positive multiple of chunk ({chunk}), got "
@@ -157,7 +163,9 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
         y = swiglu(theta, zc)  # reads at the snapshot θ_j
         acc = jax.tree.map(jnp.add, acc, grad_loss(theta, w_target, zc, w))
         # at the chunk end: write the mean (Eq. 71, D22) and start afresh
-        theta = jax.tree.map(lambda p, g: p - writes * eta * g / chunk, theta, acc)
+        theta = jax.tree.map(lambda p, g, p0: p - writes * ((1.0 - retention) * (p - p0)
+                                                          + eta * g / chunk),
+                             theta, acc, params)
         acc = jax.tree.map(lambda g: (1 - writes) * g, acc)
         # nested (Eq. 72, D24): back to θ_0 when the slower level starts a new chunk
         theta = jax.tree.map(lambda p, p0: jnp.where(reset > 0, p0.astype(p.dtype), p), theta,

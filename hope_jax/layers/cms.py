@@ -42,6 +42,7 @@ class CMSLevel:
     period: int | None = None
     eta_max: float = 0.1
     normalize: bool = False   # per-layer normalised in-context step (core.cms.normalized_local_grad)
+    retention: float = 1.0    # per write θ ← θ_0 + r(θ − θ_0) − η ḡ (1 = D22, core.cms)
 
     def __post_init__(self):
         if (self.chunk is None) == (self.period is None):
@@ -110,7 +111,7 @@ class InContextSwiGLU(nnx.Module):
         self.w_target = param(rngs, constant(0.0), (d, d), ("embed", None), param_dtype)
         self.rho = param(rngs, constant(0.0), (), (), param_dtype)
         self.chunk, self.eta_max, self.dtype = level.chunk, level.eta_max, dtype
-        self.normalize = level.normalize
+        self.normalize, self.retention = level.normalize, level.retention
         self.reset_every = reset_every  # nested CMS (D24)
         self.memory_writes = True  # False: the write ablation (layers.memory_writes)
 
@@ -126,7 +127,7 @@ class InContextSwiGLU(nnx.Module):
                                            self.rho[...].astype(jnp.float32),
                                            z.astype(jnp.float32), self.chunk,
                                            self.eta_max if self.memory_writes else 0.0, state,
-                                           self.reset_every, self.normalize)
+                                           self.reset_every, self.normalize, self.retention)
         return y.astype(self.dtype), new
 
 

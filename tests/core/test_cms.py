@@ -19,8 +19,9 @@ def _setup(seed=0, b=2, t=11):
     return p, w_tgt, jnp.asarray(0.7, jnp.float64), z
 
 
-def _loop(p, w_tgt, rho, z, chunk, eta_max):
-    """Eq. 71 as loops: reads at θ_j, write the mean of the chunk's per-token gradients at its end."""
+def _loop(p, w_tgt, rho, z, chunk, eta_max, retention=1.0):
+    """Eq. 71 as loops: reads at θ_j, write the mean of the chunk's per-token gradients at its end
+    (with retention r: θ ← θ_0 + r(θ − θ_0) − η ḡ)."""
     eta = eta_max * jax.nn.sigmoid(rho)
     loss = lambda th, zt: 0.5 * jnp.sum((swiglu(th, zt) - zt @ w_tgt) ** 2)  # noqa: E731
     outs = []
@@ -31,16 +32,17 @@ def _loop(p, w_tgt, rho, z, chunk, eta_max):
             ys += [swiglu(theta, z[b, t]) for t in idx]
             if len(idx) == chunk:  # a chunk ending in the padding does not write (D35)
                 grads = [jax.grad(loss)(theta, z[b, t]) for t in idx]
-                theta = jax.tree.map(lambda th, *g: th - eta * sum(g) / chunk, theta, *grads)
+                theta = jax.tree.map(lambda th, th0, *g: th0 + retention * (th - th0)
+                                     - eta * sum(g) / chunk, theta, p, *grads)
         outs.append(jnp.stack(ys))
     return jnp.stack(outs)
 
 
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_equals_chunk_end_loop(x64, chunk):
+@pytest.mark.parametrize("chunk, retention", [(1, 1.0), (4, 1.0), (3, 0.8)])
+def test_equals_chunk_end_loop(x64, chunk, retention):
     p, w_tgt, rho, z = _setup()
-    y, _ = in_context_level(p, w_tgt, rho, z, chunk, eta_max=0.5)
-    assert_close(y, _loop(p, w_tgt, rho, z, chunk, 0.5), 1e-12)
+    y, _ = in_context_level(p, w_tgt, rho, z, chunk, eta_max=0.5, retention=retention)
+    assert_close(y, _loop(p, w_tgt, rho, z, chunk, 0.5, retention), 1e-12)
 
 
 @pytest.mark.fast
