@@ -28,10 +28,17 @@ from hope_jax.models.presets import SIZES, matched_swiglu
 # given as periods in outer steps: C = P · N_step).
 MEMORY_CHUNKS = {"tiny": (4, 8), "small": (16, 64), "340m": (16, 64), "760m": (16, 64),
                  "1.3b": (16, 64)}
+# The in-context level decays toward its θ_0 by CMS_RETENTION per write (D22 changed for a
+# measured reason: with plain GD its state drifts with every chunk, and past the training length
+# its writes made held-out bpb worse; docs/hope.md, "Stable writes that matter").
+CMS_RETENTION = 0.9
 CMS_LEVELS = {
-    "tiny": (CMSLevel(chunk=8, normalize=True), CMSLevel(period=2), CMSLevel(period=8)),
-    "small": (CMSLevel(chunk=16, normalize=True), CMSLevel(period=4), CMSLevel(period=16)),
-    "paper": (CMSLevel(chunk=16, normalize=True), CMSLevel(period=2), CMSLevel(period=32)),
+    "tiny": (CMSLevel(chunk=8, normalize=True, retention=CMS_RETENTION), CMSLevel(period=2),
+             CMSLevel(period=8)),
+    "small": (CMSLevel(chunk=16, normalize=True, retention=CMS_RETENTION), CMSLevel(period=4),
+              CMSLevel(period=16)),
+    "paper": (CMSLevel(chunk=16, normalize=True, retention=CMS_RETENTION), CMSLevel(period=2),
+              CMSLevel(period=32)),
 }
 # The presets' inner step (D19 revised for a measured reason; docs/hope.md, "Stable writes that
 # matter"). D19's gates with Eq. 88's key-normalised step η/(1+η‖k‖²) diverge within ~20–60 tokens
