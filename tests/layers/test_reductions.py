@@ -90,9 +90,16 @@ CASES = {
                    lambda M, S, k, v, e, a, b: (M - e * np.outer(M @ k - v, k), S)),
     # Titans with a linear memory at chunk 1: S = βS − η∇ℓ(M_{t−1}), M = αM + S (Titans Eq. 18)
     "titans_linear": (layers.titans_lmm(H, memory="matrix", chunk_size=1, num_persistent=0,
-                                        gate_init_std=0.1),
+                                        gate_init_std=0.1, normalize=False,
+                                        momentum_dampening=False),
                       lambda M, S, k, v, e, a, b: (lambda S2: (a * M + S2, S2))(
                           b * S - e * np.outer(M @ k - v, k))),
+    # the factory's step: η' = η/(1 + ηρ) (ρ = ‖k‖² for a matrix memory), dampened momentum
+    # S = βS − (1 − β) η' ∇ℓ (docs/hope.md, "Stable writes that matter")
+    "titans_linear_factory": (
+        layers.titans_lmm(H, memory="matrix", chunk_size=1, num_persistent=0, gate_init_std=0.1),
+        lambda M, S, k, v, e, a, b: (lambda S2: (a * M + S2, S2))(
+            b * S - (1 - b) * e / (1 + e * (k @ k)) * np.outer(M @ k - v, k))),
 }
 
 
