@@ -673,7 +673,7 @@ def _eval_memory(fv, plan, model, tok, config, prepared, results) -> None:
     memorisation gain, MQAR on vs off. JSON in results, PNG beside it."""
     import numpy as np
     from hope_jax.config import decoder_config
-    from hope_jax.eval.memory_probe import memory_probe, plot_memory_probe
+    from hope_jax.eval.memory_probe import memory_probe, plot_memory_probe, summary_lines
     T = int(config.data.seq_len)
     r = memory_probe(model, np.asarray(prepared.tokens("valid")), np.asarray(tok.token_bytes()),
                      T, documents=_documents(prepared, "valid", 8),
@@ -683,14 +683,8 @@ def _eval_memory(fv, plan, model, tok, config, prepared, results) -> None:
     plot_memory_probe(r, png, title=f"memory probe: {config.model.arch}-{config.model.size}")
     r["plot"] = png
     results.add("memory", r)
-    for length, e in r["windows"].items():
-        print(f"memory probe, windows of {length}: bpb {e['on']['bpb']:.4f} writes on, "
-              f"{e['off']['bpb']:.4f} off (ablation {e['ablation']:+.4f}); last − first quarter "
-              f"{e['on']['last_minus_first']:+.4f}")
-    if r["memorization"]:
-        print(f"memorisation gain {r['memorization']['gain']:+.4f} bpb")
-    if r["mqar"]:
-        print(f"MQAR accuracy {r['mqar']['on']:.3f} writes on, {r['mqar']['off']:.3f} off")
+    for line in summary_lines(r):
+        print(f"memory probe, {line}")
     print(f"plot: {png}")
 
 

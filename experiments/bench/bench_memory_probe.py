@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out_dir", default=RESULTS)
     a = ap.parse_args()
-    from hope_jax.eval.memory_probe import plot_memory_probe
+    from hope_jax.eval.memory_probe import plot_memory_probe, summary_lines
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     os.makedirs(a.out_dir, exist_ok=True)
@@ -67,13 +67,8 @@ def main() -> None:
         plot_memory_probe(r, path + ".png", title=f"memory probe: {r['model']} ({name})")
         with open(path + ".json", "w") as f:
             json.dump(r, f, indent=1, default=float)
-        for length, e in r["windows"].items():
-            print(f"{name} L={length}: on {e['on']['bpb']:.4f} off {e['off']['bpb']:.4f} "
-                  f"ablation {e['ablation']:+.4f} last−first (on) {e['on']['last_minus_first']:+.4f}")
-        if r["memorization"]:
-            print(f"{name}: memorisation gain {r['memorization']['gain']:+.4f}")
-        if r["mqar"]:
-            print(f"{name}: MQAR on {r['mqar']['on']:.3f} off {r['mqar']['off']:.3f}")
+        for line in summary_lines(r):
+            print(f"{name}: {line}")
         print(f"wrote {path}.json / .png")
 
 

@@ -146,6 +146,21 @@ def plot_memory_probe(result: dict, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def summary_lines(result: dict) -> list[str]:
+    """One line per probed length, then the memorisation gain and MQAR when measured."""
+    lines = []
+    for length, e in sorted(result["windows"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"windows of {length}: bpb {e['on']['bpb']:.4f} writes on, "
+                     f"{e['off']['bpb']:.4f} off (ablation {e['ablation']:+.4f}); last − first "
+                     f"quarter {e['on']['last_minus_first']:+.4f}")
+    if result.get("memorization"):
+        lines.append(f"memorisation gain {result['memorization']['gain']:+.4f} bpb")
+    if result.get("mqar"):
+        lines.append(f"MQAR accuracy {result['mqar']['on']:.3f} writes on, "
+                     f"{result['mqar']['off']:.3f} off")
+    return lines
+
+
 def memory_probe(model: nnx.Module, stream: np.ndarray, token_bytes: np.ndarray, train_len: int,
                  *, documents: Sequence[np.ndarray] = (), model_config=None, mqar_steps: int = 0,
                  windows: int = 16, multiples: Sequence[int] = LENGTH_MULTIPLES, seed: int = 0,

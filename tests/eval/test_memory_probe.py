@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hope_jax.eval.memory_probe import (memory_probe, plot_memory_probe, position_summary,
-                                        random_windows)
+                                        random_windows, summary_lines)
 from hope_jax.layers.memory_writes import memory_writes, writing_modules
 from eval_helpers import tiny_model
 
@@ -43,6 +43,7 @@ def test_attention_model_is_unchanged_by_the_ablation(tmp_path):
     r = memory_probe(model, STREAM, TB, 16, windows=2, multiples=(1, 2))
     for entry in r["windows"].values():
         assert entry["ablation"] == 0.0
+    assert [line.split(":")[0] for line in summary_lines(r)] == ["windows of 16", "windows of 32"]
     plot_memory_probe(r, str(tmp_path / "probe.png"))
     assert (tmp_path / "probe.png").stat().st_size > 1000
     json.dumps(r)
