@@ -97,10 +97,12 @@ def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, e
     kk = inverse = None
     if spec.dgd:
         kk = k @ k.T
+    if spec.dgd and not spec.dgd_curvature:  # curvature: each memory builds its own system
         strict = co.precond_weights[:c] * kk  # zero on and above the diagonal
         eye = jnp.eye(c, dtype=k.dtype)
         inverse = solve_triangular(eye + strict, eye, lower=True, unit_diagonal=True)
-    return ChunkPrep(co, q @ k.T, kk, inverse, eta if spec.step_curvature else None)
+    curvature = spec.step_curvature or (spec.dgd and spec.dgd_curvature)
+    return ChunkPrep(co, q @ k.T, kk, inverse, eta if curvature else None)
 
 
 def curvature_scale(deltas: tuple, inputs: tuple, eta: Array) -> Array:
@@ -166,11 +168,12 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     y_k, cache = memory.forward_cached(snap, k)
     deltas = memory.backward(snap, cache, objective.error(y_k, v))
     inputs = cache.inputs
-    if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t ρ_t): fold the factor into δ_t
+    if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t ρ_t) with this memory's ρ_t
         scale = curvature_scale(deltas, inputs, prep.curvature_eta)
-        deltas = tuple(d * scale[:, None] for d in deltas)
-        if spec.dgd_curvature:
+        if spec.dgd and spec.dgd_curvature:  # the DGD term's p (its system is per memory)
             prep = _rescale_preconditioner(prep, scale, c)
+        if spec.step_curvature:  # the gradient step: fold the factor into δ_t
+            deltas = tuple(d * scale[:, None] for d in deltas)
     co = prep.coeffs
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
