@@ -112,7 +112,7 @@ def curvature_scale(deltas: tuple, inputs: tuple, eta: Array) -> Array:
              for d, a in zip(deltas, inputs))
     e2 = jnp.sum(jnp.square(deltas[-1]), -1)
     rho = jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0)
-    return 1.0 / (1.0 + eta * sg(rho))  # ρ is a step size: no outer gradient (its ∂ ∝ 1/‖e‖)
+    return 1.0 / (1.0 + eta * rho)
 
 
 def _rescale_preconditioner(prep: ChunkPrep, scale: Array, c: int) -> ChunkPrep:

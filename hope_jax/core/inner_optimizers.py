@@ -123,14 +123,10 @@ def curvature_step_size(eta: Array, curvature: Array) -> Array:
 
 
 def gradient_curvature(grads: Params, error: Array) -> Array:
-    """ρ = ‖∇_W ℓ‖² / ‖e‖², summed over the layers of one token's gradient (0 when e = 0).
-
-    ρ only sets a step size, and its derivative grows like 1/‖e‖ as the error vanishes, so no
-    outer gradient flows through it (stop_gradient; measured: without it MQAR training hit
-    non-finite gradients)."""
+    """ρ = ‖∇_W ℓ‖² / ‖e‖², summed over the layers of one token's gradient (0 when e = 0)."""
     g2 = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
     e2 = jnp.sum(jnp.square(error))
-    return jax.lax.stop_gradient(jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0))
+    return jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0)
 
 
 def _tree_add(a, b):

@@ -94,17 +94,22 @@ class Level:
 
     @property
     def spec(self) -> inner_opt.RecurrenceSpec | None:
-        """The inner optimizer's canonical recurrence, or None (then only the generic path runs)."""
-        return inner_opt.recurrence_spec(self.optimizer)
+        """The inner optimizer's canonical recurrence, or None (then only the generic path runs).
+
+        For a depth-1 memory the curvature-normalised step is exactly the key-normalised one
+        (ρ_t = ‖k_t‖², `inner_optimizers.curvature_step_size`), so the spec says so."""
+        spec = inner_opt.recurrence_spec(self.optimizer)
+        if spec is not None and spec.step_curvature and self.memory.depth == 1:
+            spec = dataclasses.replace(spec, normalize_step=True, step_curvature=False,
+                                       dgd_normalize=spec.dgd_normalize or spec.dgd_curvature,
+                                       dgd_curvature=False)
+        return spec
 
     @property
     def _linear_applies(self) -> bool:
         spec = self.spec
-        # the linear path has neither the anchor nor the curvature step (whose ρ, = ‖k‖² at
-        # depth 1, carries no outer gradient there)
         return (self.memory.depth == 1 and self.objective.affine is not None
-                and (spec is None or (spec.anchor_slot is None and not spec.step_curvature
-                                      and not spec.dgd_curvature)))
+                and (spec is None or spec.anchor_slot is None))
 
     @property
     def path(self) -> str:

@@ -158,8 +158,6 @@ def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:
     """
     if config.method != "auto":
         return None, f"method={config.method!r} pins a core chunk path"
-    if config.normalize == "curvature":
-        return None, "the ops have no curvature-normalised step"
     if config.delta and config.gated and not config.retention:
         return None, "gated DGD without retention (the ops gate p by the retention α)"
     if config.memory == "matrix":
@@ -168,6 +166,8 @@ def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:
         return "linear", ""
     if config.memory_depth != 2:
         return None, f"mlp_chunk_update is the depth-2 MLP (memory_depth={config.memory_depth})"
+    if config.normalize == "curvature":
+        return None, "mlp_chunk_update has no curvature-normalised step"
     if config.momentum and config.momentum_dampening:
         return None, "mlp_chunk_update has no dampened momentum"
     if config.delta and config.gated:
@@ -278,7 +278,7 @@ class MemoryMixer(nnx.Module):
         alpha = gates.get("alpha") if cfg.retention else None
         common = dict(chunk_size=cfg.chunk_size, objective=cfg.objective, dgd=cfg.delta,
                       normalize=bool(cfg.normalize), read=cfg.read,
-                      implementation=cfg.implementation)
+                      implementation=cfg.implementation)  # "curvature" = "key" at depth 1
         if self.kernel_op == "linear":
             y, w = linear_chunk_update(q, k, v, gates["eta"], alpha, level_state.memory[0],
                                        gated=cfg.delta and cfg.gated, **common)

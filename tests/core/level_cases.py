@@ -122,7 +122,7 @@ def explicit_chunk_loop(memory: core.MLPMemory, objective: core.Objective, case:
                 eta_n = eta[t] / (1.0 + eta[t] * jnp.sum(k[t] ** 2))
                 if case.curvature:  # ρ = ‖G‖² / ‖∂ℓ/∂y‖² of this token at the snapshot
                     e = jax.grad(lambda y: objective.loss(y, v[t]))(memory.apply(snap, k[t]))
-                    rho = jax.lax.stop_gradient(sum(jnp.sum(x ** 2) for x in g) / jnp.sum(e ** 2))
+                    rho = sum(jnp.sum(x ** 2) for x in g) / jnp.sum(e ** 2)
                     eta_n = eta[t] / (1.0 + eta[t] * rho)
                 eta_e = eta_n if (case.normalize or case.curvature) else eta[t]
                 if case.dampening:

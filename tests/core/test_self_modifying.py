@@ -74,8 +74,7 @@ def explicit_loop(level, params, xq, xk, xv):
                 if spec.step_curvature:  # η' = η/(1 + ηρ), ρ = ‖G‖²/‖e‖² at the snapshot
                     e = jax.grad(lambda y: level.objective.loss(y, target))(
                         arch[n].apply(snap[n], k))
-                    rho = jax.lax.stop_gradient(sum(jnp.sum(x * x) for x in g) / jnp.sum(e * e))
-                    eta_n = eta / (1 + eta * rho)  # ρ sets a step size: no outer gradient
+                    eta_n = eta / (1 + eta * sum(jnp.sum(x * x) for x in g) / jnp.sum(e * e))
                 eta_g = eta_n * (1 - beta) if spec.momentum_dampening else eta_n
                 for l in range(len(w[n])):
                     if momentum:  # S ← β S − η' G; M ← M(α I − η' k kᵀ) + S (Eq. 88, D5)
