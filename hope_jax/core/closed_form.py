@@ -52,9 +52,8 @@ def effective_gates(spec: RecurrenceSpec, k: Array, eta: Array, alpha: Array | N
         eta_e = eta_e * (1.0 - beta_e)
     p = None
     if spec.dgd:
-        p = eta_norm if spec.dgd_normalize else eta  # dgd_curvature: rescaled per memory
-        if spec.dgd_curvature:
-            p = eta
+        # dgd_curvature: the raw η here, rescaled per memory in closed_form_chunk
+        p = eta_norm if spec.dgd_normalize and not spec.dgd_curvature else eta
         if spec.dgd_gated:
             p = p * alpha
     if mask is not None:

@@ -139,7 +139,7 @@ STEP_NORMALIZATIONS = (False, True, "key", "curvature")
 
 
 def _check_normalize(normalize) -> None:
-    if normalize not in STEP_NORMALIZATIONS or normalize is None:
+    if normalize not in STEP_NORMALIZATIONS:
         raise ValueError(f"normalize must be False, True / 'key' (η/(1+η‖k‖²)) or 'curvature' "
                          f"(η/(1+ηρ)), got {normalize!r}")
 
