@@ -9,20 +9,17 @@ CMS chain in the MLP slot:
 Hope-Attention swaps the mixer for causal softmax attention with RoPE; with the CMS reduced to one
 outer level of period 1 it is exactly Transformer++ (spec §6.9.9).
 
-`hope_config(arch, size, **switches)` builds the DecoderConfig of a preset; the switches are the
-ablations of NL Table 6 (D14): dgd, momentum, retention, cms, adaptive_k, adaptive_v, adaptive_q,
-objective.
+`hope_block(arch, size, **switches)` gives the mixer and MLP-slot configs of a preset (the decoder
+preset around them is `hope_jax.models.presets.hope_config`); the switches are the ablations of NL
+Table 6 (D14): dgd, momentum, retention, cms, adaptive_k, adaptive_v, adaptive_q, objective.
 """
 from __future__ import annotations
-
-import dataclasses
 
 from hope_jax.layers.attention import AttentionConfig
 from hope_jax.layers.cms import CMSConfig, CMSLevel
 from hope_jax.layers.mlp import SwiGLUConfig
 from hope_jax.layers.self_modifying import SelfModifyingConfig
-from hope_jax.models.decoder import DecoderConfig
-from hope_jax.models.presets import SIZES, matched_swiglu
+from hope_jax.layers.sizes import SIZES, matched_swiglu
 
 # (C_oth, C_mem) per size (D12, D13a) and the CMS rows of spec §5.6 (chunks of outer levels are
 # given as periods in outer steps: C = P · N_step).
@@ -87,8 +84,9 @@ def cms_config(size: str, enabled: bool = True, mixer=None) -> CMSConfig | SwiGL
     return CMSConfig(levels=levels, hidden=hidden)
 
 
-def hope_config(arch: str = "hope", size: str = "tiny", **switches) -> DecoderConfig:
-    """DecoderConfig for "hope" or "hope_attention" at a size, with Table-6 ablation switches."""
+def hope_block(arch: str = "hope", size: str = "tiny", **switches
+               ) -> tuple[SelfModifyingConfig | AttentionConfig, CMSConfig | SwiGLUConfig]:
+    """(mixer, MLP slot) of "hope" or "hope_attention" at a size, with Table-6 ablation switches."""
     if arch not in ("hope", "hope_attention"):
         raise ValueError(f"unknown Hope arch {arch!r}; expected 'hope' or 'hope_attention'")
     if size not in SIZES:
@@ -113,13 +111,4 @@ def hope_config(arch: str = "hope", size: str = "tiny", **switches) -> DecoderCo
         if switches:
             raise ValueError(f"hope_attention has no memory switches, got {sorted(switches)}")
         mixer = AttentionConfig(num_heads=s.num_heads)
-    return DecoderConfig(vocab_size=s.vocab_size, d_model=s.d_model, num_blocks=s.num_blocks,
-                         mixers=(mixer,), mlp=cms_config(size, cms_on, mixer), max_len=s.max_len,
-                         name=f"{arch}-{size}")
-
-
-def with_switches(config: DecoderConfig, **switches) -> DecoderConfig:
-    """A Hope DecoderConfig with some mixer switches changed (e.g. `dgd=False`)."""
-    mixers = tuple(dataclasses.replace(m, **switches) if isinstance(m, SelfModifyingConfig) else m
-                   for m in config.mixers)
-    return dataclasses.replace(config, mixers=mixers)
+    return mixer, cms_config(size, cms_on, mixer)

@@ -9,7 +9,7 @@ from flax import nnx
 
 from hope_jax import core
 from hope_jax.layers.cms import CMSConfig, CMSLevel, update_periods
-from hope_jax.layers.hope import hope_config, with_switches
+from hope_jax.models.presets import hope_config, with_switches
 from hope_jax.layers.mlp import SwiGLUConfig
 from hope_jax.layers.self_modifying import SelfModifyingConfig
 from hope_jax.models import Decoder, get_config
