@@ -18,15 +18,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
+from hope_jax import cli_learn
+from hope_jax.cli_base import (COMMANDS, PROG, Command, UsageError, enable_compilation_cache,
+                               has_checkpoints, no_positional, register, sampling_settings,
+                               trained_workdir)
 from hope_jax.config import ConfigError, validate
 
-PROG = "hope-jax"
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "config", "experiments.py")
 EVAL_TASKS = ("bpb", "niah", "memorization", "mqar", "zero_shot", "memory")
 HELP_ARGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
@@ -35,27 +37,6 @@ _USER_ERRORS = ("UsageError", "ConfigError", "IncompatibleCheckpointError",
                 "UnrestorableCheckpointError", "CorruptCheckpointError", "NonFiniteTrainingError",
                 "ZeroShotFileError")
 _NOTES: list[str] = []   # appended to an error's line (e.g. where partial results are)
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: one line on stderr, exit status 2."""
-
-
-@dataclass(frozen=True)
-class Command:
-    """A sub-command: its one-line summary, usage line, flag names and entry point."""
-    summary: str
-    usage: str
-    flags: tuple[str, ...]
-    run: Callable[[flags.FlagValues, list[str]], None]
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def register(name: str, command: Command) -> None:
-    """Adds a sub-command (`hope-jax <name>`)."""
-    COMMANDS[name] = command
 
 
 # ------------------------------------------------------------------------------- flags
@@ -93,8 +74,7 @@ def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
     i("probe_windows", 16, "memory: seeded random held-out windows per probed length (1×, 4×, "
       "16× the training length).", flag_values=fv)
     flags.DEFINE_bool("debug", False, "Show the traceback of an error.", flag_values=fv)
-    from hope_jax import cli_learn  # learn / --learn flags (hope_jax/cli_learn.py)
-    cli_learn.define_flags(fv)
+    cli_learn.define_flags(fv)  # learn / --learn flags (hope_jax/cli_learn.py)
 
 
 def _flag_names(args: Sequence[str]) -> list[tuple[str, str]]:
@@ -301,51 +281,15 @@ def _plain_warnings() -> None:
 
 
 # ------------------------------------------------------------------------------- helpers
-def _enable_compilation_cache() -> None:
-    """jax's persistent compilation cache (HOPE_JAX_COMPILATION_CACHE, default
-    ~/.cache/hope_jax/jax_cache; empty = off): a second run skips most XLA compile time."""
-    path = os.environ.get("HOPE_JAX_COMPILATION_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "hope_jax", "jax_cache"))
-    if path:
-        import jax
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def _validated(config):
     import jax
     validate(config, device_count=jax.device_count(), process_count=jax.process_count())
     return config
 
 
-def _no_positional(positional: Sequence[str]) -> None:
-    if positional:
-        raise UsageError(f"unexpected arguments {list(positional)}")
-
-
 def _is_main() -> bool:
     import jax
     return jax.process_index() == 0
-
-
-def _has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
-
-
-def _trained_workdir(fv: flags.FlagValues, command: str) -> str:
-    """--workdir of a trained run (nothing is created when it is not one)."""
-    workdir = fv.workdir
-    if not workdir:
-        raise UsageError(f"{command} needs --workdir (a trained run)")
-    workdir = os.path.expanduser(workdir)
-    if not os.path.isdir(workdir):
-        raise UsageError(f"--workdir={workdir}: no such directory (train first: {PROG} train "
-                         f"--workdir={workdir})")
-    if not _has_checkpoints(workdir):
-        raise UsageError(f"--workdir={workdir}: no checkpoint in {workdir}/checkpoints (train "
-                         f"first: {PROG} train --workdir={workdir})")
-    return workdir
 
 
 def _writable_parent(path: str) -> None:
@@ -369,10 +313,10 @@ def _check_train_inputs(config, workdir: str) -> None:
     _writable_parent(workdir)
     _check_data_files(config.data)
     init_from = str(config.train.get("init_from", "") or "")
-    if init_from and not _has_checkpoints(os.path.expanduser(init_from)):
+    if init_from and not has_checkpoints(os.path.expanduser(init_from)):
         raise UsageError(f"config.train.init_from={init_from}: no checkpoint in "
                          f"{os.path.join(init_from, 'checkpoints')}")
-    if _has_checkpoints(workdir):
+    if has_checkpoints(workdir):
         from hope_jax.train.checkpoint import (IncompatibleCheckpointError, config_to_json,
                                                shape_differences)
         from hope_jax.train.loop import read_run_config
@@ -403,7 +347,7 @@ def _check_data_files(data_config) -> None:
 
 
 def cmd_train(fv: flags.FlagValues, positional: list[str]) -> None:
-    _no_positional(positional)
+    no_positional(positional)
     config = fv.config
     if config.distributed.enabled:  # before any other jax call (device counts need it)
         from hope_jax.train import maybe_initialize
@@ -411,7 +355,7 @@ def cmd_train(fv: flags.FlagValues, positional: list[str]) -> None:
     config = _validated(config)
     workdir = fv.workdir or os.path.join("workdirs", f"{config.model.arch}-{config.model.size}")
     _check_train_inputs(config, workdir)
-    _enable_compilation_cache()
+    enable_compilation_cache()
     from hope_jax.train import train
     result = train(config, workdir)
     if _is_main():
@@ -448,33 +392,18 @@ def cmd_data(fv: flags.FlagValues, positional: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------- generate
-def _sampling_settings(fv: flags.FlagValues, s) -> dict:
-    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
-    out = dict(prompt=pick(fv.prompt, s.prompt), max_tokens=pick(fv.max_tokens, s.max_tokens),
-               temperature=pick(fv.temperature, s.temperature), top_k=pick(fv.top_k, s.top_k),
-               top_p=pick(fv.top_p, s.top_p), seed=pick(fv.seed, s.seed))
-    checks = [(out["max_tokens"] >= 1, "--max_tokens must be ≥ 1"),
-              (out["temperature"] >= 0, "--temperature must be ≥ 0 (0 = greedy)"),
-              (out["top_k"] >= 0, "--top_k must be ≥ 0 (0 = off)"),
-              (0 < out["top_p"] <= 1, "--top_p must be in (0, 1]")]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    return out
-
-
 def cmd_generate(fv: flags.FlagValues, positional: list[str]) -> None:
-    _no_positional(positional)
-    workdir = _trained_workdir(fv, "generate")
+    no_positional(positional)
+    workdir = trained_workdir(fv, "generate")
     from hope_jax.config import default_config
-    _sampling_settings(fv, default_config().sample)   # flag ranges, before loading anything
-    _enable_compilation_cache()
+    sampling_settings(fv, default_config().sample)   # flag ranges, before loading anything
+    enable_compilation_cache()
     import jax
     import numpy as np
     from hope_jax.sampling import generate
     from hope_jax.train import load_for_inference
     model, tok, config = load_for_inference(workdir)
-    s = _sampling_settings(fv, config.sample)
+    s = sampling_settings(fv, config.sample)
     ids = np.asarray(tok.encode(s["prompt"]), np.int32)
     if ids.size == 0:
         ids = np.asarray([tok.bos_id], np.int32)
@@ -583,8 +512,8 @@ def _write_json(path: str, obj) -> None:
 
 
 def cmd_eval(fv: flags.FlagValues, positional: list[str]) -> None:
-    _no_positional(positional)
-    workdir = _trained_workdir(fv, "eval")
+    no_positional(positional)
+    workdir = trained_workdir(fv, "eval")
     plan = _eval_plan(fv)
     from hope_jax import data
     from hope_jax.train.loop import read_run_config
@@ -593,7 +522,7 @@ def cmd_eval(fv: flags.FlagValues, positional: list[str]) -> None:
     tok = prepared.tokenizer
     if "niah" in plan["tasks"]:
         plan["lengths"], plan["instruction"] = _niah_lengths(plan, tok, fv.niah_task)
-    _enable_compilation_cache()
+    enable_compilation_cache()
     from hope_jax.train import load_for_inference
     model, tok, config = load_for_inference(workdir)
     results = _Results(workdir, {"workdir": os.path.abspath(workdir),
@@ -708,8 +637,7 @@ register("data", Command("download, tokenize and cache the corpus of a config (o
                          f"{PROG} data prepare [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …]",
                          ("config",), cmd_data))
 
-from hope_jax import cli_learn as _cli_learn  # noqa: E402  `learn`, --learn on eval/generate
-_cli_learn.register_commands()
+cli_learn.register_commands()  # `learn`, --learn on eval/generate
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ eval and train.init_from read them; the same command resumes from them), `learn/
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import flags
+
+from hope_jax.cli_base import (COMMANDS, PROG, Command, UsageError, enable_compilation_cache,
+                               no_positional, register, sampling_settings, trained_workdir)
 
 LEARN_FLAGS = ("learn_groups", "learn_chunk", "learn_optimizer", "learn_lr", "learn_batch")
 COMMAND_FLAGS = ("workdir", "data", "out", "heldout_every", "heldout_windows",
@@ -53,19 +57,14 @@ def define_flags(fv: flags.FlagValues) -> None:
       flag_values=fv)
 
 
-def _usage(message: str) -> Exception:
-    from hope_jax.cli import UsageError
-    return UsageError(message)
-
-
 def make_learner(model, config, fv: flags.FlagValues):
     """The Learner of the --learn_* flags for a loaded model (LearnConfigError on bad groups)."""
     from hope_jax.learn import Learner, parse_groups
     if fv.learn_lr < 0 or fv.learn_batch < 1:
-        raise _usage("--learn_lr must be ≥ 0 and --learn_batch ≥ 1")
+        raise UsageError("--learn_lr must be ≥ 0 and --learn_batch ≥ 1")
     specs = parse_groups(fv.learn_groups, fv.learn_chunk, fv.learn_optimizer, fv.learn_lr)
     if not specs:
-        raise _usage("--learn_groups is empty")
+        raise UsageError("--learn_groups is empty")
     return Learner(model, specs, seq_len=int(config.data.seq_len))
 
 
@@ -80,7 +79,7 @@ def read_files(paths: Sequence[str], tok) -> np.ndarray:
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise _usage(f"--data: no such file or directory {path}")
+            raise UsageError(f"--data: no such file or directory {path}")
     ids = []
     for name in files:
         with open(name, "rb") as fh:
@@ -96,9 +95,9 @@ def stream_rows(tokens: np.ndarray, rows: int, window: int) -> np.ndarray:
     per = (len(tokens) - 1) // rows
     n = per // window
     if n < 1:
-        raise _usage(f"the data has {len(tokens)} tokens: fewer than {rows} streams × "
-                     f"{window} tokens (the learner's window); give more data or lower "
-                     "--learn_batch")
+        raise UsageError(f"the data has {len(tokens)} tokens: fewer than {rows} streams × "
+                         f"{window} tokens (the learner's window); give more data or lower "
+                         "--learn_batch")
     return np.stack([tokens[r * per: r * per + n * window + 1] for r in range(rows)])
 
 
@@ -161,24 +160,23 @@ def plot_curve(curve: list[dict], path: str) -> None:
 
 
 def _check_learn_flags(fv: flags.FlagValues) -> tuple[str, str]:
-    from hope_jax.cli import _no_positional, _trained_workdir  # noqa: F401
-    workdir = _trained_workdir(fv, "learn")
+    workdir = trained_workdir(fv, "learn")
     if not fv.data:
-        raise _usage("learn needs --data=FILE[,DIR…] (the text to stream)")
+        raise UsageError("learn needs --data=FILE[,DIR…] (the text to stream)")
     if not fv.out:
-        raise _usage("learn needs --out=NEWRUN (the directory for the learned checkpoints)")
+        raise UsageError("learn needs --out=NEWRUN (the directory for the learned checkpoints)")
     out = os.path.abspath(os.path.expanduser(fv.out))
     if out == os.path.abspath(workdir):
-        raise _usage("--out must be a new directory, not --workdir (the trained run stays as "
-                     "it is)")
+        raise UsageError("--out must be a new directory, not --workdir (the trained run stays "
+                         "as it is)")
     if os.path.exists(out) and not os.path.isdir(out):
-        raise _usage(f"--out={fv.out} exists and is not a directory")
+        raise UsageError(f"--out={fv.out} exists and is not a directory")
     for flag in ("heldout_windows",):
         if fv[flag].value < 1:
-            raise _usage(f"--{flag} must be ≥ 1")
+            raise UsageError(f"--{flag} must be ≥ 1")
     for flag in ("heldout_every", "save_every", "learn_max_tokens"):
         if fv[flag].value < 0:
-            raise _usage(f"--{flag} must be ≥ 0")
+            raise UsageError(f"--{flag} must be ≥ 0")
     return workdir, out
 
 
@@ -191,8 +189,8 @@ def _resume(out: str, learner, rows: int, config, vocab: int, fingerprint: dict)
         return learner.init(rows), 0, []
     state, stream, step = restore_learned(out, learner, rows, config=config, vocab_size=vocab)
     if stream.get("fingerprint") != fingerprint:
-        raise _usage(f"--out={out} holds a learned state of other data or learn flags (saved "
-                     f"{stream.get('fingerprint')}); use a new --out")
+        raise UsageError(f"--out={out} holds a learned state of other data or learn flags "
+                         f"(saved {stream.get('fingerprint')}); use a new --out")
     curve_path = os.path.join(out, "learn", "curve.json")
     curve = json.load(open(curve_path))["curve"] if os.path.exists(curve_path) else []
     print(f"resumed from {out}/checkpoints/{step}", flush=True)
@@ -200,10 +198,9 @@ def _resume(out: str, learner, rows: int, config, vocab: int, fingerprint: dict)
 
 
 def cmd_learn(fv: flags.FlagValues, positional: list[str]) -> None:
-    from hope_jax.cli import _enable_compilation_cache, _no_positional
-    _no_positional(positional)
+    no_positional(positional)
     workdir, out = _check_learn_flags(fv)
-    _enable_compilation_cache()
+    enable_compilation_cache()
     from hope_jax import data
     from hope_jax.learn.checkpoint import save_learned
     from hope_jax.train import load_for_inference
@@ -330,29 +327,27 @@ def generate_learn(fv: flags.FlagValues, workdir: str, settings: Callable) -> No
 
 def register_commands() -> None:
     """Registers `hope-jax learn` and adds --learn (and its flags) to eval and generate."""
-    import dataclasses
-    from hope_jax import cli
-    cli.register("learn", cli.Command(
+    register("learn", Command(
         "keep learning after deployment: stream text through a trained run, its CMS levels (or "
         "chosen parameters) updated from the next-token loss; checkpoints to --out",
-        f"{cli.PROG} learn --workdir=RUN --data=FILE[,DIR…] --out=NEWRUN [flags]",
+        f"{PROG} learn --workdir=RUN --data=FILE[,DIR…] --out=NEWRUN [flags]",
         COMMAND_FLAGS, cmd_learn))
-    ev, gen = cli.COMMANDS["eval"], cli.COMMANDS["generate"]
+    ev, gen = COMMANDS["eval"], COMMANDS["generate"]
 
     def run_eval(fv, positional):
         ev.run(fv, positional)
         if fv.learn:
-            eval_learn(fv, cli._trained_workdir(fv, "eval"))
+            eval_learn(fv, trained_workdir(fv, "eval"))
 
     def run_generate(fv, positional):
         if not fv.learn:
             return gen.run(fv, positional)
-        cli._no_positional(positional)
-        workdir = cli._trained_workdir(fv, "generate")
-        cli._enable_compilation_cache()
-        generate_learn(fv, workdir, cli._sampling_settings)
+        no_positional(positional)
+        workdir = trained_workdir(fv, "generate")
+        enable_compilation_cache()
+        generate_learn(fv, workdir, sampling_settings)
 
     extra = ("learn",) + LEARN_FLAGS + ("learn_max_tokens",)
-    cli.COMMANDS["eval"] = dataclasses.replace(ev, flags=ev.flags + extra, run=run_eval)
-    cli.COMMANDS["generate"] = dataclasses.replace(gen, flags=gen.flags + extra + ("data",),
-                                                   run=run_generate)
+    COMMANDS["eval"] = dataclasses.replace(ev, flags=ev.flags + extra, run=run_eval)
+    COMMANDS["generate"] = dataclasses.replace(gen, flags=gen.flags + extra + ("data",),
+                                               run=run_generate)
