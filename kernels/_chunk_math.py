@@ -93,7 +93,7 @@ class Decay(NamedTuple):
 def decay_factors(log_col: Array, log_row: Array) -> Decay:
     """All products of a chunk's factors from log g in column [C, 1] and row [1, C] layout.
 
-    Spec §3.4: ratios of cumulative products are never formed; the products are sums of logs over
+    Design §3.4: ratios of cumulative products are never formed; the products are sums of logs over
     a triangular mask, exponentiated, so a factor of 0 (clamped) cannot produce 0/0.
     """
     c = log_col.shape[0]
@@ -201,7 +201,7 @@ def linear_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Ar
                         ) -> tuple[Array, Array]:
     """One chunk of the linear memory `M(k) = W k` with retention and (optionally) DGD.
 
-    Write (spec §6.4–6.5, Eqs. 88, 93): `W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ) − η_t e_t k_tᵀ` with the
+    Write (design §6.4–6.5, Eqs. 88, 93): `W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ) − η_t e_t k_tᵀ` with the
     snapshot error `e_t = c·W_0 k_t − v_t` (c = 1 for L2, 0 for the dot objective). Closed form:
 
         W_t = ᾱ_t W_0 − Σ_i η_i P_α[t, i] e_i k_iᵀ − Σ_s p_s P_α[t, s] u_s k_sᵀ,   u_s = W_{s−1} k_s,
@@ -255,7 +255,7 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
                      activation: Callable[[Array], Array], differentiable: bool = False):
     """One chunk of the residual MLP memory `M(x) = x + W_out σ(W_in x)` with momentum and retention.
 
-    Writes (spec §3.4, §6.2, §6.4; D3, D5), snapshot gradients `G_t = δ_t a_tᵀ` per layer:
+    Writes (design §3.4, §6.2, §6.4; D3, D5), snapshot gradients `G_t = δ_t a_tᵀ` per layer:
     `S_t = β_t S_{t−1} − η_t G_t`; `W_in ← W_in (α I − p k kᵀ) + m S_in` (DGD on the input side, when
     p is given), `W_out ← α W_out + m S_out`. Closed form (coefficients as `core.coefficients`):
 
@@ -279,7 +279,7 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
     eta_c, eta_r = eta
     m_c, m_r = mask
 
-    # Snapshot forward / backward on the keys (spec §3.1).
+    # Snapshot forward / backward on the keys (design §3.1).
     z = mm(k, w_in, trans_b=True)  # [C, h]
     act, dact = jax.jvp(activation, (z,), (jnp.ones_like(z),))
     y_k = k + mm(act, w_out, trans_b=True)

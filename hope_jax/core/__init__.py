@@ -1,4 +1,4 @@
-"""The core of levels: pure JAX, no Flax (spec §0–§4).
+"""The core of levels: pure JAX, no Flax (design §0–§4).
 
 A level is a memory × objective × inner optimizer × chunk size (`Level`); `chunked_scan` runs it
 over a sequence in closed (dual / WY) form, `reference_scan` is the token-by-token oracle.

@@ -1,6 +1,6 @@
 """One chunk of a level in closed form: no per-token gradient is ever materialised.
 
-For an MLP memory every layer gradient is an outer product `G_i = δ_i a_iᵀ` (spec §3.1), so the
+For an MLP memory every layer gradient is an outer product `G_i = δ_i a_iᵀ` (design §3.1), so the
 retention- and momentum-weighted sums of a chunk collapse to one matmul per layer with scalar
 per-token coefficients (Titans Eq. 17, generalised to momentum and to every MLP layer; see
 `coefficients.py`), and reads of the running state `W_t` inside the chunk become causal masked
@@ -10,7 +10,7 @@ matmuls (TTT's dual form, layer by layer, D2):
 
 The DGD preconditioner `W (α I − p k kᵀ)` on the input-side layer (D3) is not scalar: its
 predictions `u_t = W_{t−1} k_t` solve a unit lower-triangular system (the chunkwise WY/UT form of
-DeltaNet / Gated DeltaNet, spec §6.4):
+DeltaNet / Gated DeltaNet, design §6.4):
 
     (I + L) U = B,   L[t, s] = c_U[t−1, s] (k_sᵀ k_t)  (s < t),
     B_t = ᾱ_{t−1} W_0 k_t + κ_{t−1} S_0 k_t − Σ_i c_G[t−1, i] (a_iᵀ k_t) δ_i.

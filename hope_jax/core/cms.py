@@ -1,4 +1,4 @@
-"""In-context levels of the Continuum Memory System (spec §5.3, D9, D20–D22, D35).
+"""In-context levels of the Continuum Memory System (design §5.3, D9, D20–D22, D35).
 
 A CMS level is a SwiGLU MLP `F_θ(z) = W_down (SiLU(W_g z) ⊙ W_up z)` applied residually. An
 *in-context* level (chunk `C` < sequence length) is updated inside the forward pass, once per chunk,
@@ -37,7 +37,7 @@ class SwiGLUParams(NamedTuple):
 
 
 def swiglu(params: SwiGLUParams, z: Array) -> Array:
-    """F_θ(z) for rows z [..., d] → [..., d] (spec §5.1)."""
+    """F_θ(z) for rows z [..., d] → [..., d] (design §5.1)."""
     return (jax.nn.silu(z @ params.w_gate) * (z @ params.w_up)) @ params.w_down
 
 

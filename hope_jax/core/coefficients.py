@@ -6,7 +6,7 @@ follows the canonical write (see `inner_optimizers.py`)
     S_t = β_t S_{t−1} − η_t G_t,        W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ) + m_t S_t,
 
 with snapshot gradients `G_i = δ_i a_iᵀ` (D2) and a write mask m (0 at right-padding, D35).
-Unrolling the scalar parts (Titans Eqs. 16–18, spec §3.4) gives, with
+Unrolling the scalar parts (Titans Eqs. 16–18, design §3.4) gives, with
 `P_α[t, s] = Π_{j=s+1}^{t} α_j` (products taken directly, never as ratios of cumulative
 products, so gates of exactly 0 are safe):
 

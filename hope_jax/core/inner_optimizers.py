@@ -1,4 +1,4 @@
-"""Inner optimizers of a level, as optax-style gradient transformations (spec §2.1–2.3).
+"""Inner optimizers of a level, as optax-style gradient transformations (design §2.1–2.3).
 
 Each transformation is a pure `(init, update)` pair with a NamedTuple state, like optax's. Inner
 optimizers act on one memory instance (one head of one sequence) at one token and take the
@@ -105,7 +105,7 @@ class MomentumState(NamedTuple):
 
 
 def normalized_step_size(eta: Array, key: Array) -> Array:
-    """η' = η / (1 + η‖k‖²): the exact Sherman–Morrison step of the proximal L2 step (spec §2.3)."""
+    """η' = η / (1 + η‖k‖²): the exact Sherman–Morrison step of the proximal L2 step (design §2.3)."""
     return eta / (1.0 + eta * jnp.sum(jnp.square(key), axis=-1))
 
 
@@ -145,7 +145,7 @@ def _check_normalize(normalize) -> None:
 
 
 def scale_by_step_size(normalize: bool | str = False) -> InnerTransform:
-    """u = −η_t g: one plain GD step on the inner objective (spec §2.1, Eq. 1).
+    """u = −η_t g: one plain GD step on the inner objective (design §2.1, Eq. 1).
 
     `normalize`: True or "key" reads η_t as η_t/(1+η_t‖k_t‖²) (the DGD step size of D3);
     "curvature" reads it as η_t/(1+η_t ρ_t) with the gradient's own curvature ρ_t
@@ -176,7 +176,7 @@ def scale_by_step_size(normalize: bool | str = False) -> InnerTransform:
 
 
 def trace_momentum(dampening: bool = False) -> InnerTransform:
-    """S_t = β_t S_{t−1} + u_t, u ← S_t: momentum as a key-less memory (spec §1.4, §2.2; D5).
+    """S_t = β_t S_{t−1} + u_t, u ← S_t: momentum as a key-less memory (design §1.4, §2.2; D5).
 
     `dampening=True`: S_t = β_t S_{t−1} + (1 − β_t) u_t, an exponential average of the updates.
     One token's update then adds up to u over all later steps (not u/(1 − β)), so momentum can
@@ -201,7 +201,7 @@ def trace_momentum(dampening: bool = False) -> InnerTransform:
 
 
 def add_retention(to_init: bool = False) -> InnerTransform:
-    """u ← u + (α_t − 1) W: retention α_t multiplies the old state (spec §2.1; 1 = keep all).
+    """u ← u + (α_t − 1) W: retention α_t multiplies the old state (design §2.1; 1 = keep all).
 
     `to_init=True`: u ← u + (α_t − 1)(W − W_init), the state decays toward the memory it started
     from (kept in the state by `init`) instead of toward 0: Miras' retention with the initial
@@ -231,10 +231,10 @@ def add_retention(to_init: bool = False) -> InnerTransform:
 def add_dgd_preconditioner(normalize: bool | str = True, gated: bool = False) -> InnerTransform:
     """u[0] ← u[0] − p_t (W₀ k_t) k_tᵀ: the DGD term `W (α I − p k kᵀ)` on the input-side layer.
 
-    Spec §2.3 and D3 (NL Eq. 88): p = η' = η/(1+η‖k‖²) with `normalize` (default), else p = η;
+    Design §2.3 and D3 (NL Eq. 88): p = η' = η/(1+η‖k‖²) with `normalize` (default), else p = η;
     `normalize="curvature"`: p = η/(1+ηρ), the same η' as the gradient step (D3's "η' in both
     places"). `gated=True` multiplies p by α_t, which turns the L2 step at the decayed state `α M`
-    of Gated DeltaNet into this form (spec §4). Other layers get only the plain decay α.
+    of Gated DeltaNet into this form (design §4). Other layers get only the plain decay α.
     """
     _check_normalize(normalize)
     by_curvature = normalize == "curvature"
@@ -301,7 +301,7 @@ def recurrence_spec(opt: InnerTransform) -> RecurrenceSpec | None:
 
 def gd(retention: bool = True, normalize: bool | str = False,
        retain_to_init: bool = False) -> InnerTransform:
-    """GD with retention: `M_t = α_t M_{t−1} − η_t ∇ℓ` (spec §2.1; α ≡ 1 without retention).
+    """GD with retention: `M_t = α_t M_{t−1} − η_t ∇ℓ` (design §2.1; α ≡ 1 without retention).
 
     `retain_to_init`: decay toward the initial state (`add_retention(to_init=True)`)."""
     parts = [scale_by_step_size(normalize)]
@@ -312,7 +312,7 @@ def gd(retention: bool = True, normalize: bool | str = False,
 
 def momentum_gd(retention: bool = True, normalize: bool | str = False,
                 dampening: bool = False, retain_to_init: bool = False) -> InnerTransform:
-    """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t` (spec §2.2; Titans Eq. 18).
+    """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t` (design §2.2; Titans Eq. 18).
 
     `dampening`: `S_t = β_t S_{t−1} − (1 − β_t) η_t ∇ℓ` (see `trace_momentum`)."""
     parts = [scale_by_step_size(normalize), trace_momentum(dampening)]
@@ -324,7 +324,7 @@ def momentum_gd(retention: bool = True, normalize: bool | str = False,
 def dgd(momentum: bool = True, retention: bool = True, normalize: bool | str = True,
         gated: bool = False, dampening: bool = False, retain_to_init: bool = False
         ) -> InnerTransform:
-    """DGD (spec §2.3, Eq. 88; D3, D5): `S_t = β S − η' ∇ℓ`, `M_t = M_{t−1}(α I − η' k kᵀ) + S_t`.
+    """DGD (design §2.3, Eq. 88; D3, D5): `S_t = β S − η' ∇ℓ`, `M_t = M_{t−1}(α I − η' k kᵀ) + S_t`.
 
     η' = η/(1+η‖k‖²) in both places when `normalize` (default); with `normalize="curvature"`
     η' = η/(1+ηρ) in both places (`curvature_step_size`). Without momentum the write is

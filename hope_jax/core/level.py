@@ -1,4 +1,4 @@
-"""The level: an associative memory together with everything that says how it learns (spec §1.5).
+"""The level: an associative memory together with everything that says how it learns (design §1.5).
 
 A `Level` bundles memory architecture × objective × inner optimizer × update period (chunk size)
 × read mode × meta-gradient mode. Its online state is a `LevelState`, one memory per sequence
@@ -44,7 +44,7 @@ class LevelState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Level:
-    """One level of a nested system (spec §1.5).
+    """One level of a nested system (design §1.5).
 
     Attributes:
       memory: the memory architecture (matrix or residual MLP, see `memories.py`).

@@ -2,16 +2,16 @@
 
 Every memory here is an MLP, `M(x) = [x +] W_L σ(… σ(W_1 x))`, one instance per head:
 
-* `matrix_memory()` is depth 1 without residual: `M(x) = W x` (spec §0, §4);
+* `matrix_memory()` is depth 1 without residual: `M(x) = W x` (design §0, §4);
 * `residual_mlp_memory()` is the residual 2-layer memory `x + W₁ σ(W₂ x)` of Titans and Hope
-  (spec §3.1, Eq. 89 = 91), with depth, hidden width and activation configurable.
+  (design §3.1, Eq. 89 = 91), with depth, hidden width and activation configurable.
 
-Parameters are an explicit tuple of matrices, **input side first**: `params[0]` is the spec's
-`W₂` (the layer that reads the key, where the DGD preconditioner acts, D3) and `params[-1]` is the
-spec's `W₁`. Layer `l` has shape `[out_l, in_l]` and is applied as `z_l = W_l h_{l-1}` (columns),
+Parameters are an explicit tuple of matrices, **input side first**: `params[0]` is `W₂` of
+design §3.1 (the layer that reads the key, where the DGD preconditioner acts, D3) and `params[-1]`
+is `W₁`. Layer `l` has shape `[out_l, in_l]` and is applied as `z_l = W_l h_{l-1}` (columns),
 i.e. `z = h @ W.T` for row-major token batches.
 
-All layer gradients are outer products, `∇_{W_l} ℓ = δ_l h_{l-1}ᵀ` (spec §3.1), which is what lets
+All layer gradients are outer products, `∇_{W_l} ℓ = δ_l h_{l-1}ᵀ` (design §3.1), which is what lets
 the chunked scan avoid materialising per-token gradients (see `closed_form.py`).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _activation_derivative(activation: Callable[[Array], Array], z: Array) -> Ar
 
 @dataclasses.dataclass(frozen=True)
 class MLPMemory:
-    """`M(x) = [x +] W_L σ(… σ(W_1 x))` per head (spec §3.1, §6.3).
+    """`M(x) = [x +] W_L σ(… σ(W_1 x))` per head (design §3.1, §6.3).
 
     Attributes:
       depth: number of weight matrices L ≥ 1 (1 = linear / matrix memory).
@@ -137,7 +137,7 @@ class MLPMemory:
     def backward(self, params: MemoryParams, cache: ForwardCache, error: Array) -> tuple:
         """Output-side errors δ_l [N, out_l] for every layer, given e = ∂ℓ/∂y [N, d_out].
 
-        Spec §3.1: ∇_{W_l} ℓ = δ_l h_{l-1}ᵀ with δ_L = e and δ_l = σ'(z_l) ⊙ (W_{l+1}ᵀ δ_{l+1});
+        Design §3.1: ∇_{W_l} ℓ = δ_l h_{l-1}ᵀ with δ_L = e and δ_l = σ'(z_l) ⊙ (W_{l+1}ᵀ δ_{l+1});
         the residual branch does not touch the weights.
         """
         deltas = [None] * len(params)
@@ -152,13 +152,13 @@ class MLPMemory:
 
 
 def matrix_memory() -> MLPMemory:
-    """The linear memory `M(k) = W k` (W ∈ R^{d_v×d_k}); spec §0 and §4."""
+    """The linear memory `M(k) = W k` (W ∈ R^{d_v×d_k}); design §0 and §4."""
     return MLPMemory(depth=1, residual=False)
 
 
 def residual_mlp_memory(expansion: float = 4.0, depth: int = 2, hidden: int | None = None,
                         activation: Callable[[Array], Array] = jax.nn.gelu) -> MLPMemory:
-    """The residual MLP memory `x + W₁ σ(W₂ x)` (spec Eq. 89; Titans §3.1), expansion 4 by default."""
+    """The residual MLP memory `x + W₁ σ(W₂ x)` (NL Eq. 89; design §3.1), expansion 4 by default."""
     return MLPMemory(depth=depth, expansion=expansion, hidden=hidden, activation=activation,
                      residual=True)
 

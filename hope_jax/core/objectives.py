@@ -2,10 +2,10 @@
 
 An objective sees the memory only through its prediction `y = M(k)`, so it is given by a per-token
 loss `ℓ(y, v)` and its output error `e = ∂ℓ/∂y`. Every layer gradient of an MLP memory is then an
-outer product built from `e` (spec §3.1), which the chunked scan exploits.
+outer product built from `e` (design §3.1), which the chunked scan exploits.
 
-* `l2()`: `ℓ = ½‖y − v‖²` summed over features (D16), `e = y − v` (delta rule, spec §1.7).
-* `dot_product()`: `ℓ = −⟨y, v⟩` (Hebbian), `e = −v`, independent of the state (spec §1.7, Eq. 92
+* `l2()`: `ℓ = ½‖y − v‖²` summed over features (D16), `e = y − v` (delta rule, design §1.7).
+* `dot_product()`: `ℓ = −⟨y, v⟩` (Hebbian), `e = −v`, independent of the state (design §1.7, Eq. 92
   with the sign fixed as in D4).
 * `custom(loss)`: any differentiable `ℓ(y, v)`; `e` comes from autodiff.
 """
@@ -48,7 +48,7 @@ def l2() -> Objective:
 
 
 def dot_product() -> Objective:
-    """`ℓ(y, v) = −⟨y, v⟩` (Hebbian): the objective of linear attention (spec §4, Eq. 92)."""
+    """`ℓ(y, v) = −⟨y, v⟩` (Hebbian): the objective of linear attention (design §4, Eq. 92)."""
     return Objective(
         name="dot",
         loss=lambda y, v: -jnp.sum(y * v),

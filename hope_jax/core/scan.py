@@ -1,4 +1,4 @@
-"""The chunked scan: a level run over a whole sequence, chunk by chunk (spec §1.5, §3.4, §6.4).
+"""The chunked scan: a level run over a whole sequence, chunk by chunk (design §1.5, §3.4, §6.4).
 
 `chunked_scan` splits [B, T, H, ·] inputs into chunks of C tokens, runs one chunk at a time with
 `lax.scan` (each chunk rematerialised with `jax.checkpoint` in the backward pass, D30), and

@@ -1,4 +1,4 @@
-"""Self-modifying Titans (spec §6, NL Eqs. 83–90): levels that generate each other's inputs.
+"""Self-modifying Titans (design §6, NL Eqs. 83–90): levels that generate each other's inputs.
 
 Per head, a set of residual-MLP memories learns in context: `M_k`, `M_v` produce keys and values,
 `M_η`, `M_α` produce the gates, the output memory `M_out` (NL's `M_mem`) is read by static
@@ -12,7 +12,7 @@ same keys, gates and inner optimizer (DGD + momentum + retention by default, D3�
 
 Two chunk sizes (D12): k, v, η, α (and q) are generated from snapshots taken every `chunk_other`
 tokens; the output memory's gradients use a snapshot taken every `chunk_memory` tokens (a multiple
-of `chunk_other`). One `lax.scan` runs over sub-chunks of `chunk_other` tokens (spec §6.4); each
+of `chunk_other`). One `lax.scan` runs over sub-chunks of `chunk_other` tokens (design §6.4); each
 sub-chunk's writes use the closed form of `closed_form.py` with the shared keys and gates, and the
 output memory keeps a running state that is read in dual form while its snapshot lags.
 """
@@ -37,7 +37,7 @@ SMALL = ("k", "v", "eta", "alpha", "q")  # memories on the chunk_other clock
 
 
 class GateHeads(NamedTuple):
-    """Per-head projections of `M_η`, `M_α` outputs to scalars (spec §6.3): [H, d_h] and [H]."""
+    """Per-head projections of `M_η`, `M_α` outputs to scalars (design §6.3): [H, d_h] and [H]."""
 
     w_eta: Array
     b_eta: Array
@@ -70,7 +70,7 @@ class SelfModifyingState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SelfModifyingLevel:
-    """The in-context part of a self-modifying Titans mixer (spec §6.1–6.4).
+    """The in-context part of a self-modifying Titans mixer (design §6.1–6.4).
 
     Attributes:
       memory: architecture of M_k, M_v, M_η, M_α (and M_q): residual MLP, expansion 1 (D11).
@@ -184,7 +184,7 @@ def _generate(level: SelfModifyingLevel, snaps: dict, gates: GateHeads, xq, xk, 
     apply = lambda n, x: level._arch(n).apply(snaps[n], x)  # noqa: E731
     k = _l2_normalize(apply("k", xk) if level.adaptive_k else xk)
     v = apply("v", xv) if level.adaptive_v else xv
-    if level.normalize_value:  # unit-norm target inputs (spec silent; docs/hope.md)
+    if level.normalize_value:  # unit-norm target inputs (not in the papers; docs/hope.md)
         v = _l2_normalize(v)
     q = _l2_normalize(apply("q", xq) if level.adaptive_q else xq)
     h_eta, h_alpha = apply("eta", xk), apply("alpha", xk)
@@ -233,7 +233,7 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
     """Runs the self-modifying memories over a sequence.
 
     Args:
-      xq, xk, xv: the q-, k- and v-paths after projection, convolution and SiLU (spec §6.6),
+      xq, xk, xv: the q-, k- and v-paths after projection, convolution and SiLU (design §6.6),
         [B, T, H, d_h]. L2 normalisation of q and k happens inside.
       params: meta-learned initial memories and gate heads; state: per-sequence state.
 

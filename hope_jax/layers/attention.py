@@ -1,6 +1,6 @@
 """Causal multi-head softmax attention with RoPE, sliding window, persistent prefix, KV cache.
 
-Spec §4 (softmax attention as the non-parametric memory, Eqs. 62–63), §6.6 (Hope-Attention /
+Design §4 (softmax attention as the non-parametric memory, Eqs. 62–63), §6.6 (Hope-Attention /
 Transformer++: `u → q, k, v`, RoPE on q and k, attention, `W_O`), §3.3 (persistent memory,
 Titans Eq. 19), §3.6 (SWA with the persistent prefix, `SWA*` of MAG).
 

@@ -1,4 +1,4 @@
-"""The Continuum Memory System (spec §5; D9, D10, D20–D23): a chain of MLP levels at many clocks.
+"""The Continuum Memory System (design §5; D9, D10, D20–D23): a chain of MLP levels at many clocks.
 
 It fills the decoder's MLP slot. Levels are listed in application order, fastest first (D10):
 
@@ -192,7 +192,7 @@ def update_periods(model: nnx.Module) -> Any:
 
 
 def init_from_mlp(cms: CMS, mlp: SwiGLU | core_cms.SwiGLUParams) -> None:
-    """Ad-hoc level stacking (spec §5.5, D25): every level of `cms` starts from the weights of a
+    """Ad-hoc level stacking (design §5.5, D25): every level of `cms` starts from the weights of a
     (pretrained) SwiGLU MLP, in place, so that the CMS computes that MLP at step 0.
 
     `mlp` is a `SwiGLU` module (e.g. a Transformer++ block's MLP) or `SwiGLUParams` ([d, h],

@@ -1,4 +1,4 @@
-"""Causal depthwise 1-D convolution with a carried buffer for streaming (spec §3.5, §6.6).
+"""Causal depthwise 1-D convolution with a carried buffer for streaming (design §3.5, §6.6).
 
 y_t = Σ_{j=0}^{K−1} w_j ⊙ x_{t−K+1+j} (+ b): each channel is filtered on its own past only.
 The state is the last K−1 inputs [B, K−1, C], zeros for a fresh sequence, so a prefill followed by

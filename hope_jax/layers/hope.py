@@ -1,4 +1,4 @@
-"""Hope and Hope-Attention (spec §6.6, D11, D13, D13a, D20, D21).
+"""Hope and Hope-Attention (design §6.6, D11, D13, D13a, D20, D21).
 
 A Hope block is the decoder's pre-norm block with self-modifying Titans in the mixer slot and a
 CMS chain in the MLP slot:
@@ -7,7 +7,7 @@ CMS chain in the MLP slot:
     h ← h + CMS(RMSNorm(h))                        fastest level first (D10, D20)
 
 Hope-Attention swaps the mixer for causal softmax attention with RoPE; with the CMS reduced to one
-outer level of period 1 it is exactly Transformer++ (spec §6.9.9).
+outer level of period 1 it is exactly Transformer++ (design §6.9, check 9).
 
 `hope_block(arch, size, **switches)` gives the mixer and MLP-slot configs of a preset (the decoder
 preset around them is `hope_jax.models.presets.hope_config`); the switches are the ablations of NL
@@ -21,7 +21,7 @@ from hope_jax.layers.mlp import SwiGLUConfig
 from hope_jax.layers.self_modifying import SelfModifyingConfig
 from hope_jax.layers.sizes import SIZES, matched_swiglu
 
-# (C_oth, C_mem) per size (D12, D13a) and the CMS rows of spec §5.6 (chunks of outer levels are
+# (C_oth, C_mem) per size (D12, D13a) and the CMS rows of design §5.6 (chunks of outer levels are
 # given as periods in outer steps: C = P · N_step).
 MEMORY_CHUNKS = {"tiny": (4, 8), "small": (16, 64), "340m": (16, 64), "760m": (16, 64),
                  "1.3b": (16, 64)}
@@ -64,7 +64,7 @@ ABLATIONS = ("dgd", "momentum", "retention", "cms", "adaptive_k", "adaptive_v", 
 
 
 def cms_config(size: str, enabled: bool = True, mixer=None) -> CMSConfig | SwiGLUConfig:
-    """The CMS of a size (spec §5.6); `enabled=False` is the "w/o CMS" ablation: one SwiGLU of
+    """The CMS of a size (design §5.6); `enabled=False` is the "w/o CMS" ablation: one SwiGLU of
     width roundup_64((8/3)·d) (D20).
 
     At paper sizes the level width is matched so that a Hope block has the parameters of a

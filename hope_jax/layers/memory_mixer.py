@@ -1,8 +1,8 @@
-"""A sequence mixer defined as one level over hope_jax.core (spec §1.5, §3.5, §4).
+"""A sequence mixer defined as one level over hope_jax.core (design §1.5, §3.5, §4).
 
 Every recurrent baseline (linear attention, DeltaNet, Gated DeltaNet, TTT) and the Titans neural
 memory are this one module with different level settings; there is no separate recurrence code.
-Dataflow (spec §3.5; Titans §4.4):
+Dataflow (design §3.5; Titans Sec. 4.4):
 
     x̃_p = SiLU(CausalConv₄(u W_p)),  p ∈ {q, k, v}           (conv optional)
     q, k = L2Norm(x̃_q), L2Norm(x̃_k) per head;  v = x̃_v
@@ -47,15 +47,15 @@ Array = jax.Array
 class MemoryMixerConfig:
     """Settings of a level mixer.
 
-    Level (spec §1.5):
-      memory: "matrix" (`M k`) or "mlp" (residual MLP `x + W₁ σ(W₂ x)`, Titans §3.1).
+    Level (design §1.5):
+      memory: "matrix" (`M k`) or "mlp" (residual MLP `x + W₁ σ(W₂ x)`, design §3.1).
       memory_depth, memory_expansion: layers and hidden width (× d_h) of the "mlp" memory.
       objective: "l2" (½‖M(k) − v‖², D16) or "dot" (−⟨M(k), v⟩).
       momentum: S_t = β_t S_{t−1} − η_t ∇ℓ (Titans Eq. 18; β gate).
       retention: α_t multiplies the old state (α gate; "weight decay" in Titans Table 5).
-      delta: the DGD / delta-rule preconditioner `M (α I − η k kᵀ)` (spec §2.3).
+      delta: the DGD / delta-rule preconditioner `M (α I − η k kᵀ)` (design §2.3).
       momentum_dampening: S_t = β S_{t−1} − (1 − β) η ∇ℓ (momentum as an average, docs/hope.md).
-      normalize: True / "key": η' = η/(1 + η‖k‖²) (spec §2.3); "curvature": η' = η/(1 + ηρ)
+      normalize: True / "key": η' = η/(1 + η‖k‖²) (design §2.3); "curvature": η' = η/(1 + ηρ)
         with the gradient's own curvature ρ (equal to "key" for the matrix memory; docs/hope.md).
       gated: Gated DeltaNet's α on the k kᵀ term.
       chunk_size, read, remat, method: passed to `core.Level`.
@@ -215,7 +215,7 @@ class MemoryMixer(nnx.Module):
                                  **gate_kw) if needs_alpha else None)
         self.gate_beta = (Dense(d_model, h, ("embed", "heads"), bias_init=config.beta_bias,
                                 **gate_kw) if spec.momentum_slot is not None else None)
-        # the meta-learned initial memory M_0, one per head (spec §1.5; D19)
+        # the meta-learned initial memory M_0, one per head (design §1.5; D19)
         init = self.level.memory.init(rngs.params(), h, dh, dh, jnp.float32)
         if config.memory_init == "zeros":
             init = tuple(jnp.zeros_like(w) for w in init)
@@ -328,7 +328,7 @@ class MemoryMixer(nnx.Module):
         cfg = self.config
         xq, xk, xv = self.w_q(u), self.w_k(u), self.w_v(u)
         conv_state = state.conv
-        if cfg.conv:  # Titans §4.4: projection → causal conv 4 → SiLU
+        if cfg.conv:  # Titans Sec. 4.4: projection → causal conv 4 → SiLU
             (xq, cq), (xk, ck), (xv, cv) = (conv(x, s) for conv, x, s in
                                             zip((self.conv_q, self.conv_k, self.conv_v),
                                                 (xq, xk, xv), conv_state))

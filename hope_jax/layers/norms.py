@@ -1,4 +1,4 @@
-"""Normalisations: RMSNorm, per-head RMSNorm, L2 normalisation (spec §3.5, §6.6; D11).
+"""Normalisations: RMSNorm, per-head RMSNorm, L2 normalisation (design §3.5, §6.6; D11).
 
 Statistics are computed in float32 whatever the input dtype; the result is cast back.
 """
@@ -20,7 +20,7 @@ def rms_normalize(x: Array, eps: float = 1e-6) -> Array:
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
-    """x / max(‖x‖₂, eps) over the last axis (q and k of every memory mixer; spec §3.5)."""
+    """x / max(‖x‖₂, eps) over the last axis (q and k of every memory mixer; design §3.5)."""
     x32 = x.astype(jnp.float32)
     norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
     return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)

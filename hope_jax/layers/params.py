@@ -33,7 +33,7 @@ def constant(value: float) -> Initializer:
 
 
 class Dense(nnx.Module):
-    """`y = x W (+ b)`, W [d_in, d_out] with logical axes `axes` (spec §0: `u W`).
+    """`y = x W (+ b)`, W [d_in, d_out] with logical axes `axes` (design §0: `u W`).
 
     Init: N(0, init_std²) with init_std = 1/sqrt(d_in) unless given.
     """

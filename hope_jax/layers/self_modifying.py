@@ -1,6 +1,6 @@
 """Self-modifying Titans as a sequence mixer: the attention replacement of the Hope block.
 
-Spec §6.6 (D11, D17), with the in-context work in `hope_jax.core.self_modifying`:
+Design §6.6 (D11, D17), with the in-context work in `hope_jax.core.self_modifying`:
 
     x̃_p = SiLU(CausalConv₄(u W_p)),  p ∈ {q, k, v}        W_p ∈ R^{d×H d_h}, split into heads
     o   = self-modifying memories (M_k, M_v, M_η, M_α, M_out; §6.1–6.4) read at q
@@ -160,7 +160,7 @@ class SelfModifyingMixer(nnx.Module):
         params = self.level_params()
         paths, conv_state = [], []
         for proj, conv, s in zip((self.w_q, self.w_k, self.w_v), self.convs, state.conv):
-            x, s = conv(proj(u), s)  # spec §6.6: projection → causal conv 4 → SiLU
+            x, s = conv(proj(u), s)  # design §6.6: projection → causal conv 4 → SiLU
             paths.append(jax.nn.silu(x).reshape(*u.shape[:2], self.num_heads, self.head_dim))
             conv_state.append(s)
         level = self.level if self.memory_writes else dataclasses.replace(self.level, writes=False)

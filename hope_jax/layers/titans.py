@@ -1,6 +1,6 @@
-"""Titans neural memory and its variants LMM, MAG, MAL (spec §3; Titans arXiv 2501.00663).
+"""Titans neural memory and its variants LMM, MAG, MAL (design §3; Titans arXiv 2501.00663).
 
-The neural memory is a `MemoryMixer` (one level over hope_jax.core, spec §3.1–3.5):
+The neural memory is a `MemoryMixer` (one level over hope_jax.core, design §3.1–3.5):
 residual 2-layer GELU MLP memory (expansion 4, D26), L2 objective (Titans Eq. 12, D16),
 momentum GD with retention (Titans Eqs. 13–14 / 18: `S_t = β S − η ∇ℓ`, `M_t = α M + S_t`),
 gradients at the chunk snapshot with post-write running reads (Eqs. 16–18, D2, D26),
@@ -15,7 +15,7 @@ plain step at D19's gates the memory diverged to NaN within ~200 tokens of rando
 the first batch of real text; the previous cure (`eta_max = 0.1`) kept it finite but nearly inert.
 `titans_lmm(H, normalize=False, momentum_dampening=False, v_l2=False)` is D19 exactly.
 
-Ablation switches (Titans Table 5, spec §7.7) are `titans_lmm(...)` keyword overrides:
+Ablation switches (Titans Table 5, design §7.7) are `titans_lmm(...)` keyword overrides:
   linear memory      memory="matrix"
   w/o convolution    conv=False
   w/o momentum       momentum=False
@@ -25,7 +25,7 @@ Kernels: `implementation=` ("auto", "reference", "xla", "pallas_tpu", "pallas_gp
 is an override of every factory here (LMM, MAG, MAL, MAC); the memory's chunked scan then runs
 through `hope_jax.kernels.mlp_chunk_update` (docs/kernels.md, "Layers on the ops").
 
-Variants (spec §3.6):
+Variants (design §3.6):
   LMM  the memory alone is the mixer.
   MAG  `o = RMSNorm_y(SWA*(x̃)) ⊙ σ(RMSNorm_m(M(x̃)))`, x̃ = [p] || x (Eqs. 26–28; D26 gate).
   MAL  `o = SWA(M(x̃))` (Eqs. 29–31).
@@ -58,7 +58,7 @@ TITANS_ETA_MAX = 1.0  # D19, made stable by the curvature-normalised, dampened s
 
 
 def titans_lmm(num_heads: int, **overrides) -> MemoryMixerConfig:
-    """The Titans long-term memory module (LMM) as a mixer config (spec §3; D26 defaults, with
+    """The Titans long-term memory module (LMM) as a mixer config (design §3; D26 defaults, with
     unit-norm values, the curvature-normalised step and dampened momentum; see above)."""
     cfg = dict(memory="mlp", memory_depth=2, memory_expansion=4.0, objective="l2",
                momentum=True, momentum_dampening=True, retention=True, delta=False,
@@ -226,9 +226,9 @@ class TitansMAC(nnx.Module):
         M_t = M_{t−1} written with y                    the memory learns the attention output (Eq. 24)
         o   = RMSNorm(y) ⊙ σ(RMSNorm(M*(y)))            the gate ⊗ of D26 (Eq. 25)
 
-    Choices where the spec is silent (docs/layers.md):
+    Choices where the papers are silent (docs/layers.md):
     * h_j (retrieved with token j's query) is visible to queries i ≥ j only, like token j itself,
-      so MAC is causal (spec §3.7.6); the persistent tokens are visible to every query. h_j and
+      so MAC is causal (design §3.7, check 6); the persistent tokens are visible to every query. h_j and
       token j share position j for RoPE.
     * The retrieved vectors are mapped into token space by their own W_Q, head norm and W_h; the
       memory's own projections, conv and gates act on y.

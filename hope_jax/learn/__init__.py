@@ -1,4 +1,4 @@
-"""hope_jax.learn: continual learning after deployment (NL §7.1), docs/continual.md."""
+"""hope_jax.learn: continual learning after deployment (NL Sec. 7.1), docs/continual.md."""
 from hope_jax.learn.groups import (
     OPTIMIZERS,
     Group,

@@ -3,7 +3,7 @@
 Each block is Llama-style pre-norm (D11):
 
     h ← h + mixer(RMSNorm(h))          the mixer slot: attention, a level mixer, Titans, Hope …
-    h ← h + mlp(RMSNorm(h))            the MLP slot: SwiGLU, or a CMS chain (spec §5, D20)
+    h ← h + mlp(RMSNorm(h))            the MLP slot: SwiGLU, or a CMS chain (design §5, D20)
 
 Blocks are chosen by config: `DecoderConfig.mixers` is a pattern of mixer configs repeated
 cyclically over `num_blocks` (e.g. `parse_pattern("2 titans : 1 attention", table)`). Any

@@ -1,4 +1,4 @@
-"""hope_jax.optim: deep optimizers of Nested Learning as optax transforms (NL §2.4–2.9, §5.3).
+"""hope_jax.optim: deep optimizers of Nested Learning as optax transforms (design §2.4–2.9, §5.3).
 
 Every `scale_by_*` transform outputs a descent direction (optax's sign); the complete optimizers
 (`preconditioned_momentum`, `delta_momentum`, `dmgd`, `muon`, `m3`) apply the learning rate

@@ -33,7 +33,7 @@ def with_learning_rate(
     """`chain(direction, [add_decayed_weights], scale_by_learning_rate)`: a complete optimizer.
 
     The learning rate (float or optax schedule, evaluated at the global step) multiplies the whole
-    output, as in Muon (spec §2.7); weight decay is decoupled (`W ← W − η(u + λW)`).
+    output, as in Muon (design §2.7); weight decay is decoupled (`W ← W − η(u + λW)`).
     """
     parts = [direction]
     if not is_static_zero(weight_decay):

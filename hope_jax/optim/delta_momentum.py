@@ -1,4 +1,4 @@
-"""Delta momentum (NL §2.5, Eqs. 48–49) in the normalised form of D27.
+"""Delta momentum (design §2.5, Eqs. 48–49) in the normalised form of D27.
 
 NL Eq. 49 fits the momentum with an L2 objective, `m ← m (β I − g gᵀ) − η P g`; the printed
 `g gᵀ` is unbounded in the gradient's scale, so hope_jax uses (D27)

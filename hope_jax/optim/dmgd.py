@@ -1,4 +1,4 @@
-"""Deep momentum gradient descent, DMGD (NL §2.6, Eq. 50; D28).
+"""Deep momentum gradient descent, DMGD (design §2.6, Eq. 50; D28).
 
 The momentum is a small neural memory applied to the current gradient `u`:
 

@@ -1,4 +1,4 @@
-"""M3: Multi-scale Momentum Muon (NL §2.9, Algorithm 1, Eq. 75; D15).
+"""M3: Multi-scale Momentum Muon (design §2.9, Algorithm 1, Eq. 75; D15).
 
 An Adam-style second moment, a fast Muon momentum and a slow momentum updated once every `f`
 steps from the mean gradient of its chunk (a 2-level CMS of the independent kind). Default form,

@@ -1,6 +1,6 @@
-"""Multi-frequency updates: parameter groups written every `P` steps (spec §5.3, D9, D23).
+"""Multi-frequency updates: parameter groups written every `P` steps (design §5.3, D9, D23).
 
-CMS outer levels (spec §5.3) are ordinary parameters updated only every `P` outer steps with the
+CMS outer levels (design §5.3) are ordinary parameters updated only every `P` outer steps with the
 mean of the gradients accumulated since their last update (D23):
 
     acc ← acc + g;  n ← n + 1
@@ -61,7 +61,7 @@ def update_every(
         acc = jax.tree.map(jnp.add, state.acc, updates)
         phase = (state.phase + 1) % period
 
-        def write(acc, inner_state):  # n mod P == 0: the level writes (spec §5.3, Eq. 71)
+        def write(acc, inner_state):  # n mod P == 0: the level writes (design §5.3, Eq. 71)
             grads = jax.tree.map(lambda a: a / period, acc) if reduction == "mean" else acc
             new_updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
             return new_updates, jax.tree.map(jnp.zeros_like, acc), inner_state
@@ -85,7 +85,7 @@ def multi_frequency(
     reduction: Reduction = "mean",
     learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Per-group multi-frequency optimizer for CMS outer levels (spec §5.3, D9, D23).
+    """Per-group multi-frequency optimizer for CMS outer levels (design §5.3, D9, D23).
 
     Args:
       inner: the optimizer every group uses (each group gets its own state), or a mapping

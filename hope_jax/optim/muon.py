@@ -1,8 +1,8 @@
-"""Muon: linear momentum with a Newton–Schulz output (NL §2.7, Eq. 42; D29).
+"""Muon: linear momentum with a Newton–Schulz output (design §2.7, Eq. 42; D29).
 
     s_{t+1} = β s_t + g_t,      W_{t+1} = W_t − η (NS_T(s_{t+1}) + λ W_t)
 
-Muon's own form with the learning rate outside NS (spec §2.7: NS is scale-invariant, so NL's
+Muon's own form with the learning rate outside NS (design §2.7: NS is scale-invariant, so NL's
 printed η inside the momentum would be lost). Equal to NL's `m = β m − ∇L`, `W + η NS(m)` since NS
 is odd. Non-matrix leaves, embeddings and the LM head skip NS (D29) and take the plain momentum.
 """
@@ -53,7 +53,7 @@ def muon(
     Args:
       learning_rate: η, a float or an optax schedule (evaluated at the global step).
       beta: momentum decay (Muon's 0.95).
-      nesterov: use the Nesterov form `β s_{t+1} + g` as NS input (off: spec §2.7's plain form).
+      nesterov: use the Nesterov form `β s_{t+1} + g` as NS input (off: design §2.7's plain form).
       ns_steps, ns_coefficients, ns_eps, ns_dtype: Newton–Schulz settings (D29: 5, quintic, fp32).
       ns_mask, ns_exclude: which leaves get NS (default: rank ≥ 2, not embedding / LM head).
       shape_scale: multiply NS output by `√max(1, rows/cols)`.

@@ -1,4 +1,4 @@
-"""Newton–Schulz orthogonalisation as a nonlinear output on any momentum (NL §2.7, Eqs. 42–44, 52; D29).
+"""Newton–Schulz orthogonalisation as a nonlinear output on any momentum (design §2.7, Eqs. 42–44, 52; D29).
 
     X₀ = X / (‖X‖_F + ε)                                   (transpose first if rows > cols)
     X_{j+1} = a X_j + b (X_j X_jᵀ) X_j + c (X_j X_jᵀ)² X_j,   j = 0..T−1
@@ -10,7 +10,7 @@ stacked for `scan`). Vectors, scalars and, by default, leaves whose path names a
 LM head skip NS and pass through unchanged (D29).
 
 `W ← W + σ(m)` with σ = NS is NL Eq. 52; with a linear momentum it is Muon (Eq. 42), with the
-learning rate outside NS (spec §2.7): see `hope_jax.optim.muon`.
+learning rate outside NS (design §2.7): see `hope_jax.optim.muon`.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def resolve_mask(tree: optax.Params, mask: MaskOrFn, exclude: Sequence[str]) -> 
 
 
 def shape_scale_factor(x: jax.Array) -> float:
-    """Muon's optional shape scale `√max(1, rows/cols)` of the last two axes (spec §2.7)."""
+    """Muon's optional shape scale `√max(1, rows/cols)` of the last two axes (design §2.7)."""
     rows, cols = x.shape[-2], x.shape[-1]
     return max(1.0, rows / cols) ** 0.5
 

@@ -1,4 +1,4 @@
-"""Preconditioned momentum (NL §2.4, Eqs. 46–47) and its diagonal preconditioner.
+"""Preconditioned momentum (design §2.4, Eqs. 46–47) and its diagonal preconditioner.
 
 NL writes the momentum memory in the update's sign with the step size inside,
 
@@ -10,7 +10,7 @@ hope_jax transforms follow optax's convention instead: they output a descent *di
     s_{i+1} = β s_i + P_i g_i,           W_{i+1} = W_i − η s_{i+1}.
 
 With a constant η the two are identical (`m = −η s`); with a schedule η_t multiplies the whole
-output at the global step (Muon's placement, spec §2.7). See docs/optimizers.md.
+output at the global step (Muon's placement, design §2.7). See docs/optimizers.md.
 """
 from __future__ import annotations
 

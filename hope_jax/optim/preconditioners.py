@@ -1,4 +1,4 @@
-"""Preconditioners `P` for the momenta of NL §2.4–2.5: any transform mapping `g ↦ P g`.
+"""Preconditioners `P` for the momenta of design §2.4–2.5: any transform mapping `g ↦ P g`.
 
 NL Eq. 47 gives the momentum memory the value `P_i ∇L`; `P` is pluggable: the identity, a diagonal
 `1/(√v̂ + ε)` from a second-moment estimate (Adam's denominator), or a Shampoo-like factor (any
@@ -27,7 +27,7 @@ def scale_by_diagonal_preconditioner(
     eps: float = 1e-8,
     bias_correct: bool = True,
 ) -> optax.GradientTransformation:
-    """`P g = g / (√v̂ + ε)` with `v ← b2 v + (1 − b2) g²` (NL §2.4, diagonal P; Adam's denominator).
+    """`P g = g / (√v̂ + ε)` with `v ← b2 v + (1 − b2) g²` (design §2.4, diagonal P; Adam's denominator).
 
     Args:
       b2: decay of the second-moment EMA.
@@ -58,7 +58,7 @@ def resolve_preconditioner(
 
     None / "identity": `P = I`. "diagonal": `P = 1/(√v̂ + ε)` with default constants
     (`scale_by_diagonal_preconditioner()`); pass that transform yourself to change them. Any other
-    `optax.GradientTransformation` mapping `g ↦ P g` is used as given (NL §2.4: P is pluggable).
+    `optax.GradientTransformation` mapping `g ↦ P g` is used as given (design §2.4: P is pluggable).
     """
     if preconditioner is None or preconditioner == "identity":
         transform = optax.identity()

@@ -1,4 +1,4 @@
-"""The outer optimizer from `config.optim` (spec §5.3, D9, D23, D31; NL §2.5–2.9).
+"""The outer optimizer from `config.optim` (design §5.3, D9, D23, D31; design §2.5–2.9).
 
     g ← clip_by_global_norm(g, clip_norm)                    (per update group, on update steps)
     s ← direction(g)                                          (optim.name, below)

@@ -18,7 +18,7 @@ class LinearUpdateConfig:
       objective: "l2" (`e = W k − v`, Eq. 93; D4) or "dot" (`e = −v`, Eq. 92 with the sign fixed).
       dgd: the DGD / delta-rule preconditioner `W (α I − p k kᵀ)` (Eq. 88; D3).
       normalize: η read as η' = η/(1+η‖k‖²) in the step and in p (Sherman–Morrison, §2.3).
-      gated: p multiplied by α (Gated DeltaNet's gradient at the decayed state, spec §4).
+      gated: p multiplied by α (Gated DeltaNet's gradient at the decayed state, design §4).
       read: "post" (`M_t q_t`), "pre" (`M_{t−1} q_t`, Hope Eq. 94) or "snapshot" (`M_ξ q_t`).
     """
 

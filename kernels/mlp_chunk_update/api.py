@@ -3,7 +3,7 @@
     y, params_T, momentum_T = mlp_chunk_update(q, k, v, eta, alpha, beta, params, momentum)
 
 Runs the deep memory `M(x) = x + W_out σ(W_in x)` of Titans and self-modifying Titans / Hope over
-a sequence in chunks of C tokens (spec §3.1, §3.4, §6.2, §6.4; D2, D3, D5, D35): per-token
+a sequence in chunks of C tokens (design §3.1, §3.4, §6.2, §6.4; D2, D3, D5, D35): per-token
 gradients at the chunk snapshot, momentum `S_t = β_t S_{t−1} − η_t G_t`, retention α and (with
 `dgd`) the DGD preconditioner on W_in, running reads in dual form or snapshot reads. It is the
 core level `config.level(h)`, started from a chunk-aligned state.
@@ -92,7 +92,7 @@ def mlp_chunk_update(q: Array, k: Array, v: Array, eta: Array, alpha: Array | No
       q, k, v: queries, keys, values [B, T, H, d] (computed in float32, D30).
       eta, alpha, beta: step size η_t, retention α_t (None: α ≡ 1), momentum decay β_t [B, T, H].
       params: (W_in [B, H, h, d], W_out [B, H, d, h]), the memory at the sequence start
-        (W_in is the spec's W₂, the input side where DGD acts; W_out is W₁). Held in float32.
+        (W_in is W₂ of design §3.1, the input side where DGD acts; W_out is W₁). Held in float32.
       momentum: (S_in, S_out) like params, or None for zeros (a fresh sequence).
       chunk_size, objective, dgd, normalize, read, activation: the update (`MLPUpdateConfig`).
       implementation: "auto", "reference", "xla", "pallas_tpu", "pallas_gpu" or "interpret".

@@ -16,7 +16,7 @@ READS = ("post", "pre", "snapshot")
 class MLPUpdateConfig:
     """The residual 2-layer MLP memory `M(x) = x + W_out σ(W_in x)` with momentum and retention.
 
-    Titans (spec §3.1, §3.4): `dgd=False, normalize=False, read="post"`. Self-modifying Titans /
+    Titans (design §3.1, §3.4): `dgd=False, normalize=False, read="post"`. Self-modifying Titans /
     Hope (§6.2, §6.4; D3, D5): `dgd=True, normalize=True, read="pre"` for the output memory.
 
     Attributes:

@@ -1,6 +1,6 @@
 """Shared cases for the core tests: random inputs, levels, an explicit chunk loop, comparisons.
 
-The explicit loop here is written from the spec's equations (spec §2, §6.4, D2, D3, D5) with
+The explicit loop here is written from the equations of docs/design.md (§2, §6.4, D2, D3, D5) with
 autodiff gradients at the chunk snapshot; it shares no code with `hope_jax.core`'s scan paths
 or with its inner optimizer transforms.
 """
@@ -99,7 +99,7 @@ def gates_for(case: OptimizerCase, inputs: dict) -> dict:
 
 def explicit_chunk_loop(memory: core.MLPMemory, objective: core.Objective, case: OptimizerCase,
                         chunk: int, read: str, params, q, k, v, eta, alpha=None, beta=None):
-    """Spec §6.4 written as loops: per chunk, autodiff gradients at the snapshot; per token,
+    """Design §6.4 written as loops: per chunk, autodiff gradients at the snapshot; per token,
     S ← β S − η_e G; W₀ ← W₀(α I − p k kᵀ) + S (DGD, input layer), W_l ← α W_l + S.
 
     params: tuple of [H, out, in]; inputs [B, T, H, ·]. Returns (y [B, T, H, d_v], memory, momentum)

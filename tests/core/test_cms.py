@@ -1,4 +1,4 @@
-"""In-context CMS levels (spec §5.7): chunk-end writes, frozen levels, reset per sequence, gradients."""
+"""In-context CMS levels (design §5.7): chunk-end writes, frozen levels, reset per sequence, gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +47,7 @@ def test_equals_chunk_end_loop(x64, chunk, retention):
 
 @pytest.mark.fast
 def test_frozen_level_is_a_plain_mlp(x64):
-    """η_max = 0 (or C ≥ T) never writes inside the sequence: every token reads θ_0 (spec §5.7.2–3)."""
+    """η_max = 0 (or C ≥ T) never writes inside the sequence: every token reads θ_0 (design §5.7, checks 2–3)."""
     p, w_tgt, rho, z = _setup()
     plain = swiglu(p, z)
     assert_close(in_context_level(p, w_tgt, rho, z, 4, eta_max=0.0)[0], plain, 1e-15)
@@ -56,7 +56,7 @@ def test_frozen_level_is_a_plain_mlp(x64):
 
 @pytest.mark.fast
 def test_sequences_never_share_state(x64):
-    """Two sequences in one batch give the same result as each alone (reset per sequence, §5.7.5)."""
+    """Two sequences in one batch give the same result as each alone (reset per sequence, design §5.7, check 5)."""
     p, w_tgt, rho, z = _setup()
     both = in_context_level(p, w_tgt, rho, z, 3, eta_max=0.5)[0]
     for b in range(2):

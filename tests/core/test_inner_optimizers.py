@@ -1,4 +1,4 @@
-"""Inner optimizers: one-token updates against the spec's formulas (§2.1–2.3), chains, specs."""
+"""Inner optimizers: one-token updates against the formulas of design §2.1–2.3, chains, specs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +21,7 @@ def _one_token(seed=0):
 
 @pytest.mark.fast
 def test_gd_with_retention_formula(x64):
-    """M_t = α M − η g (spec §2.1); η = 0, α = 1 is the identity."""
+    """M_t = α M − η g (design §2.1); η = 0, α = 1 is the identity."""
     w, k, g = _one_token()
     opt = core.gd()
     u, _ = opt.update((g,), opt.init((w,)), (w,), eta=0.3, alpha=0.9, key=k)
@@ -32,7 +32,7 @@ def test_gd_with_retention_formula(x64):
 
 @pytest.mark.fast
 def test_momentum_formula_and_beta_zero_is_gd(x64):
-    """S = β S − η g, M = α M + S over two tokens; β = 0 equals GD with retention (spec §2.2)."""
+    """S = β S − η g, M = α M + S over two tokens; β = 0 equals GD with retention (design §2.2)."""
     w, k, g = _one_token()
     opt = core.momentum_gd()
     state = opt.init((w,))
@@ -50,7 +50,7 @@ def test_momentum_formula_and_beta_zero_is_gd(x64):
 
 @pytest.mark.fast
 def test_dgd_is_the_exact_proximal_l2_step(x64):
-    """DGD = argmin_W ½‖W x − u‖² + ‖W − W_t‖²/(2η), solved densely (spec §2.3, test a)."""
+    """DGD = argmin_W ½‖W x − u‖² + ‖W − W_t‖²/(2η), solved densely (design §2.3, test a)."""
     w, x, _ = _one_token(1)
     u_target = jnp.asarray(np.random.default_rng(2).normal(size=D_OUT))
     eta = 0.7
@@ -67,7 +67,7 @@ def test_dgd_is_the_exact_proximal_l2_step(x64):
 
 @pytest.mark.fast
 def test_dgd_limits(x64):
-    """η → 0 leaves the state unchanged; η → ∞ interpolates, W x = u (spec §2.3, tests b, c)."""
+    """η → 0 leaves the state unchanged; η → ∞ interpolates, W x = u (design §2.3, tests b, c)."""
     w, x, _ = _one_token(3)
     u_target = jnp.asarray(np.random.default_rng(4).normal(size=D_OUT))
     opt = core.dgd(momentum=False, retention=False, normalize=True)
@@ -82,7 +82,7 @@ def test_dgd_limits(x64):
 
 @pytest.mark.fast
 def test_dgd_on_mlp_touches_input_layer_only(x64):
-    """With g = 0: W₂ ← W₂(α I − η' k kᵀ), W₁ ← α W₁ (spec §2.3, test e; D3)."""
+    """With g = 0: W₂ ← W₂(α I − η' k kᵀ), W₁ ← α W₁ (design §2.3, test e; D3)."""
     memory = core.residual_mlp_memory(expansion=2)
     w2, w1 = (p[0] for p in memory.init(jax.random.PRNGKey(0), 1, D_IN, D_IN, jnp.float64))
     k = jnp.asarray(np.random.default_rng(5).normal(size=D_IN))

@@ -1,4 +1,4 @@
-"""Known identities: classic recurrences are levels (spec §4), each against a recurrence written here.
+"""Known identities: classic recurrences are levels (design §4), each against a recurrence written here.
 
 linear memory + dot + GD (η = 1, no decay)       = causal linear attention   M_t = M + v kᵀ
 linear memory + L2 + GD at C = 1                  = DeltaNet                  M(I − η k kᵀ) + η v kᵀ
@@ -82,7 +82,7 @@ def test_gated_delta_net_at_any_chunk_size(data, chunk):
 
 
 def test_dgd_with_vanishing_step_is_identity(data):
-    """η → 0, α = 1: the memory never changes and reads are M_0 q (spec §6.9.4)."""
+    """η → 0, α = 1: the memory never changes and reads are M_0 q (design §6.9, check 4)."""
     x, m0 = data
     level = core.Level(core.residual_mlp_memory(expansion=1), core.l2(), core.dgd(), chunk_size=4)
     params = level.memory.init(jax.random.PRNGKey(0), H, D, D, jnp.float64)

@@ -1,4 +1,4 @@
-"""Self-modifying Titans (spec §6.9): the chunked scan against an explicit token loop of Eq. 88 + D5.
+"""Self-modifying Titans (design §6.9): the chunked scan against an explicit token loop of Eq. 88 + D5.
 
 The loop below holds the snapshots by the ξ rule with two chunk sizes (D12), generates q, k, v, η,
 α, β from the k/v/η/α snapshots, reads M_{out,t−1}(q_t) (Eq. 94), and writes every memory with
@@ -37,7 +37,7 @@ def _inputs(t, seed=1):
 
 
 def explicit_loop(level, params, xq, xk, xv):
-    """Token loop of spec §6.4 with both snapshot clocks; returns (o, memories, momenta)."""
+    """Token loop of design §6.4 with both snapshot clocks; returns (o, memories, momenta)."""
     l2n = lambda x: x / jnp.sqrt(jnp.sum(x * x) + 1e-6)  # noqa: E731
     names = level.memory_names
     arch = {n: level._arch(n) for n in names}
@@ -160,7 +160,7 @@ def test_streaming_split_anywhere_equals_one_call(x64):
 
 @pytest.mark.fast
 def test_frozen_gates_leave_memories_unchanged(x64):
-    """η ≈ 0 and α ≈ 1 (gate biases far out): states never change; outputs are M_out,0(q) (§6.9.4)."""
+    """η ≈ 0 and α ≈ 1 (gate biases far out): states never change; outputs are M_out,0(q) (design §6.9, check 4)."""
     level = SelfModifyingLevel(chunk_other=2, chunk_memory=4)
     params = _params(level)
     g = params.gates

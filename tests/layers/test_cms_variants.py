@@ -1,5 +1,5 @@
-"""Nested CMS (spec §5.4, Eq. 72, D24) against an explicit token loop, and ad-hoc level stacking
-from MLP weights (spec §5.5, D25)."""
+"""Nested CMS (design §5.4, Eq. 72, D24) against an explicit token loop, and ad-hoc level stacking
+from MLP weights (design §5.5, D25)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +49,7 @@ def _params(key):
 def test_nested_reset_equals_token_loop_and_streams():
     """in_context_level with reset_every = R equals the token loop of Eq. 71 with resets at
     multiples of R (T = 13, C = 2, R = 6), also streamed in odd pieces; the state right after
-    each slow boundary equals θ_0 (spec §5.7.8)."""
+    each slow boundary equals θ_0 (design §5.7, check 8)."""
     theta0, w_tgt = _params(jax.random.PRNGKey(0))
     z = jax.random.normal(jax.random.PRNGKey(1), (2, 13, D))
     rho = jnp.asarray(0.3)

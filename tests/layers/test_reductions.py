@@ -1,4 +1,4 @@
-"""Each recurrent mixer is exactly its known recurrence (spec §4; core identities reused).
+"""Each recurrent mixer is exactly its known recurrence (design §4; core identities reused).
 
 The reference here recomputes the layer by hand from its weights (projections → conv → SiLU →
 L2 norm, gates, a token-by-token numpy recurrence, output norm, gate and projection), sharing no
@@ -85,7 +85,7 @@ CASES = {
     "gated_deltanet": (layers.gated_deltanet(H, chunk_size=4),
                        lambda M, S, k, v, e, a, b: (a * M @ (I - e * np.outer(k, k))
                                                     + e * np.outer(v, k), S)),
-    # TTT-Linear at mini-batch 1 is online GD on ½‖Wk − v‖² (spec §4, TTT paper)
+    # TTT-Linear at mini-batch 1 is online GD on ½‖Wk − v‖² (design §4, TTT paper)
     "ttt_linear": (layers.ttt_linear(H, chunk_size=1),
                    lambda M, S, k, v, e, a, b: (M - e * np.outer(M @ k - v, k), S)),
     # Titans with a linear memory at chunk 1: S = βS − η∇ℓ(M_{t−1}), M = αM + S (Titans Eq. 18)

@@ -1,4 +1,4 @@
-"""Titans MAC (memory as context, spec §3.6, Titans Eqs. 21–25) against a plain loop over segments,
+"""Titans MAC (memory as context, design §3.6, Titans Eqs. 21–25) against a plain loop over segments,
 streaming (prefill + steps, token-by-token calls), causality, gradients and the presets."""
 import dataclasses
 

@@ -1,7 +1,7 @@
 """Hand-written numpy recurrences (float64) that the optax transforms of hope_jax.optim must match.
 
 Each oracle takes a list of gradient dicts (numpy arrays) and returns the list of per-step outputs
-(descent directions, before the learning rate), following the equations of the spec literally.
+(descent directions, before the learning rate), following the equations of docs/design.md literally.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def gradient_stream(seed: int, shapes: dict[str, tuple[int, ...]], steps: int = 
 
 
 def newton_schulz(x, steps=5, coeffs=QUINTIC, eps=1e-7):
-    """NS_T of a matrix or a stack of matrices (spec §2.7), transposing tall ones."""
+    """NS_T of a matrix or a stack of matrices (design §2.7), transposing tall ones."""
     a, b, c = coeffs
     X = np.array(x, dtype=np.float64)
     tall = X.shape[-2] > X.shape[-1]

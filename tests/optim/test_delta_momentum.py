@@ -1,4 +1,4 @@
-"""Tests of hope_jax/optim/delta_momentum.py (NL §2.5, Eqs. 48–49; D27)."""
+"""Tests of hope_jax/optim/delta_momentum.py (design §2.5, Eqs. 48–49; D27)."""
 from __future__ import annotations
 
 import jax
@@ -31,7 +31,7 @@ def test_matrix_form_matches_numpy(x64):
 @pytest.mark.parametrize("form", ["flat", "matrix"])
 @pytest.mark.parametrize("preconditioner", [None, "diagonal"])
 def test_gamma_zero_is_preconditioned_momentum(x64, form, preconditioner):
-    """γ = 0: delta momentum equals preconditioned momentum with the same P (spec §2.5 test)."""
+    """γ = 0: delta momentum equals preconditioned momentum with the same P (design §2.5 test)."""
     grads = ref.gradient_stream(12, SHAPES)
     ours, _ = run(ho.scale_by_delta_momentum(0.9, 0.0, preconditioner=preconditioner, form=form), grads)
     theirs, _ = run(ho.scale_by_preconditioned_momentum(0.9, preconditioner=preconditioner), grads)
@@ -40,7 +40,7 @@ def test_gamma_zero_is_preconditioned_momentum(x64, form, preconditioner):
 
 @pytest.mark.parametrize("gamma", [1.0, 0.4])
 def test_one_step_component_scaling(x64, gamma):
-    """One step scales m's component along ĝ by β − γ‖ĝ‖² (≈ β − γ) and its orthogonal part by β (spec §2.5)."""
+    """One step scales m's component along ĝ by β − γ‖ĝ‖² (≈ β − γ) and its orthogonal part by β (design §2.5)."""
     rng = np.random.default_rng(13)
     beta, eps = 0.9, 1e-8
     s0, g = rng.standard_normal(12), rng.standard_normal(12)
@@ -58,7 +58,7 @@ def test_one_step_component_scaling(x64, gamma):
     np.testing.assert_allclose(np.asarray(s1), decayed + g, atol=1e-12)
 
 
-# The toy problem of NL Fig. 4 (spec §2.5): ψ(r, θ) = r² + k (r − θ + α sin(ω r))², minimiser (0, 0),
+# The toy problem of NL Fig. 4 (design §2.5): ψ(r, θ) = r² + k (r − θ + α sin(ω r))², minimiser (0, 0),
 # a curved valley along θ = r + α sin(ω r). Constants (the paper gives none): k = 5, α = 1, ω = 1;
 # start (−3.5, 2); β = 0.95, η = 0.02 for both optimizers; "neighbourhood" = ‖(r, θ)‖ < 0.1.
 TOY_K, TOY_ALPHA, TOY_OMEGA = 5.0, 1.0, 1.0

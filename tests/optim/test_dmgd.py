@@ -1,4 +1,4 @@
-"""Tests of hope_jax/optim/dmgd.py (NL §2.6, Eq. 50; D28)."""
+"""Tests of hope_jax/optim/dmgd.py (design §2.6, Eq. 50; D28)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +31,7 @@ def test_l2_objective_matches_numpy(x64):
 
 
 def test_frozen_zero_w1_is_momentum(x64):
-    """With w₁ = 0 frozen, DMGD equals momentum exactly: dmgd(η, β) == optax.sgd(η, momentum=β) (spec §2.6)."""
+    """With w₁ = 0 frozen, DMGD equals momentum exactly: dmgd(η, β) == optax.sgd(η, momentum=β) (design §2.6)."""
     grads = ref.gradient_stream(22, SHAPES)
     ours, _ = run(ho.dmgd(0.05, beta=0.9, w1_init=0.0, train_memory=False), grads)
     theirs, _ = run(optax.sgd(0.05, momentum=0.9), grads)

@@ -1,4 +1,4 @@
-"""Tests of hope_jax/optim/multi_frequency.py (spec §5.3 outer CMS levels; D9, D23)."""
+"""Tests of hope_jax/optim/multi_frequency.py (design §5.3 outer CMS levels; D9, D23)."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""Tests of hope_jax/optim/newton_schulz.py and muon.py (NL §2.7, Eqs. 42–44, 52; D29)."""
+"""Tests of hope_jax/optim/newton_schulz.py and muon.py (design §2.7, Eqs. 42–44, 52; D29)."""
 from __future__ import annotations
 
 import jax
@@ -12,7 +12,7 @@ import hope_jax.optim as ho
 from . import _reference as ref
 from ._harness import SHAPES, assert_trees_close, run
 
-# Gaussian matrices with aspect ratio ≥ 2 are well conditioned (σ_min/σ_max ≳ 0.17): spec §2.7 (a).
+# Gaussian matrices with aspect ratio ≥ 2 are well conditioned (σ_min/σ_max ≳ 0.17): design §2.7 (a).
 WELL_CONDITIONED_SHAPES = [(16, 32), (64, 32), (24, 96), (128, 32)]
 
 
@@ -20,7 +20,7 @@ WELL_CONDITIONED_SHAPES = [(16, 32), (64, 32), (24, 96), (128, 32)]
 @pytest.mark.parametrize("shape", WELL_CONDITIONED_SHAPES)
 def test_quintic_singular_values_near_one(shape):
     """Quintic NS(5) in fp32 maps every singular value of a well-conditioned Gaussian matrix into
-    [0.68, 1.21] (spec §2.7 (a)).
+    [0.68, 1.21] (design §2.7 (a)).
 
     The quintic's attracting band is [0.6818, 1.2024] (its value at 1 is 0.701), so the lower bound
     cannot be 0.7: singular values near 0.682 do occur (they are what Muon's coefficients trade for speed).
@@ -49,7 +49,7 @@ def test_ns_is_odd():
 
 @pytest.mark.parametrize("shape", [(6, 10), (10, 6)])
 def test_cubic_many_steps_is_polar_factor(x64, shape):
-    """Cubic NS (1.5, −0.5, 0) with 60 steps equals the SVD polar factor U Vᵀ (spec §2.7 (a))."""
+    """Cubic NS (1.5, −0.5, 0) with 60 steps equals the SVD polar factor U Vᵀ (design §2.7 (a))."""
     x = np.random.default_rng(31).standard_normal(shape)
     u, _, vt = np.linalg.svd(x, full_matrices=False)
     ns = ho.newton_schulz(jnp.asarray(x), steps=60, coefficients="cubic", eps=0.0)
@@ -66,7 +66,7 @@ def test_muon_matches_numpy(x64):
 
 @pytest.mark.fast
 def test_muon_with_identity_ns_is_momentum_sgd(x64):
-    """Muon with NS replaced by the identity (mask all False) equals optax.sgd with momentum (spec §2.7 (c))."""
+    """Muon with NS replaced by the identity (mask all False) equals optax.sgd with momentum (design §2.7 (c))."""
     grads = ref.gradient_stream(33, SHAPES)
     no_ns = lambda tree: jax.tree.map(lambda _: False, tree)  # noqa: E731
     ours, _ = run(ho.muon(0.05, beta=0.95, ns_mask=no_ns), grads)

@@ -1,4 +1,4 @@
-"""Tests of hope_jax/optim/preconditioned_momentum.py (NL §2.4, Eq. 47)."""
+"""Tests of hope_jax/optim/preconditioned_momentum.py (design §2.4, Eq. 47)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -37,7 +37,7 @@ def test_pluggable_preconditioner(x64):
 
 
 def test_complete_optimizer_equals_optax_sgd(x64):
-    """preconditioned_momentum(η, β) with P = I equals optax.sgd(η, momentum=β) (spec §2.4 test, §1 test c)."""
+    """preconditioned_momentum(η, β) with P = I equals optax.sgd(η, momentum=β) (design §2.4, and §1, check c)."""
     grads = ref.gradient_stream(3, SHAPES)
     ours, _ = run(ho.preconditioned_momentum(0.1, beta=0.9), grads)
     theirs, _ = run(optax.sgd(0.1, momentum=0.9), grads)
