@@ -1,4 +1,5 @@
-"""Version shims, in one place (jax 0.10 / 0.12, flax 0.12.8 / 0.12.12; notes/JAX_STACK.md).
+"""Version shims, in one place (jax 0.10 / 0.12, flax 0.12.8 / 0.12.12; docs/training.md,
+"Pitfalls of this JAX stack").
 
 Keep this small: add a shim only where the two stacks really differ.
 """

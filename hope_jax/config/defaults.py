@@ -47,7 +47,7 @@ def default_config() -> ConfigDict:
     ))
 
     c.data = ConfigDict(dict(
-        corpus="en_pip",          # en_pip (SOURCES.md §6 default, pip only) | python_stdlib |
+        corpus="en_pip",          # en_pip (default, pip only) | python_stdlib |
                                   # japanese | files | hf_dataset (docs/data.md)
         files=(),                 # with corpus="files": text / jsonl / parquet paths (or globs)
         text_field="text",        # jsonl / parquet column holding the text

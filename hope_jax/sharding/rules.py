@@ -1,12 +1,13 @@
 """The logical-axis rules table: logical parameter/activation axis names → mesh axes.
 
-Layers name only logical axes (MaxText style, STYLE.md): every `nnx.Param` carries a
+Layers name only logical axes (MaxText style): every `nnx.Param` carries a
 `logical_axes` metadata tuple, one name (or None) per dimension. This module is the one place
 that maps those names to the mesh axes `data`, `fsdp`, `tensor`, `sequence`. The same model then
 runs on 1 CPU, 8 fake devices or a pod.
 
 Parameters are annotated with plain metadata (not flax's `out_sharding`), so modules build
-anywhere without a mesh (no eager sharding, JAX_STACK.md §5); `shard_model` / `param_shardings`
+anywhere without a mesh (no eager sharding: docs/training.md, "Pitfalls of this JAX
+stack", 4); `shard_model` / `param_shardings`
 place them on a mesh afterwards.
 """
 from __future__ import annotations
