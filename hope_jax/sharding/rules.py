@@ -6,9 +6,8 @@ that maps those names to the mesh axes `data`, `fsdp`, `tensor`, `sequence`. The
 runs on 1 CPU, 8 fake devices or a pod.
 
 Parameters are annotated with plain metadata (not flax's `out_sharding`), so modules build
-anywhere without a mesh (no eager sharding: docs/training.md, "Pitfalls of this JAX
-stack", 4); `shard_model` / `param_shardings`
-place them on a mesh afterwards.
+anywhere without a mesh (no eager sharding: docs/training.md, "Pitfalls of this JAX stack",
+4); `shard_model` / `param_shardings` place them on a mesh afterwards.
 """
 from __future__ import annotations
 

@@ -2,10 +2,9 @@
 
 Mesh axes (data, fsdp, tensor, sequence) come from `config.mesh`; exactly one may be -1 and
 takes the remaining devices. Axes are Auto (GSPMD style; docs/training.md, "Pitfalls of this
-JAX stack", 1). Parameters
-are sharded by the logical-axis rules (`hope_jax.sharding.rules`), optimizer-state leaves shaped
-like a parameter follow it, every other leaf (step counts, phases) is replicated (pitfall 2),
-and batches are split over ("data", "fsdp") on their first dimension.
+JAX stack", 1). Parameters are sharded by the logical-axis rules (`hope_jax.sharding.rules`),
+optimizer-state leaves shaped like a parameter follow it, every other leaf (step counts, phases)
+is replicated (pitfall 2), and batches are split over ("data", "fsdp") on their first dimension.
 """
 from __future__ import annotations
 
