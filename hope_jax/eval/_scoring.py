@@ -38,16 +38,6 @@ def score_rows(model: nnx.Module, tokens: Array, mask: Array) -> RowScores:
     return RowScores(lp.sum(axis=-1), hit.all(axis=-1))
 
 
-def pad_rows(x: np.ndarray, rows: int, value=0) -> np.ndarray:
-    """Pads axis 0 of x up to `rows` with `value` (no-op if already that size)."""
-    if x.shape[0] > rows:
-        raise ValueError(f"batch of {x.shape[0]} rows exceeds the fixed batch size {rows}")
-    if x.shape[0] == rows:
-        return x
-    pad = np.full((rows - x.shape[0],) + x.shape[1:], value, dtype=x.dtype)
-    return np.concatenate([x, pad], axis=0)
-
-
 def bucket_length(n: int, minimum: int = 32) -> int:
     """The smallest power of two ≥ max(n, minimum): few distinct shapes, few compiles."""
     length = minimum

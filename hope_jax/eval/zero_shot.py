@@ -28,8 +28,9 @@ from typing import Sequence
 import numpy as np
 from flax import nnx
 
+from hope_jax.data.bpb import pad_rows
 from hope_jax.eval._protocols import Tokenizer
-from hope_jax.eval._scoring import bucket_length, pad_rows, progress_bar, score_rows
+from hope_jax.eval._scoring import bucket_length, progress_bar, score_rows
 
 FORMATS = ("lambada", "hellaswag", "piqa")
 

@@ -29,6 +29,7 @@ from flax import nnx
 
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import default_config
+from hope_jax.data.bpb import score_bpb
 from hope_jax.models.decoder import Decoder
 from hope_jax.train import mesh as mesh_lib
 from hope_jax.train.build import Trainer, build_trainer
@@ -157,10 +158,8 @@ def _local_rows(x: np.ndarray) -> np.ndarray:
 def evaluate(trainer: Trainer, params, batches: Iterator[dict], token_bytes: jax.Array,
              batch_rows: int) -> dict[str, float]:
     """Held-out bits per byte over `batches` (every process iterates the same batches) with the
-    one bpb implementation, `hope_jax.eval.perplexity.score_bpb`, here scoring each batch with
-    the sharded eval step: dict(bpb, eval_loss (nats/token), eval_tokens, bpb_se, bpb_ci95)."""
-    from hope_jax.eval.perplexity import score_bpb
-
+    one bpb implementation, `hope_jax.data.bpb.score_bpb`, here scoring each batch with the
+    sharded eval step: dict(bpb, eval_loss (nats/token), eval_tokens, bpb_se, bpb_ci95)."""
     host_bytes = np.asarray(to_host(token_bytes), np.int64)
 
     def score(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 
 from hope_jax.eval import bits_per_byte
 from hope_jax.eval._scoring import score_rows
-from hope_jax.eval.perplexity import bpb_summary, score_bpb
+from hope_jax.data.bpb import bpb_summary, score_bpb
 from eval_oracles import Bigram
 
 
