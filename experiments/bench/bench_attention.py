@@ -41,7 +41,7 @@ def build_step(arch: str, length: int, impl: str, block: int):
     from hope_jax.layers.attention import configure_attention
     from hope_jax.models.decoder import Decoder
     from hope_jax.models.presets import get_config
-    from hope_jax.train.optimizer import make_optimizer
+    from hope_jax.optim.outer import make_optimizer
     from hope_jax.train.state import ParamCodec, TrainState
     from hope_jax.train.step import make_apply, make_train_step
 

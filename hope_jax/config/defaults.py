@@ -63,7 +63,7 @@ def default_config() -> ConfigDict:
     ))
 
     c.optim = ConfigDict(dict(
-        name="adamw",             # adamw | muon | m3 | delta_momentum | dmgd (train/optimizer.py)
+        name="adamw",             # adamw | muon | m3 | delta_momentum | dmgd (optim/outer.py)
         lr=3e-3,
         warmup_steps=20,
         schedule="cosine",        # cosine | constant

@@ -12,15 +12,18 @@ All problems found are reported together in one ConfigError.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
+from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import ConfigDict, default_config
+from hope_jax.models.presets import ARCH_NAMES, SIZES
+from hope_jax.optim.outer import FALLBACKS, OPTIMIZERS, SCHEDULES
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "block", "full")
 TOKENIZERS = ("byte", "bpe")
-SCHEDULES = ("cosine", "constant")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BYTE_VOCAB = 260
 
@@ -92,15 +95,13 @@ def resolve_mesh(mesh: Any, device_count: int) -> dict[str, int]:
 
 def _value_errors(c: Any) -> list[str]:
     from hope_jax.data.cache_key import CORPORA  # the runtime's table of corpora (one list)
-    from hope_jax.models.presets import ARCHS, HOPE_ARCHS, SIZES
     e = []
 
     def need(ok: bool, key: str, msg: str):
         if not ok:
             e.append(f"config.{key}: {msg}, got {c[key.split('.')[0]][key.split('.')[1]]!r}")
 
-    archs = sorted(list(ARCHS) + list(HOPE_ARCHS))
-    need(c.model.arch in archs, "model.arch", f"expected one of {archs}")
+    need(c.model.arch in ARCH_NAMES, "model.arch", f"expected one of {list(ARCH_NAMES)}")
     need(c.model.size in SIZES, "model.size", f"expected one of {sorted(SIZES)}")
     need(c.model.dtype in DTYPES, "model.dtype", f"expected one of {DTYPES}")
     need(c.model.param_dtype in DTYPES, "model.param_dtype", f"expected one of {DTYPES}")
@@ -123,7 +124,6 @@ def _value_errors(c: Any) -> list[str]:
     need(0.0 <= d.held_out_fraction < 1.0, "data.held_out_fraction", "must be in [0, 1)")
     need(d.worker_count >= 0, "data.worker_count", "must be ≥ 0")
 
-    from hope_jax.train.optimizer import FALLBACKS, OPTIMIZERS
     o = c.optim
     need(o.name in OPTIMIZERS, "optim.name", f"expected one of {OPTIMIZERS}")
     need(o.fallback in FALLBACKS, "optim.fallback", f"expected one of {FALLBACKS}")
@@ -162,9 +162,6 @@ def _value_errors(c: Any) -> list[str]:
 
 def _shape_errors(c: Any) -> list[str]:
     """The model must build: heads divide the width, D12 chunk sizes, positive chunks."""
-    import dataclasses
-
-    from hope_jax.config.build import decoder_config
     vocab = BYTE_VOCAB if c.data.tokenizer == "byte" else c.data.vocab_size
     try:
         cfg = decoder_config(c, vocab)

@@ -3,6 +3,9 @@
 Every `scale_by_*` transform outputs a descent direction (optax's sign); the complete optimizers
 (`preconditioned_momentum`, `delta_momentum`, `dmgd`, `muon`, `m3`) apply the learning rate
 (float or optax schedule) last. See docs/optimizers.md for the equation-to-code map.
+
+`hope_jax.optim.outer` (not imported here) builds a training run's outer optimizer from
+`config.optim` out of these transforms.
 """
 from hope_jax.optim.delta_momentum import (
     DeltaMomentumState,

@@ -1,15 +1,16 @@
 """hope_jax.train: the trainer (docs/training.md).
 
 `train(config, workdir)` runs a whole experiment; `load_for_inference(workdir)` restores the
-latest checkpoint's model. The pieces: optimizer (outer AdamW + multi-frequency), state / step
-(pure jitted steps, NaN policy), mesh (shardings), checkpoint (orbax), distributed.
+latest checkpoint's model. The pieces: state / step (pure jitted steps, NaN policy), mesh
+(shardings), checkpoint (orbax), distributed; the outer optimizer (AdamW … + multi-frequency) is
+`hope_jax.optim.outer`.
 """
+from hope_jax.optim.outer import decay_mask, lr_schedule, make_optimizer
 from hope_jax.train.build import Trainer, build_trainer
 from hope_jax.train.checkpoint import Checkpointer, IncompatibleCheckpointError
 from hope_jax.train.distributed import maybe_initialize
 from hope_jax.train.loop import NonFiniteTrainingError, load_for_inference, train
 from hope_jax.train.mesh import build_mesh, mesh_shape, validate_batch
-from hope_jax.train.optimizer import decay_mask, lr_schedule, make_optimizer
 from hope_jax.train.state import ParamCodec, TrainState
 from hope_jax.train.step import make_eval_step, make_train_step, token_nll
 

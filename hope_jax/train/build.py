@@ -18,8 +18,8 @@ from jax.sharding import Mesh
 from hope_jax.config.build import decoder_config
 from hope_jax.layers.cms import update_periods
 from hope_jax.models.decoder import Decoder, DecoderConfig
+from hope_jax.optim.outer import make_optimizer
 from hope_jax.train import mesh as mesh_lib
-from hope_jax.train.optimizer import make_optimizer
 from hope_jax.train.state import ParamCodec, TrainState, all_finite
 from hope_jax.train.step import make_apply, make_eval_step, make_train_step
 

@@ -1,4 +1,4 @@
-"""Tests of hope_jax/train/optimizer.py: decay mask, schedule, multi-frequency wiring (D9/D23)."""
+"""Tests of hope_jax/optim/outer.py: decay mask, schedule, multi-frequency wiring (D9/D23)."""
 from __future__ import annotations
 
 import jax
@@ -12,7 +12,7 @@ from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import default_config
 from hope_jax.layers.cms import update_periods
 from hope_jax.models.decoder import Decoder
-from hope_jax.train.optimizer import decay_mask, lr_schedule, make_optimizer
+from hope_jax.optim.outer import decay_mask, lr_schedule, make_optimizer
 from hope_jax.train.state import ParamCodec
 
 

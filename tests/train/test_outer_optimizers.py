@@ -1,4 +1,4 @@
-"""Outer optimizers from `config.optim.name` (train/optimizer.py): each one trains a tiny Hope,
+"""Outer optimizers from `config.optim.name` (optim/outer.py): each one trains a tiny Hope,
 and the weight-decay / Newton–Schulz masks pick exactly the intended leaves."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hope_jax.config.defaults import default_config
 from hope_jax.config.validate import ConfigError, validate
 from hope_jax.layers.cms import update_periods
 from hope_jax.models.decoder import Decoder
-from hope_jax.train.optimizer import OPTIMIZERS, decay_mask, is_hidden_matrix, make_optimizer
+from hope_jax.optim.outer import OPTIMIZERS, decay_mask, is_hidden_matrix, make_optimizer
 from hope_jax.train.state import ParamCodec
 
 LR = {"adamw": 3e-3, "muon": 0.02, "m3": 3e-4, "delta_momentum": 0.3, "dmgd": 0.3}

@@ -43,6 +43,7 @@ Params = Mapping[str, jax.Array]
 
 OPTIMIZERS = ("adamw", "muon", "m3", "delta_momentum", "dmgd")
 FALLBACKS = ("adamw", "momentum")
+SCHEDULES = ("cosine", "constant")
 # Path components of meta-learned initial memory states and gate heads (self-modifying mixer:
 # `memories`, `gate_heads`; memory mixers: `memory0`).
 MEMORY_INIT_PARTS = ("memories", "memory0", "gate_heads")
@@ -61,7 +62,7 @@ def lr_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
         return optax.join_schedules(
             [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
     if optim_cfg.schedule != "cosine":
-        raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {optim_cfg.schedule!r}")
+        raise ValueError(f"optim.schedule: expected one of {SCHEDULES}, got {optim_cfg.schedule!r}")
     decay_steps = max(int(total_steps), warmup + 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=decay_steps,
@@ -193,6 +194,6 @@ def make_optimizer(optim_cfg, total_steps: int, periods: Mapping[str, int] | Non
     return optax.chain(inner, optax.scale_by_learning_rate(schedule)), schedule
 
 
-__all__ = ["FALLBACKS", "MEMORY_INIT_PARTS", "OPTIMIZERS", "core_ndim", "decay_mask", "direction",
+__all__ = ["FALLBACKS", "MEMORY_INIT_PARTS", "OPTIMIZERS", "SCHEDULES", "core_ndim", "decay_mask", "direction",
            "is_decayed", "is_hidden_matrix", "is_memory_init", "lr_schedule", "make_optimizer",
            "ns_mask_fn", "period_labels"]
