@@ -30,7 +30,7 @@ def default_config() -> ConfigDict:
         size="tiny",              # tiny | small | 340m | 760m | 1.3b
         dtype="float32",          # compute dtype: float32 | bfloat16 (params and memory state stay float32)
         param_dtype="float32",
-        remat="none",             # none | block (jax.checkpoint each block) | full (also inside mixers)
+        remat="none",             # none | block (jax.checkpoint each block; models/decoder.py)
         tie_embeddings=False,
         scan_blocks=False,        # run identical blocks with nnx.scan (faster compiles of deep models)
         # Shape overrides of the size preset (0 = the preset's value).

@@ -8,7 +8,11 @@
      C_oth (D12), chunk sizes are positive;
   4. the mesh: at most one -1, and the mesh fills the devices exactly; the global batch splits over
      processes, micro-batches and the data-parallel axes.
-All problems found are reported together in one ConfigError.
+All problems found in 1–3 are reported together in one ConfigError.
+
+The allowed values are not listed here: each comes from the table of the code that uses it
+(architectures and sizes: models/presets.py; dtypes and remat: models/decoder.py; optimizers and
+schedules: optim/outer.py; corpora and tokenizers: data/; mesh axes and sizing: sharding/rules.py).
 """
 from __future__ import annotations
 
@@ -18,14 +22,10 @@ from typing import Any
 
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import ConfigDict, default_config
+from hope_jax.models.decoder import DTYPES, REMAT_MODES
 from hope_jax.models.presets import ARCH_NAMES, SIZES
 from hope_jax.optim.outer import FALLBACKS, OPTIMIZERS, SCHEDULES
-
-DTYPES = ("float32", "bfloat16")
-REMAT = ("none", "block", "full")
-TOKENIZERS = ("byte", "bpe")
-MESH_AXES = ("data", "fsdp", "tensor", "sequence")
-BYTE_VOCAB = 260
+from hope_jax.sharding.rules import BATCH_AXES, check_batch, mesh_shape
 
 
 class ConfigError(ValueError):
@@ -71,30 +71,17 @@ def schema_errors(config: Any, schema: Any, prefix: str = "config") -> list[str]
 
 
 def resolve_mesh(mesh: Any, device_count: int) -> dict[str, int]:
-    """Mesh axis sizes with the -1 axis filled; raises ConfigError if they don't fit the devices."""
-    sizes = {ax: int(mesh[ax]) for ax in MESH_AXES}
-    bad = [ax for ax, n in sizes.items() if n == 0 or n < -1]
-    if bad:
-        raise ConfigError("; ".join(f"config.mesh.{ax}: must be -1 (fill) or ≥ 1, got "
-                                    f"{sizes[ax]}" for ax in bad))
-    fill = [ax for ax, n in sizes.items() if n == -1]
-    if len(fill) > 1:
-        raise ConfigError(f"config.mesh: at most one axis may be -1, got {fill}")
-    fixed = math.prod(n for n in sizes.values() if n != -1)
-    shape = " × ".join(f"{ax}={n}" for ax, n in sizes.items())
-    if fill:
-        if device_count % fixed:
-            raise ConfigError(f"config.mesh: {shape} — the fixed axes (product {fixed}) do not "
-                              f"divide the {device_count} devices")
-        sizes[fill[0]] = device_count // fixed
-    elif fixed != device_count:
-        raise ConfigError(f"config.mesh: {shape} has {fixed} devices but {device_count} are "
-                          f"available; set one axis to -1 to fill")
-    return sizes
+    """Mesh axis sizes with the -1 axis filled (`mesh_shape`); ConfigError if they don't fit."""
+    try:
+        return mesh_shape(dict(mesh), device_count)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _value_errors(c: Any) -> list[str]:
-    from hope_jax.data.cache_key import CORPORA  # the runtime's table of corpora (one list)
+    # data/ imports grain and sentencepiece: only when a config is checked
+    from hope_jax.data.cache_key import CORPORA
+    from hope_jax.data.tokenizers import TOKENIZER_KINDS
     e = []
 
     def need(ok: bool, key: str, msg: str):
@@ -105,7 +92,7 @@ def _value_errors(c: Any) -> list[str]:
     need(c.model.size in SIZES, "model.size", f"expected one of {sorted(SIZES)}")
     need(c.model.dtype in DTYPES, "model.dtype", f"expected one of {DTYPES}")
     need(c.model.param_dtype in DTYPES, "model.param_dtype", f"expected one of {DTYPES}")
-    need(c.model.remat in REMAT, "model.remat", f"expected one of {REMAT}")
+    need(c.model.remat in REMAT_MODES, "model.remat", f"expected one of {REMAT_MODES}")
     for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory"):
         need(c.model[k] >= 0, f"model.{k}", "must be ≥ 0 (0 = the size preset's value)")
     need(c.model.switches.objective in ("l2", "dot"), "model.switches",
@@ -117,7 +104,7 @@ def _value_errors(c: Any) -> list[str]:
          "corpus='hf_dataset' needs data.hf_dataset (a dataset name)")
     need(d.corpus != "files" or bool(d.files) or bool(d.hf_dataset), "data.files",
          "corpus='files' needs data.files (paths or globs) or data.hf_dataset")
-    need(d.tokenizer in TOKENIZERS, "data.tokenizer", f"expected one of {TOKENIZERS}")
+    need(d.tokenizer in TOKENIZER_KINDS, "data.tokenizer", f"expected one of {TOKENIZER_KINDS}")
     need(d.tokenizer != "bpe" or 300 <= d.vocab_size <= 2 ** 20, "data.vocab_size",
          "a BPE vocabulary needs 300 ≤ vocab_size ≤ 2^20")
     need(d.seq_len >= 2, "data.seq_len", "must be ≥ 2")
@@ -162,7 +149,8 @@ def _value_errors(c: Any) -> list[str]:
 
 def _shape_errors(c: Any) -> list[str]:
     """The model must build: heads divide the width, D12 chunk sizes, positive chunks."""
-    vocab = BYTE_VOCAB if c.data.tokenizer == "byte" else c.data.vocab_size
+    from hope_jax.data.byte_tokenizer import ByteTokenizer  # grain, as in _value_errors
+    vocab = ByteTokenizer.vocab_size if c.data.tokenizer == "byte" else c.data.vocab_size
     try:
         cfg = decoder_config(c, vocab)
     except (ValueError, TypeError, KeyError) as err:
@@ -215,19 +203,12 @@ def validate(config: Any, *, device_count: int | None = None,
         device_count = jax.device_count() if device_count is None else device_count
         process_count = jax.process_count() if process_count is None else process_count
     mesh = resolve_mesh(config.mesh, device_count)
-    t, o = config.train, config.optim
-    if t.global_batch % process_count:
-        raise ConfigError(f"config.train.global_batch: {t.global_batch} does not split over "
-                          f"{process_count} processes")
-    micro, rem = divmod(t.global_batch, o.grad_accum)
-    if rem:
-        raise ConfigError(f"config.optim.grad_accum: {o.grad_accum} micro-batches do not divide "
-                          f"train.global_batch={t.global_batch}")
-    dp = mesh["data"] * mesh["fsdp"]
-    if micro % dp:
-        raise ConfigError(f"config.train.global_batch: the micro-batch of {micro} sequences "
-                          f"(global_batch / grad_accum) does not split over the data-parallel "
-                          f"mesh axes data × fsdp = {dp}")
+    data_parallel = math.prod(mesh[axis] for axis in BATCH_AXES)
+    try:
+        check_batch(config.train.global_batch, data_parallel, config.optim.grad_accum,
+                    process_count)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return mesh
 
 

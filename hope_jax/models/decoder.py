@@ -33,6 +33,9 @@ from hope_jax.layers.params import Dense, normal, param
 from hope_jax.sharding.rules import constrain
 
 Array = jax.Array
+# The values DecoderConfig takes (config validation reads these tables).
+DTYPES = ("float32", "bfloat16")
+REMAT_MODES = ("none", "block")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +48,9 @@ class DecoderConfig:
       mlp: the MLP-slot config (SwiGLU by default; the CMS replaces it), or a tuple (cyclic).
       tie_embeddings: LM head = embeddingᵀ (default untied, D36).
       max_len: the training context T (also the default cache length of `prefill`).
-      dtype / param_dtype: compute and parameter dtypes ("float32", "bfloat16").
+      dtype / param_dtype: compute and parameter dtypes (`DTYPES`: "float32", "bfloat16").
       norm_eps: RMSNorm ε.
-      remat: "none", or "block" to recompute each block's activations in the backward pass
+      remat: `REMAT_MODES`: "none", or "block" to recompute each block's activations in the backward pass
         (`nnx.remat` per block: activation memory O(blocks · B·T·d) instead of every
         intermediate; memory levels keep their own per-chunk remat either way).
       scan_blocks: stack the (identical) blocks' parameters on a leading axis and run them with
@@ -75,8 +78,13 @@ class DecoderConfig:
             raise ValueError("DecoderConfig.mixers must be a non-empty tuple of mixer configs")
         if self.num_blocks < 1 or self.d_model < 1 or self.vocab_size < 1:
             raise ValueError("num_blocks, d_model and vocab_size must be positive")
-        if self.remat not in ("none", "block"):
-            raise ValueError(f"DecoderConfig.remat must be 'none' or 'block', got {self.remat!r}")
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"DecoderConfig.remat: expected one of {REMAT_MODES}, got "
+                             f"{self.remat!r}")
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise ValueError(f"DecoderConfig.{key}: expected one of {DTYPES}, got "
+                                 f"{getattr(self, key)!r}")
         mlps = self.mlp if isinstance(self.mlp, tuple) else (self.mlp,)
         for m in self.mixers + mlps:
             if not hasattr(m, "build"):

@@ -11,7 +11,8 @@ anywhere without a mesh (no eager sharding: docs/training.md, "Pitfalls of this 
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import math
+from typing import Iterable, Mapping, Sequence
 
 import jax
 from flax import nnx
@@ -20,10 +21,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hope_jax import _compat
 
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+BATCH_AXES = ("data", "fsdp")  # the data-parallel axes: batches split over them on dimension 0
 
 # logical name → mesh axis, tuple of mesh axes, or None (replicated). See docs/layers.md.
 LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),   # activations: batch over data-parallel axes
+    "batch": BATCH_AXES,         # activations: batch over data-parallel axes
     "length": "sequence",        # activations: sequence parallelism
     "embed": "fsdp",             # model width d: fully sharded data parallel
     "vocab": "tensor",           # embedding rows / LM-head columns
@@ -143,3 +145,49 @@ def make_mesh(axis_sizes: dict[str, int] | Iterable[int], devices=None) -> Mesh:
     else:
         sizes = tuple(axis_sizes)
     return _compat.make_mesh(sizes, MESH_AXES, devices=devices)
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
+    """{axis: size} of `config.mesh` on `device_count` devices, with the -1 axis filled in;
+    raises ValueError naming the keys unless the sizes fill the devices exactly (config
+    validation and the trainer's `build_mesh` both size the mesh here)."""
+    unknown = set(mesh_cfg) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"config.mesh: unknown axes {sorted(unknown)}; expected {MESH_AXES}")
+    sizes = {ax: int(mesh_cfg.get(ax, 1)) for ax in MESH_AXES}
+    bad = [ax for ax, n in sizes.items() if n == 0 or n < -1]
+    if bad:
+        raise ValueError("; ".join(f"config.mesh.{ax}: must be -1 (fill) or ≥ 1, got {sizes[ax]}"
+                                   for ax in bad))
+    fill = [ax for ax, n in sizes.items() if n == -1]
+    if len(fill) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {fill}")
+    fixed = math.prod(n for n in sizes.values() if n != -1)
+    shape = " × ".join(f"{ax}={n}" for ax, n in sizes.items())
+    if fill:
+        if device_count % fixed:
+            raise ValueError(f"config.mesh: {shape} — the fixed axes (product {fixed}) do not "
+                             f"divide the {device_count} devices")
+        sizes[fill[0]] = device_count // fixed
+    elif fixed != device_count:
+        raise ValueError(f"config.mesh: {shape} has {fixed} devices but {device_count} are "
+                         f"available; set one axis to -1 to fill")
+    return sizes
+
+
+def check_batch(global_batch: int, data_parallel: int, grad_accum: int = 1,
+                process_count: int = 1) -> None:
+    """Raises ValueError (naming the keys) unless the global batch splits over the processes and
+    each micro-batch (global_batch / grad_accum) over the `data_parallel` devices of the
+    BATCH_AXES."""
+    if global_batch % process_count:
+        raise ValueError(f"config.train.global_batch: {global_batch} does not split over "
+                         f"{process_count} processes")
+    micro, rem = divmod(global_batch, grad_accum)
+    if rem:
+        raise ValueError(f"config.optim.grad_accum: {grad_accum} micro-batches do not divide "
+                         f"train.global_batch={global_batch}")
+    if micro % data_parallel:
+        raise ValueError(f"config.train.global_batch: the micro-batch of {micro} sequences "
+                         f"(global_batch / grad_accum) does not split over the data-parallel "
+                         f"mesh axes data × fsdp = {data_parallel}")

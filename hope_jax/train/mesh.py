@@ -1,48 +1,22 @@
 """The device mesh of a run and the shardings of its state and batches (docs/training.md).
 
-Mesh axes (data, fsdp, tensor, sequence) come from `config.mesh`; exactly one may be -1 and
-takes the remaining devices. Axes are Auto (GSPMD style; docs/training.md, "Pitfalls of this
-JAX stack", 1). Parameters are sharded by the logical-axis rules (`hope_jax.sharding.rules`),
-optimizer-state leaves shaped like a parameter follow it, every other leaf (step counts, phases)
-is replicated (pitfall 2), and batches are split over ("data", "fsdp") on their first dimension.
+Mesh axes (data, fsdp, tensor, sequence) come from `config.mesh`; at most one may be -1 and
+takes the remaining devices (`hope_jax.sharding.rules.mesh_shape`). Axes are Auto (GSPMD style;
+docs/training.md, "Pitfalls of this JAX stack", 1). Parameters are sharded by the logical-axis
+rules (`hope_jax.sharding.rules`), optimizer-state leaves shaped like a parameter follow it, every
+other leaf (step counts, phases) is replicated (pitfall 2), and batches are split over
+`BATCH_AXES` ("data", "fsdp") on their first dimension.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from hope_jax.sharding.rules import MESH_AXES, make_mesh, param_shardings
-
-BATCH_AXES = ("data", "fsdp")
-
-
-def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
-    """{axis: size} with the -1 filled in; raises ValueError (naming the keys and the device
-    count) unless the product equals `device_count`."""
-    sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}
-    unknown = set(mesh_cfg) - set(MESH_AXES)
-    if unknown:
-        raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES}")
-    desc = ", ".join(f"mesh.{a}={s}" for a, s in sizes.items())
-    fill = [a for a, s in sizes.items() if s == -1]
-    if len(fill) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {desc}")
-    bad = [a for a, s in sizes.items() if s == 0 or s < -1]
-    if bad:
-        raise ValueError(f"mesh axis sizes must be ≥ 1 or -1, got {desc}")
-    fixed = math.prod(s for s in sizes.values() if s != -1)
-    if fill:
-        if device_count % fixed:
-            raise ValueError(f"{desc}: the fixed axes ({fixed} devices) do not divide the "
-                             f"{device_count} devices")
-        sizes[fill[0]] = device_count // fixed
-    elif fixed != device_count:
-        raise ValueError(f"{desc}: product {fixed} ≠ jax.device_count() = {device_count}")
-    return sizes
+from hope_jax.sharding.rules import (BATCH_AXES, MESH_AXES, check_batch, make_mesh, mesh_shape,
+                                     param_shardings)
 
 
 def build_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -63,18 +37,8 @@ def data_parallel_size(mesh: Mesh) -> int:
 def validate_batch(global_batch: int, mesh: Mesh, grad_accum: int = 1, process_count: int = 1
                    ) -> None:
     """Raises ValueError unless each micro-batch (global_batch / grad_accum) splits over
-    data×fsdp and the global batch splits over the processes."""
-    dp = data_parallel_size(mesh)
-    if global_batch % grad_accum:
-        raise ValueError(f"train.global_batch={global_batch} is not divisible by "
-                         f"optim.grad_accum={grad_accum}")
-    if (global_batch // grad_accum) % dp:
-        raise ValueError(f"micro-batch train.global_batch/optim.grad_accum = "
-                         f"{global_batch // grad_accum} is not divisible by mesh data×fsdp = "
-                         f"{mesh.shape['data']}×{mesh.shape['fsdp']} = {dp}")
-    if global_batch % process_count:
-        raise ValueError(f"train.global_batch={global_batch} is not divisible by "
-                         f"jax.process_count()={process_count}")
+    data×fsdp of `mesh` and the global batch splits over the processes (`check_batch`)."""
+    check_batch(global_batch, data_parallel_size(mesh), grad_accum, process_count)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -109,6 +73,5 @@ def opt_state_shardings(abstract_opt_state: Any, params_sharding: Mapping[str, N
     return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
-__all__ = ["BATCH_AXES", "batch_sharding", "build_mesh", "data_parallel_size",
-           "flat_param_shardings", "mesh_shape", "opt_state_shardings", "replicated",
-           "validate_batch"]
+__all__ = ["batch_sharding", "build_mesh", "data_parallel_size", "flat_param_shardings",
+           "opt_state_shardings", "replicated", "validate_batch"]

@@ -1,6 +1,7 @@
 """Config validation: each bad config is rejected before compiling, naming the culprit key."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import pathlib
 
@@ -31,6 +32,8 @@ BAD = [  # (key, value, text the message must contain)
     ("model.arch", "gpt5", "config.model.arch: expected one of"),
     ("model.size", "huge", "config.model.size"),
     ("model.dtype", "float16", "config.model.dtype"),
+    ("model.remat", "full", "config.model.remat: expected one of ('none', 'block')"),
+    ("optim.name", "sgd", "config.optim.name: expected one of"),
     ("data.tokenizer", "wordpiece", "config.data.tokenizer"),
     ("data.corpus", "files", "config.data.files"),
     ("data.seq_len", 1, "config.data.seq_len"),
@@ -100,6 +103,29 @@ def test_batch_must_split_over_processes_microbatches_and_data_axes():
     config.optim.grad_accum = 4
     with pytest.raises(ConfigError, match="config.optim.grad_accum"):
         validate(config, device_count=1, process_count=1)
+
+
+@pytest.mark.fast
+def test_allowed_values_are_the_runtime_tables():
+    """Validation reads the tables of the code that uses each value, so it cannot drift."""
+    from hope_jax.data import cache_key, tokenizers
+    from hope_jax.models import decoder, presets
+    from hope_jax.optim import outer
+    from hope_jax.sharding import rules
+
+    v = importlib.import_module("hope_jax.config.validate")  # `validate` is also the function
+    assert v.ARCH_NAMES is presets.ARCH_NAMES and v.SIZES is presets.SIZES
+    assert v.DTYPES is decoder.DTYPES and v.REMAT_MODES is decoder.REMAT_MODES
+    assert v.OPTIMIZERS is outer.OPTIMIZERS and v.SCHEDULES is outer.SCHEDULES
+    assert v.mesh_shape is rules.mesh_shape and v.check_batch is rules.check_batch
+    for corpus in cache_key.CORPORA:
+        config = default_config()
+        config.data.corpus, config.data.files, config.data.hf_dataset = corpus, ["x.txt"], "x"
+        assert not [e for e in v._value_errors(config) if "data.corpus" in e]
+    for kind in tokenizers.TOKENIZER_KINDS:
+        config = default_config()
+        config.data.tokenizer = kind
+        assert not [e for e in v._value_errors(config) if "data.tokenizer" in e]
 
 
 def test_resolve_mesh_fills_the_minus_one_axis():
