@@ -30,7 +30,6 @@ from hope_jax.cli_base import (COMMANDS, PROG, Command, UsageError, enable_compi
 from hope_jax.config import ConfigError, validate
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "config", "experiments.py")
-EVAL_TASKS = ("bpb", "niah", "memorization", "mqar", "zero_shot", "memory")
 HELP_ARGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
 # Errors about the user's inputs: their message alone is the report.
 _USER_ERRORS = ("UsageError", "ConfigError", "IncompatibleCheckpointError",
@@ -619,6 +618,7 @@ def _eval_memory(fv, plan, model, tok, config, prepared, results) -> None:
 
 _EVAL_RUNNERS = dict(bpb=_eval_bpb, niah=_eval_niah, memorization=_eval_memorization,
                      mqar=_eval_mqar, zero_shot=_eval_zero_shot, memory=_eval_memory)
+EVAL_TASKS = tuple(_EVAL_RUNNERS)  # what --tasks accepts
 
 register("train", Command("train a model (resumes from --workdir's newest intact checkpoint)",
                           f"{PROG} train [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …] "

@@ -108,7 +108,7 @@ def test_batch_must_split_over_processes_microbatches_and_data_axes():
 @pytest.mark.fast
 def test_allowed_values_are_the_runtime_tables():
     """Validation reads the tables of the code that uses each value, so it cannot drift."""
-    from hope_jax.data import cache_key, tokenizers
+    from hope_jax.data import ByteTokenizer, cache_key, tokenizers
     from hope_jax.models import decoder, presets
     from hope_jax.optim import outer
     from hope_jax.sharding import rules
@@ -118,6 +118,7 @@ def test_allowed_values_are_the_runtime_tables():
     assert v.DTYPES is decoder.DTYPES and v.REMAT_MODES is decoder.REMAT_MODES
     assert v.OPTIMIZERS is outer.OPTIMIZERS and v.SCHEDULES is outer.SCHEDULES
     assert v.mesh_shape is rules.mesh_shape and v.check_batch is rules.check_batch
+    assert presets.BYTE_VOCAB == ByteTokenizer.vocab_size  # the CPU sizes' default vocabulary
     for corpus in cache_key.CORPORA:
         config = default_config()
         config.data.corpus, config.data.files, config.data.hf_dataset = corpus, ["x.txt"], "x"
