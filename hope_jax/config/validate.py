@@ -22,6 +22,7 @@ from typing import Any
 
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import ConfigDict, default_config
+from hope_jax.core.objectives import by_name
 from hope_jax.models.decoder import DTYPES, REMAT_MODES
 from hope_jax.models.presets import ARCH_NAMES, SIZES
 from hope_jax.optim.outer import FALLBACKS, OPTIMIZERS, SCHEDULES
@@ -95,8 +96,10 @@ def _value_errors(c: Any) -> list[str]:
     need(c.model.remat in REMAT_MODES, "model.remat", f"expected one of {REMAT_MODES}")
     for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory"):
         need(c.model[k] >= 0, f"model.{k}", "must be ≥ 0 (0 = the size preset's value)")
-    need(c.model.switches.objective in ("l2", "dot"), "model.switches",
-         "switches.objective must be 'l2' or 'dot'")
+    try:
+        by_name(c.model.switches.objective)
+    except ValueError as err:
+        e.append(f"config.model.switches.objective: {err}")
 
     d = c.data
     need(d.corpus in CORPORA, "data.corpus", f"expected one of {CORPORA}")

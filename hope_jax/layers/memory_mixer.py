@@ -107,8 +107,7 @@ class MemoryMixerConfig:
     def __post_init__(self):
         if self.memory not in ("matrix", "mlp"):
             raise ValueError(f"memory must be 'matrix' or 'mlp', got {self.memory!r}")
-        if self.objective not in ("l2", "dot"):
-            raise ValueError(f"objective must be 'l2' or 'dot', got {self.objective!r}")
+        core.objectives.by_name(self.objective)  # ValueError unless "l2" or "dot"
         if self.memory_init not in ("default", "zeros"):
             raise ValueError(f"memory_init must be 'default' or 'zeros', got {self.memory_init!r}")
         if self.normalize not in core.inner_optimizers.STEP_NORMALIZATIONS:
@@ -134,7 +133,7 @@ def build_level(config: MemoryMixerConfig) -> core.Level:
     else:
         memory = core.residual_mlp_memory(expansion=config.memory_expansion,
                                           depth=config.memory_depth)
-    objective = core.l2() if config.objective == "l2" else core.dot_product()
+    objective = core.objectives.by_name(config.objective)
     if config.delta:
         opt = core.dgd(momentum=config.momentum, retention=config.retention,
                        normalize=config.normalize, gated=config.gated,
