@@ -5,7 +5,7 @@ Keep this small: add a shim only where the two stacks really differ.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh

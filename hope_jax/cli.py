@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -177,7 +177,7 @@ def _command_help(name: str) -> str:
             f" (default: {f.default_as_str.strip(chr(39))})"
         lines.append(f"  --{flag:<14s} {f.help}{default}")
         if flag == "config":
-            lines.append(f"  --config.GROUP.KEY=VALUE  one setting (every key and its meaning: "
+            lines.append("  --config.GROUP.KEY=VALUE  one setting (every key and its meaning: "
                          "hope_jax/config/defaults.py)")
     return "\n".join(lines)
 

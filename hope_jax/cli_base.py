@@ -5,8 +5,8 @@ and runs them; `hope_jax/cli_learn.py` adds `learn` and `--learn` through the sa
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from absl import flags
 

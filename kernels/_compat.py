@@ -12,7 +12,7 @@ Every difference between the two jax lines that the kernels touch lives here, no
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 from jax.experimental.pallas import tpu as pltpu

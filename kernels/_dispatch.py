@@ -12,7 +12,8 @@ An explicit choice that cannot run raises ValueError with the reason.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

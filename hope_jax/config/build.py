@@ -5,7 +5,7 @@ import dataclasses
 from typing import Any
 
 from hope_jax.models.decoder import DecoderConfig
-from hope_jax.models.presets import HOPE_ARCHS, get_config
+from hope_jax.models.presets import get_config
 
 # config.model keys that override a field of the mixer configs (wherever such a field exists).
 MIXER_OVERRIDES = ("num_heads", "chunk_size", "chunk_other", "chunk_memory")

@@ -16,7 +16,7 @@ neighbouring windows of one text only approximate.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 

@@ -60,7 +60,7 @@ class SentencePieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, *, num_threads: int | None = None
-              ) -> "SentencePieceTokenizer":
+              ) -> SentencePieceTokenizer:
         """Trains BPE (byte_fallback) on the lines of `texts`; vocab_size counts the 4 specials."""
         if vocab_size < 260:
             raise ValueError(f"bpe vocab_size={vocab_size} is too small: it needs at least 260 "
@@ -88,7 +88,7 @@ class SentencePieceTokenizer:
         return cls(model.getvalue())
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "SentencePieceTokenizer":
+    def load(cls, directory: str | os.PathLike) -> SentencePieceTokenizer:
         """Reads `tokenizer.model` from `directory`."""
         with open(os.path.join(directory, MODEL_FILE), "rb") as f:
             return cls(f.read())

@@ -19,7 +19,8 @@ At most `max_chunks` chunks are read per document (the KV cache holds max_chunks
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

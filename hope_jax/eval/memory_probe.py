@@ -18,7 +18,7 @@ For a pure-attention model (c) is 0 and the on/off pairs are equal: it has nothi
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

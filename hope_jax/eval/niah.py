@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from flax import nnx

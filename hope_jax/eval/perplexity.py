@@ -6,7 +6,7 @@ row with the model on one device.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from flax import nnx

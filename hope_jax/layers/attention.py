@@ -58,7 +58,7 @@ class AttentionConfig:
     block_size: int = 512
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> "Attention":
+              param_dtype=jnp.float32) -> Attention:
         return Attention(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 

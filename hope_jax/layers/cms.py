@@ -98,7 +98,7 @@ class CMSConfig:
         return 1 if slow.in_context else slow.period
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> "CMS":
+              param_dtype=jnp.float32) -> CMS:
         return CMS(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 

@@ -120,11 +120,11 @@ class MemoryMixerConfig:
                              f"got {self.implementation!r}")
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> "MemoryMixer":
+              param_dtype=jnp.float32) -> MemoryMixer:
         return MemoryMixer(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_level(config: MemoryMixerConfig) -> core.Level:
     """The `core.Level` of a mixer config (cached: equal configs share one Level object, so
     jitted functions of equal models hit the same cache)."""

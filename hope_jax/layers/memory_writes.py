@@ -11,7 +11,7 @@ The flag is part of the module graph's static data, so jitted functions recompil
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from flax import nnx
 

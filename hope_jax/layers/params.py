@@ -6,7 +6,7 @@ default); activations run in the layer's compute `dtype`.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -38,7 +38,6 @@ projections, so this is a reparameterisation of one shared prefix plus extra fre
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -86,7 +85,7 @@ class TitansMAGConfig:
     attention: AttentionConfig
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> "TitansMAG":
+              param_dtype=jnp.float32) -> TitansMAG:
         return TitansMAG(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 
@@ -98,7 +97,7 @@ class TitansMALConfig:
     attention: AttentionConfig
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> "TitansMAL":
+              param_dtype=jnp.float32) -> TitansMAL:
         return TitansMAL(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 
@@ -187,7 +186,7 @@ class TitansMACConfig:
             raise ValueError("MAC attends over whole segments; attention.window must be None")
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> "TitansMAC":
+              param_dtype=jnp.float32) -> TitansMAC:
         return TitansMAC(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 

@@ -23,7 +23,8 @@ import dataclasses
 import fnmatch
 import math
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import optax
 from flax import nnx

@@ -27,11 +27,11 @@ jitted scan over the segments of a window of W tokens (W a multiple of S).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from hope_jax.eval._scoring import target_logprobs

@@ -12,7 +12,7 @@ mixer's extra parameters.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from hope_jax.layers.hope import hope_block
 from hope_jax.layers.linear_mixers import LINEAR_MIXERS

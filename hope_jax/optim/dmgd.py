@@ -22,7 +22,8 @@ With `w₁ = 0` frozen this is exactly momentum (`optax.trace`). With the defaul
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,8 @@ LM head: D29) use `M̂1`, `M̂2` themselves.
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,8 @@ scale_by_learning_rate(schedule))`, or pass `learning_rate=` which builds exactl
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Literal, Mapping, NamedTuple, Union
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Literal, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,7 @@ is odd. Non-matrix leaves, embeddings and the LM head skip NS (D29) and take the
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import optax
 

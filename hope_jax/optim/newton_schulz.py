@@ -14,7 +14,8 @@ learning rate outside NS (design §2.7): see `hope_jax.optim.muon`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp

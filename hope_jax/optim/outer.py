@@ -31,7 +31,8 @@ Weight-decay rule (`is_decayed`): see the function.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -12,7 +12,7 @@ anywhere without a mesh (no eager sharding: docs/training.md, "Pitfalls of this 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 from flax import nnx

@@ -6,7 +6,8 @@ place on the mesh (so a model larger than one device's memory can be built).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,8 @@ other leaf (step counts, phases) is replicated (pitfall 2), and batches are spli
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np

@@ -17,7 +17,7 @@ keeps params and optimizer state unchanged (a `jnp.where` select inside the jit)
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

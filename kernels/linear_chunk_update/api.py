@@ -54,7 +54,7 @@ def _check_shapes(q, k, v, eta, alpha, w0) -> None:
                          f"{(b, h, v.shape[-1], d_k)}, got {w0.shape}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(kind: str, config: LinearUpdateConfig, block: LinearBlockSizes, t: int,
              interpret: bool):
     fn = linear_forward_tpu if kind == "tpu" else linear_forward_gpu
@@ -66,7 +66,7 @@ def _forward(kind: str, config: LinearUpdateConfig, block: LinearBlockSizes, t: 
     return forward
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _backward(kind: str, config: LinearUpdateConfig, block: LinearBlockSizes, t: int,
               interpret: bool):
     """The Pallas backward of `make_op`, or None (the XLA fallback) when `block.backward="xla"`."""

@@ -18,7 +18,7 @@ Memory stays linear in T either way (saved states plus one chunk of temporaries)
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +112,7 @@ def xla_backward(config: LinearUpdateConfig, t_real: int) -> Callable:
     return backward
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_op(config: LinearUpdateConfig, t_real: int, forward: Callable,
             backward: Callable | None = None) -> Callable:
     """The differentiable op on chunked inputs.

@@ -16,7 +16,7 @@ custom_vjp whose backward is the matching Pallas backward kernel (`pallas_tpu_ba
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,7 @@ def _check_shapes(q, k, v, gates, params, momentum) -> None:
                              f"[B, H, d, h]) = {want}, got {got}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(kind: str, config: MLPUpdateConfig, block: MLPBlockSizes, t: int, interpret: bool):
     fn = mlp_forward_tpu if kind == "tpu" else mlp_forward_gpu
 
@@ -68,7 +68,7 @@ def _forward(kind: str, config: MLPUpdateConfig, block: MLPBlockSizes, t: int, i
     return forward
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _backward(kind: str, config: MLPUpdateConfig, block: MLPBlockSizes, t: int, interpret: bool):
     """The Pallas backward of `make_op`, or None (the XLA fallback) when `block.backward="xla"`."""
     if block.backward == "xla":

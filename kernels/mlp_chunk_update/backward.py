@@ -16,7 +16,7 @@ Memory is linear in T either way.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +116,7 @@ def xla_backward(config: MLPUpdateConfig, t_real: int) -> Callable:
     return backward
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_op(config: MLPUpdateConfig, t_real: int, forward: Callable,
             backward: Callable | None = None) -> Callable:
     """The differentiable op on chunked inputs.

@@ -9,7 +9,6 @@ kernels also every primitive of the in-kernel `jax.vjp`), ref shapes. What it ca
 without the hardware: Mosaic's own layout and VMEM passes (libtpu) and Triton's PTX compilation,
 register / shared-memory pressure and speed.
 """
-import functools
 
 import jax
 import jax.numpy as jnp

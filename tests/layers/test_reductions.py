@@ -7,7 +7,6 @@ code with `MemoryMixer` beyond the weights.
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -2,7 +2,6 @@
 import inspect
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

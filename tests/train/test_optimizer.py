@@ -1,7 +1,6 @@
 """Tests of hope_jax/optim/outer.py: decay mask, schedule, multi-frequency wiring (D9/D23)."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
