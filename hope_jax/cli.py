@@ -158,7 +158,7 @@ def _parse(name: str, rest: Sequence[str]) -> tuple[flags.FlagValues, list[str]]
         raise UsageError(_flag_error(err)) from None
     except (AttributeError, KeyError) as err:  # an override of a key the config does not have
         raise UsageError(_unknown_override(argv) or f"bad --config override ({err})") from None
-    except Exception as err:  # noqa: BLE001 — the config file itself raised
+    except Exception as err:  # the config file itself raised
         raise UsageError(f"--config: {_one_line(err)}") from err
     if not flags.FLAGS.is_parsed():  # grain reads absl's global flags
         flags.FLAGS.mark_as_parsed()
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(" ".join([f"{PROG}: interrupted"] + _NOTES), file=sys.stderr)
         sys.exit(130)
-    except Exception as err:  # noqa: BLE001 — every error of a command is reported in one line
+    except Exception as err:  # every error of a command is reported in one line
         if debug:
             raise
         _fail(" ".join([_describe(err)] + _NOTES))

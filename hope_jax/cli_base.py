@@ -71,7 +71,7 @@ def trained_workdir(fv: flags.FlagValues, command: str) -> str:
 
 
 def sampling_settings(fv: flags.FlagValues, s) -> dict:
-    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+    pick = lambda flag, default: default if flag is None else flag
     out = dict(prompt=pick(fv.prompt, s.prompt), max_tokens=pick(fv.max_tokens, s.max_tokens),
                temperature=pick(fv.temperature, s.temperature), top_k=pick(fv.top_k, s.top_k),
                top_p=pick(fv.top_p, s.top_p), seed=pick(fv.seed, s.seed))

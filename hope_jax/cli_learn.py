@@ -222,7 +222,7 @@ def cmd_learn(fv: flags.FlagValues, positional: list[str]) -> None:
     state, start, curve = _resume(out, learner, B, config, V, fingerprint)
     every = max(1, (fv.heldout_every // (B * W)) if fv.heldout_every else math.ceil(n / 8))
     save_every = max(1, fv.save_every // (B * W)) if fv.save_every else n
-    held = lambda st: heldout_bpb(learner.model(st.params), prepared, config,  # noqa: E731
+    held = lambda st: heldout_bpb(learner.model(st.params), prepared, config,
                                   fv.heldout_windows, token_bytes)
     if not curve:
         curve.append(dict(window=0, tokens=0, heldout_bpb=held(state)))

@@ -44,7 +44,7 @@ REFERENCE_FB_MAX_TOKENS = {"mlp_momentum": 4096, "mlp_dgd": 4096, "gdn": 16384}
 
 def inputs(b: int, t: int, h: int, d: int, seed: int = 0) -> dict:
     ks = jax.random.split(jax.random.PRNGKey(seed), 6)
-    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
     return dict(
         q=unit(jax.random.normal(ks[0], (b, t, h, d))),
         k=unit(jax.random.normal(ks[1], (b, t, h, d))),
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     for name in args.levels:
         mine = [r for r in rows if r["level"] == name]
         lo, hi = min(mine, key=lambda r: r["T"]), max(mine, key=lambda r: r["T"])
-        per_tok = lambda r: r["chunked_forward_backward"]["step_s"] / r["T"]  # noqa: E731
+        per_tok = lambda r: r["chunked_forward_backward"]["step_s"] / r["T"]
         scaling[name] = dict(T_short=lo["T"], T_long=hi["T"], ratio=per_tok(hi) / per_tok(lo))
 
     header = (f"{'level':13s} {'T':>6s} {'fwd ms':>8s} {'ref fwd':>8s} {'x':>5s} {'f+b ms':>8s} "
@@ -166,8 +166,8 @@ def main(argv=None) -> int:
     for r in rows:
         cf, cb = r["chunked_forward"], r["chunked_forward_backward"]
         rf, rb = r["reference_forward"], r["reference_forward_backward"]
-        fmt = lambda v, s=1e3: "-" if v is None else f"{v['step_s'] * s:8.1f}"  # noqa: E731
-        sp = lambda v: "-" if v is None else f"{v:5.1f}"  # noqa: E731
+        fmt = lambda v, s=1e3: "-" if v is None else f"{v['step_s'] * s:8.1f}"
+        sp = lambda v: "-" if v is None else f"{v:5.1f}"
         print(f"{r['level']:13s} {r['T']:6d} {fmt(cf)} {fmt(rf)} {sp(r['speedup_forward'])} {fmt(cb)} "
               f"{fmt(rb)} {sp(r['speedup_forward_backward'])} {r['chunked_gflops_per_s']:8.1f} "
               f"{100 * r['chunked_fraction_of_peak']:6.1f} {cb['temp_bytes'] / 2 ** 20:9.1f} "

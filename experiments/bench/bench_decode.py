@@ -35,7 +35,7 @@ from flax import nnx
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
-from bench_models import MODELS, decoder_config  # noqa: E402
+from bench_models import MODELS, decoder_config
 
 DEFAULT_CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
 

@@ -42,7 +42,7 @@ KERNEL = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cpu": None}
 
 def make_inputs(op: str, b: int, t: int, h: int, d: int, dtype, seed: int = 0) -> dict:
     ks = jax.random.split(jax.random.PRNGKey(seed), 9)
-    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
     x = dict(q=unit(jax.random.normal(ks[0], (b, t, h, d))).astype(dtype),
              k=unit(jax.random.normal(ks[1], (b, t, h, d))).astype(dtype),
              v=jax.random.normal(ks[2], (b, t, h, d)).astype(dtype),
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                     try:
                         r = timed(fn, x, args.repeats)
                         err = None
-                    except Exception as e:  # noqa: BLE001  (report and continue)
+                    except Exception as e:  # report and continue
                         r, err = dict(compile_s=float("nan"), step_s=float("nan")), repr(e)[:300]
                     row = dict(op=op, B=b, T=t, H=h, d=d, C=c, impl=impl, mode=mode,
                                dtype=dtype.name, error=err, **r)

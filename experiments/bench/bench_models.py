@@ -50,7 +50,7 @@ from flax import nnx
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
-from hope_jax.train import loop as train_loop  # noqa: E402
+from hope_jax.train import loop as train_loop
 
 # name → (arch, config overrides): the parameter matching of experiments/compare/tiny.py.
 MODELS = {
@@ -108,7 +108,7 @@ def build_step(cfg, lr: float = 1e-3):
 
     # Donation needs one buffer per leaf: some leaves (zero initial states, Adam's moments)
     # may share a buffer, so every leaf gets its own copy.
-    own = lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t)  # noqa: E731
+    own = lambda t: jax.tree.map(lambda x: jnp.array(x, copy=True), t)
     flat = own(flat)
     return jax.jit(step, donate_argnums=(0, 1)), flat, own(tx.init(flat))
 
@@ -116,7 +116,7 @@ def build_step(cfg, lr: float = 1e-3):
 def memory_bytes(compiled) -> dict:
     try:
         m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001
+    except Exception:
         m = None
     if m is None:
         return {}
@@ -130,7 +130,7 @@ def xla_flops(compiled) -> float | None:
         c = compiled.cost_analysis()
         c = c[0] if isinstance(c, (list, tuple)) else c
         return float(c.get("flops")) if c and c.get("flops") is not None else None
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
                               args.size):
             rows.append(r)
             m = r["model"]
-            f = lambda x, s: ("—" if x is None else s.format(x))  # noqa: E731
+            f = lambda x, s: ("—" if x is None else s.format(x))
             print(f"{m:12s} {T:6d} {r['params']:8d} {r['compile_s']:9.1f} "
                   f"{f(r.get('step_s'), '{:8.3f}'):>8s} {f(r.get('tokens_per_s'), '{:9.0f}'):>9s} "
                   f"{f(r.get('mfu'), '{:6.1%}'):>6s} {f(r.get('peak_gb'), '{:8.2f}'):>8s}"

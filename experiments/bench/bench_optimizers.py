@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import hope_jax.optim as ho  # noqa: E402
+import hope_jax.optim as ho
 
 D_IN, WIDTH, D_OUT, TEACHER_WIDTH = 64, 256, 16, 128
 N_BATCHES = 32

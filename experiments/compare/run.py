@@ -84,7 +84,7 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "hope_jax"],
                                cwd=REPO, capture_output=True, text=True).stdout.strip()
         return sha + (" (hope_jax/ has uncommitted changes)" if dirty else "")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "unknown"
 
 

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as R  # noqa: E402
+import run as R
 
-from hope_jax.train import load_for_inference  # noqa: E402
+from hope_jax.train import load_for_inference
 
 
 def main() -> None:

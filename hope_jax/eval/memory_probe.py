@@ -70,8 +70,8 @@ def _bpb(nats: np.ndarray, nbytes: np.ndarray) -> float:
 
 def position_summary(nats: np.ndarray, nbytes: np.ndarray, bins: int = CURVE_BINS) -> dict:
     """bpb overall, per quarter and per bin of positions along the window."""
-    edges = lambda n: np.linspace(0, nats.shape[1], n + 1).round().astype(int)  # noqa: E731
-    split = lambda n: [_bpb(nats[:, a:b], nbytes[:, a:b])  # noqa: E731
+    edges = lambda n: np.linspace(0, nats.shape[1], n + 1).round().astype(int)
+    split = lambda n: [_bpb(nats[:, a:b], nbytes[:, a:b])
                        for a, b in zip(edges(n)[:-1], edges(n)[1:])]
     quarters = split(4)
     return dict(bpb=_bpb(nats, nbytes), quarters=quarters, curve=split(bins),
@@ -110,7 +110,7 @@ def mqar_probe(model_config, *, steps: int, seq_len: int = 128, num_kv_pairs: in
     from hope_jax.eval.mqar import mqar_accuracy, mqar_batches, train_mqar
     model, res = train_mqar(model_config, steps, batch_size=batch_size, seq_len=seq_len,
                             num_kv_pairs=num_kv_pairs, lr=lr, seed=seed, progress=progress)
-    held_out = lambda: mqar_batches(seed + 20_000, batch_size, seq_len, num_kv_pairs,  # noqa: E731
+    held_out = lambda: mqar_batches(seed + 20_000, batch_size, seq_len, num_kv_pairs,
                                     model_config.vocab_size, 4)
     acc = {}
     for mode in ("on", "off"):

@@ -78,7 +78,7 @@ def make_niah_example(tokenizer: Tokenizer, length: int, depth: float, task: str
     sentences = split_sentences(NOISE if haystack is None else haystack)
     if not sentences:
         raise ValueError("the haystack text has no sentences")
-    enc = lambda s: np.asarray(tokenizer.encode(s), np.int32)  # noqa: E731
+    enc = lambda s: np.asarray(tokenizer.encode(s), np.int32)
     head = enc(f"Some special magic {kind}s are hidden within the following text. Make sure to "
                f"memorize it. I will quiz you about the {kind}s afterwards.\n"
                if instruction else "")
@@ -117,7 +117,7 @@ def scaffold_tokens(tokenizer: Tokenizer, task: str = "passkey", add_bos: bool =
              "uuid": "ffffffff-ffff-4fff-bfff-ffffffffffff"}.get(task)
     if value is None:
         raise ValueError(f"unknown NIAH task {task!r}; expected one of {TASKS}")
-    n = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    n = lambda s: len(tokenizer.encode(s))
     longest = max((f"{a}-{b}" for a in _ADJECTIVES for b in _NOUNS), key=lambda k: n(k))
     head = (n(f"Some special magic {kind}s are hidden within the following text. Make sure to "
               f"memorize it. I will quiz you about the {kind}s afterwards.\n")

@@ -231,7 +231,7 @@ def splash_attention(q: Array, k: Array, v: Array, window: int | None = None) ->
     b, t, h, d = q.shape
     one = sm.CausalMask((t, t)) if window is None else sm.LocalMask((t, t), (window - 1, 0), 0)
     kernel = sk.make_splash_mha(sm.MultiHeadMask([one] * h), head_shards=1, q_seq_shards=1)
-    heads_first = lambda x: x.swapaxes(1, 2)  # noqa: E731
+    heads_first = lambda x: x.swapaxes(1, 2)
     out = jax.vmap(kernel)(heads_first(q * d ** -0.5), heads_first(k), heads_first(v))
     return out.swapaxes(1, 2).astype(v.dtype)
 

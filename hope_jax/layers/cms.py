@@ -116,7 +116,7 @@ class InContextSwiGLU(nnx.Module):
         self.memory_writes = True  # False: the write ablation (layers.memory_writes)
 
     def theta0(self) -> core_cms.SwiGLUParams:
-        k = lambda dense: dense.kernel[...].astype(jnp.float32)  # noqa: E731  fp32 state (D30)
+        k = lambda dense: dense.kernel[...].astype(jnp.float32)  # fp32 state (D30)
         return core_cms.SwiGLUParams(k(self.mlp.w_gate), k(self.mlp.w_up), k(self.mlp.w_down))
 
     def init_state(self, batch_size: int, max_len: int = 0) -> core_cms.InContextState:

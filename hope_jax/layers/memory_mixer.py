@@ -315,7 +315,7 @@ class MemoryMixer(nnx.Module):
             return core.chunked_scan(self.level, level_state, q, k, v, **gates)
         if head == t:
             return self._run_op(level_state, q, k, v, gates)
-        cut = lambda x, sl: x[:, sl]  # noqa: E731
+        cut = lambda x, sl: x[:, sl]
         y0, mid = self._run_op(level_state, *(cut(x, slice(None, head)) for x in (q, k, v)),
                                {n: cut(g, slice(None, head)) for n, g in gates.items()})
         y1, end = core.chunked_scan(self.level, mid, *(cut(x, slice(head, None)) for x in (q, k, v)),

@@ -349,7 +349,7 @@ class TitansMAC(nnx.Module):
         h = self._retrieve(u, retrieve)
         (kh, vh), (ks, vs) = self._kv(h, pos), self._kv(u, pos)
         zero = jnp.zeros((), jnp.int32)
-        put = lambda buf, x, at: jax.lax.dynamic_update_slice(  # noqa: E731
+        put = lambda buf, x, at: jax.lax.dynamic_update_slice(
             buf, x.astype(buf.dtype), (zero, at, zero, zero))
         k = put(put(state.k, kh, j), ks, j + c)
         v = put(put(state.v, vh, j), vs, j + c)

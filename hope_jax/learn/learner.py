@@ -233,7 +233,7 @@ class Learner:
     def _learn(self, state: LearnerState, tokens: Array) -> tuple[LearnerState, Array]:
         b, s = tokens.shape[0], self.segment
         n = (tokens.shape[1] - 1) // s
-        split = lambda x: jnp.moveaxis(x.reshape(b, n, s), 1, 0)  # noqa: E731  [n, B, S]
+        split = lambda x: jnp.moveaxis(x.reshape(b, n, s), 1, 0)  # [n, B, S]
         carry = (state.params, state.opt, state.acc, state.cache, state.position)
         carry, nll = jax.lax.scan(self._segment, carry, (split(tokens[:, :-1]),
                                                          split(tokens[:, 1:])))

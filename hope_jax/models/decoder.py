@@ -185,7 +185,7 @@ class Decoder(nnx.Module):
                          dtype=dtype, param_dtype=pdtype, eps=config.norm_eps)
 
         if config.scan_blocks:  # one Block whose parameters carry a leading [num_blocks] axis
-            make_one = lambda block_rngs: make(0, block_rngs)  # noqa: E731
+            make_one = lambda block_rngs: make(0, block_rngs)
             self.blocks = nnx.split_rngs(splits=config.num_blocks)(
                 nnx.vmap(make_one, in_axes=(0,), out_axes=0))(rngs)
             _stack_logical_axes(self.blocks)

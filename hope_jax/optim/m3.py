@@ -82,7 +82,7 @@ def scale_by_m3(
         return orthogonalize_tree(tree, mask, ns_steps, ns_coefficients, ns_eps, shape_scale, ns_dtype)
 
     def init_fn(params: optax.Params) -> M3State:
-        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
         return M3State(count=jnp.zeros([], jnp.int32), m1=zeros(), v=zeros(), m2=zeros(),
                        o2=zeros(), g_sum=zeros())
 

@@ -112,10 +112,10 @@ def multi_frequency(
             return partitioned
         return optax.chain(partitioned, optax.scale_by_learning_rate(learning_rate))
     if isinstance(inner, optax.GradientTransformation):
-        group_tx = lambda label: inner  # noqa: E731
+        group_tx = lambda label: inner
         group_labels = None
     else:
-        group_tx = lambda label: inner[label]  # noqa: E731
+        group_tx = lambda label: inner[label]
         group_labels = set(inner)
 
     def transforms_for(label_set) -> dict[Hashable, optax.GradientTransformation]:

@@ -53,7 +53,7 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
     `state_finite(state)` → bool[] (replicated): params and optimizer state all finite."""
     dcfg = decoder_config(config, vocab_size)
     seed = int(config.train.seed)
-    make_model = lambda: Decoder(dcfg, rngs=nnx.Rngs(seed))  # noqa: E731
+    make_model = lambda: Decoder(dcfg, rngs=nnx.Rngs(seed))
     abstract_model = nnx.eval_shape(make_model)
     graphdef, abs_params, _ = nnx.split(abstract_model, nnx.Param, ...)
     codec = ParamCodec(abs_params)
@@ -86,7 +86,7 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
         if params is None:
             params, _ = init_params_jit()
         opt = jax.jit(tx.init, out_shardings=o_shard)(params)
-        zero = lambda: jax.device_put(np.zeros((), np.int32), rep)  # noqa: E731 (two buffers)
+        zero = lambda: jax.device_put(np.zeros((), np.int32), rep)  # two buffers
         return TrainState(step=zero(), params=params, opt_state=opt, bad_steps=zero())
 
     apply = make_apply(graphdef, rest, codec)

@@ -292,7 +292,7 @@ class Checkpointer:
         for step in steps:
             try:
                 meta, data, saved_config = self.read_json(step)
-            except Exception as e:  # noqa: BLE001 — a damaged step: try the previous one
+            except Exception as e:  # a damaged step: try the previous one
                 self._note_damage(step, e)
                 continue
             self.check_compatible(saved_config, config, vocab_size, meta.get("vocab_size"))
@@ -302,7 +302,7 @@ class Checkpointer:
                     "this config's (check optim.multi_frequency / clip_norm / weight_decay)")
             try:
                 arrays = self._restore_arrays(step, abstract_state, meta)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._note_damage(step, e)
                 continue
             return step, arrays, meta, data, saved_config

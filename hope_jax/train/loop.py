@@ -231,7 +231,7 @@ def _warm_start_params(init_from: str, trainer: Trainer) -> dict:
         for step in steps:
             try:
                 return other.restore_params(step, trainer.abstract_state.params)
-            except Exception as e:  # noqa: BLE001 (try the previous step)
+            except Exception as e:  # try the previous step
                 errors.append(f"step {step}: {e}")
         raise ValueError(f"train.init_from: no checkpoint of {other.directory} matches this "
                          f"model's parameters: {errors[:2]}")
@@ -471,7 +471,7 @@ def read_run_config(workdir: str):
             for step in ckpt.steps():
                 try:
                     _, _, saved = ckpt.read_json(step)
-                except Exception:  # noqa: BLE001 (a damaged step: the previous one)
+                except Exception:  # a damaged step: the previous one
                     continue
                 return config_from_dict(saved), step
         raise checkpoint_lib.UnrestorableCheckpointError(
@@ -507,14 +507,14 @@ def _load_newest(ckpt: Checkpointer, data_api: Any, errors: list):
     for step in ckpt.steps():
         try:
             meta, _, saved = ckpt.read_json(step)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append((step, e))
             continue
         config = config_from_dict(saved)
         prepared = _data_api(data_api).prepare(config.data, progress=False)
         tok = prepared.tokenizer
         dcfg = decoder_config(config, int(tok.vocab_size))
-        make = lambda: Decoder(dcfg, rngs=nnx.Rngs(int(config.train.seed)))  # noqa: E731
+        make = lambda: Decoder(dcfg, rngs=nnx.Rngs(int(config.train.seed)))
         graphdef, abs_params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
         codec = ParamCodec(abs_params)
         dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -522,7 +522,7 @@ def _load_newest(ckpt: Checkpointer, data_api: Any, errors: list):
                     for k, v in codec.to_flat(abs_params).items()}
         try:
             params = ckpt.restore_params(step, abstract)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             import traceback
             traceback.print_exception(e, file=sys.stderr)   # (into the log file)
             errors.append((step, e))

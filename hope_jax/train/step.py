@@ -95,7 +95,7 @@ def make_train_step(apply: Callable[[Params, Array], Array], tx: optax.GradientT
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_params)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         bad = jnp.where(ok, 0, state.bad_steps + 1).astype(jnp.int32)
         new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                                opt_state=keep(new_opt, state.opt_state), bad_steps=bad)

@@ -95,7 +95,7 @@ def xla_backward(config: LinearUpdateConfig, t_real: int) -> Callable:
     def backward(q, k, v, eta, alpha, starts, dy, dw):
         n, c = q.shape[1:3]
         masks = jnp.asarray(chunk_mask(t_real, n, c))
-        move = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  [BH, N, ...] → [N, BH, ...]
+        move = lambda x: jnp.moveaxis(x, 1, 0)  # [BH, N, ...] → [N, BH, ...]
 
         def step(dw_next, xs):
             qn, kn, vn, en, an, mn, wn, dyn = xs

@@ -96,7 +96,7 @@ def xla_backward(config: MLPUpdateConfig, t_real: int) -> Callable:
         n, c = q.shape[1:3]
         chunk = core_chunk(config, starts[0].shape[-2])
         masks = jnp.asarray(chunk_mask(t_real, n, c))
-        move = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  [BH, N, ...] → [N, BH, ...]
+        move = lambda x: jnp.moveaxis(x, 1, 0)  # [BH, N, ...] → [N, BH, ...]
 
         def step(d_next, xs):
             qn, kn, vn, en, an, bn, mn, sn, dyn = xs

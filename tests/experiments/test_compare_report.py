@@ -97,7 +97,6 @@ def test_comparisons_are_equal_tokens():
 
 
 def test_tiny_parameter_counts_within_15_percent():
-    from hope_jax import data  # noqa: F401  (import check only)
     comp = compare_run.load_comparison("tiny")
     counts = [compare_run.param_count(compare_run.make_config(m, comp), 260)
               for m in comp["models"]]

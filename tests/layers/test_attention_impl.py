@@ -76,7 +76,7 @@ def test_module_window_prefix_equals_dense():
         cfg = dataclasses.replace(base, implementation=impl, block_size=8)
         model = Attention(16, cfg, rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(model, nnx.Param)
-        loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(u)[0] ** 2)  # noqa: E731
+        loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(u)[0] ** 2)
         results.append(jax.jit(jax.value_and_grad(loss))(params))
     (la, ga), (lb, gb) = results
     np.testing.assert_allclose(la, lb, rtol=1e-5)

@@ -35,7 +35,7 @@ def test_rope_is_a_rotation_and_relative():
     rq = layers.apply_rope(q, pos)
     np.testing.assert_allclose(np.linalg.norm(rq, axis=-1), np.linalg.norm(q, axis=-1), rtol=1e-5)
     # ⟨R_{p+s} q, R_{p'+s} k⟩ depends only on p − p'
-    dots = lambda s: jnp.einsum("bthd,bthd->bth", layers.apply_rope(q, pos + s),  # noqa: E731
+    dots = lambda s: jnp.einsum("bthd,bthd->bth", layers.apply_rope(q, pos + s),
                                 layers.apply_rope(k[:, ::-1], pos + s))
     np.testing.assert_allclose(dots(0), dots(17), atol=1e-4)
 

@@ -94,7 +94,7 @@ def test_nested_cms_chain_and_periods():
     assert_close(got[0], z - z0[0])
     flat = {tuple(str(getattr(k, "key", k)) for k in path): v
             for path, v in jax.tree_util.tree_flatten_with_path(update_periods(cms))[0]}
-    periods = lambda *prefix: {v for k, v in flat.items() if k[:len(prefix)] == prefix}  # noqa: E731
+    periods = lambda *prefix: {v for k, v in flat.items() if k[:len(prefix)] == prefix}
     assert periods("levels", "0") == {1}  # θ_0 below an in-context level: every step
     assert periods("levels", "1", "mlp") == {4}  # θ_0 below the outer level of period 4
     assert periods("levels", "1", "w_target") == periods("levels", "1", "rho") == {1}

@@ -84,7 +84,7 @@ def test_ablation_switches_reach_the_core():
     """Each Table-6 switch (D14) selects the documented inner update or block (no compile)."""
     base = hope_config("hope", "tiny").mixers[0]
     assert core.inner_optimizers.recurrence_spec(base.level().optimizer).dgd
-    spec = lambda **kw: core.inner_optimizers.recurrence_spec(  # noqa: E731
+    spec = lambda **kw: core.inner_optimizers.recurrence_spec(
         dataclasses.replace(base, **kw).level().optimizer)
     assert not spec(dgd=False).dgd and spec(dgd=False).momentum_slot is not None
     assert spec(momentum=False).momentum_slot is None and spec(momentum=False).dgd

@@ -50,7 +50,7 @@ def reference(mac, u):
         r = _np(mac.retrieve_norm(jnp.asarray(r, jnp.float32)))
         h = mac.w_retrieved(jnp.asarray(r.reshape(B, n, H * dh), jnp.float32))
         # Eqs. 22–23: attention over [p] || h || S, causal for h and S alike
-        rot = lambda z: _np(layers.apply_rope(z.reshape(B, n, H, dh), pos, 10000.0))  # noqa: E731
+        rot = lambda z: _np(layers.apply_rope(z.reshape(B, n, H, dh), pos, 10000.0))
         qa, kh, ks = rot(a.w_q(x)), rot(a.w_k(h)), rot(a.w_k(x))
         vh, vs = _np(a.w_v(h)).reshape(B, n, H, dh), _np(a.w_v(x)).reshape(B, n, H, dh)
         y = np.zeros((B, n, H, dh))

@@ -115,7 +115,7 @@ def test_masked(name):
     grads, params = _grads(), _params()
     mask = {"w": True, "t": True, "v": False}
     outs, _ = run(optax.masked(_make(name), mask), grads, params)
-    sub = lambda tree: {k: tree[k] for k in ("w", "t")}  # noqa: E731
+    sub = lambda tree: {k: tree[k] for k in ("w", "t")}
     expected, _ = run(_make(name), [sub(g) for g in grads], sub(params))
     assert_trees_close([sub(u) for u in outs], expected, **TOL)
     assert_trees_close([u["v"] for u in outs], [g["v"] for g in grads], rtol=0, atol=0)

@@ -72,7 +72,7 @@ def test_groups_with_labels_function_and_global_schedule(x64):
     'fast' group every step, and the LR schedule outside is evaluated at the global step."""
     grads = ref.gradient_stream(55, SHAPES, steps=4)
     schedule = optax.linear_schedule(1.0, 0.0, 4)
-    label_fn = lambda p: jax.tree.map(lambda x: "slow" if x.ndim == 2 else "fast", p)  # noqa: E731
+    label_fn = lambda p: jax.tree.map(lambda x: "slow" if x.ndim == 2 else "fast", p)
     outs, _ = run(ho.multi_frequency(optax.identity(), label_fn, {"slow": 2}, learning_rate=schedule), grads)
     for t, u in enumerate(outs, start=1):
         eta = float(schedule(t - 1))

@@ -68,7 +68,7 @@ def test_muon_matches_numpy(x64):
 def test_muon_with_identity_ns_is_momentum_sgd(x64):
     """Muon with NS replaced by the identity (mask all False) equals optax.sgd with momentum (design §2.7 (c))."""
     grads = ref.gradient_stream(33, SHAPES)
-    no_ns = lambda tree: jax.tree.map(lambda _: False, tree)  # noqa: E731
+    no_ns = lambda tree: jax.tree.map(lambda _: False, tree)
     ours, _ = run(ho.muon(0.05, beta=0.95, ns_mask=no_ns), grads)
     theirs, _ = run(optax.sgd(0.05, momentum=0.95), grads)
     assert_trees_close(ours, theirs, rtol=0, atol=0)

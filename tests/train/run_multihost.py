@@ -10,13 +10,13 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 jax.config.update("jax_compilation_cache_dir", os.path.join(ROOT, ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-from hope_jax.train.loop import config_from_dict, train  # noqa: E402
+from hope_jax.train.loop import config_from_dict, train
 
 if __name__ == "__main__":
     pid, port, config_path, workdir = sys.argv[1:5]

@@ -34,7 +34,7 @@ def test_hope_loop_multi_frequency_and_memory_stats(tmp_path):
     p = {s: {k: np.asarray(v) for k, v in ck.restore_params(s, tr.abstract_state.params).items()}
          for s in (1, 2, 3, 4)}
     ck.close()
-    moved = lambda name, a, b: not np.array_equal(p[a][name], p[b][name])  # noqa: E731
+    moved = lambda name, a, b: not np.array_equal(p[a][name], p[b][name])
     lvl = "blocks/0/mlp/levels/{}/w_up/kernel"
     assert tr.periods[lvl.format(1)] == 2 and tr.periods[lvl.format(2)] == 8
     assert all(moved("blocks/0/mlp/levels/0/w_target", s, s + 1) for s in (1, 2, 3))

@@ -30,7 +30,7 @@ def _flat(arch: str, abstract: bool = True, **model):
     c = _config(arch)
     for k, v in model.items():
         c.model[k] = v
-    make = lambda: Decoder(decoder_config(c, 260), rngs=nnx.Rngs(0))  # noqa: E731
+    make = lambda: Decoder(decoder_config(c, 260), rngs=nnx.Rngs(0))
     m = nnx.eval_shape(make) if abstract else make()
     graphdef, params, rest = nnx.split(m, nnx.Param, ...)
     codec = ParamCodec(params)
