@@ -232,7 +232,8 @@ def cmd_learn(fv: flags.FlagValues, positional: list[str]) -> None:
     os.makedirs(os.path.join(out, "learn"), exist_ok=True)
     nats = nbytes = 0.0
     t0, done = time.perf_counter(), 0
-    for k, state, a, b in run_stream(learner, state, rows, W, token_bytes, start, True):
+    updates = run_stream(learner, state, rows, W, token_bytes, start, True)
+    for k, state, a, b in updates:
         nats, nbytes, done = nats + a, nbytes + b, done + B * W
         if k % every == 0 or k == n:
             curve.append(dict(window=k, tokens=k * B * W, heldout_bpb=held(state),
@@ -273,7 +274,7 @@ def eval_learn(fv: flags.FlagValues, workdir: str) -> dict:
         W = window_of(learner)
         rows = stream_rows(np.asarray(prepared.tokens("valid")[:budget + 1]), fv.learn_batch, W)
         state, nats, nbytes, t0 = learner.init(fv.learn_batch), 0.0, 0.0, time.perf_counter()
-        for _, state, a, b in run_stream(learner, state, rows, W, token_bytes, 0, True):
+        for _, _state, a, b in run_stream(learner, state, rows, W, token_bytes, 0, True):
             nats, nbytes = nats + a, nbytes + b
         result[key] = dict(bpb=nats / math.log(2) / max(nbytes, 1.0), tokens=int(rows[:, 1:].size),
                            tokens_per_s=rows[:, 1:].size / (time.perf_counter() - t0))

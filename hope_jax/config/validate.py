@@ -164,7 +164,7 @@ def _shape_errors(c: Any) -> list[str]:
 
     def walk(obj: Any, path: str):
         if isinstance(obj, tuple):
-            for i, o in enumerate(obj):
+            for o in obj:
                 walk(o, path)
             return
         if not dataclasses.is_dataclass(obj):

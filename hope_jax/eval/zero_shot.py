@@ -219,7 +219,7 @@ def multiple_choice(model: nnx.Module, tokenizer: Tokenizer, examples: Sequence[
     logp, _, _ = score_continuations(model, tokenizer, pairs, batch_size, max_len, progress)
     acc = acc_norm = 0
     k = 0
-    for ctx, chs, label in items:
+    for _, chs, label in items:
         lp = logp[k:k + len(chs)]
         nbytes = np.asarray([len(ch.encode("utf-8")) for ch in chs])
         acc += int(np.argmax(lp) == label)

@@ -14,14 +14,14 @@ scale_by_learning_rate(schedule))`, or pass `learning_rate=` which builds exactl
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 Reduction = Literal["mean", "sum"]
-LabelsOrFn = Union[Any, Callable[[optax.Params], Any]]
+LabelsOrFn = Any | Callable[[optax.Params], Any]
 
 
 class UpdateEveryState(NamedTuple):

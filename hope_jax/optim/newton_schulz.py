@@ -15,7 +15,7 @@ learning rate outside NS (design §2.7): see `hope_jax.optim.muon`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,8 @@ _PRESETS = {"quintic": QUINTIC, "cubic": CUBIC}
 #: Path substrings (case-insensitive) of leaves that skip NS by default: embeddings and LM head (D29).
 DEFAULT_NS_EXCLUDE: tuple[str, ...] = ("embed", "lm_head")
 
-Coefficients = Union[str, Sequence[float]]
-MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
+Coefficients = str | Sequence[float]
+MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
 def resolve_coefficients(coefficients: Coefficients) -> tuple[float, float, float]:

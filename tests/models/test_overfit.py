@@ -44,7 +44,7 @@ def test_tiny_model_overfits_one_batch(arch, overrides, max_steps):
     batch = _text_batch()
     first = float(_train_step(model, opt, batch))
     loss = first
-    for step in range(max_steps):
+    for _ in range(max_steps):
         loss = float(_train_step(model, opt, batch))
         assert np.isfinite(loss)
         if loss < first / 2:

@@ -63,7 +63,7 @@ def test_two_processes_equal_one(tmp_path):
         out.seek(0), err.seek(0)
         outs.append((out.read(), err.read()))
         out.close(), err.close()
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     results = [json.loads(o.split(f"RESULT {i} ", 1)[1]) for i, (o, _) in enumerate(outs)]
     assert results[0]["step"] == results[1]["step"] == 3
