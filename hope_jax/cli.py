@@ -1,8 +1,11 @@
 """`hope-jax`: the command line.
 
-    hope-jax train    --config=experiments/configs/hope.py:tiny [--config.optim.lr=1e-3 …] --workdir=DIR
-    hope-jax eval     --workdir=DIR [--tasks=bpb,niah,memorization,mqar,zero_shot] [--zero_shot=FILE.jsonl,…]
-    hope-jax generate --workdir=DIR [--prompt=TEXT] [--max_tokens=N] [--temperature=T] [--top_k=K] [--top_p=P]
+    hope-jax train    --config=experiments/configs/hope.py:tiny [--config.optim.lr=1e-3 …]
+                      --workdir=DIR
+    hope-jax eval     --workdir=DIR [--tasks=bpb,niah,memorization,mqar,zero_shot]
+                      [--zero_shot=FILE.jsonl,…]
+    hope-jax generate --workdir=DIR [--prompt=TEXT] [--max_tokens=N] [--temperature=T] [--top_k=K]
+                      [--top_p=P]
     hope-jax data prepare --config=…    (download, tokenize and cache the corpus; runs once)
     hope-jax <command> --help           (that command's flags)
 

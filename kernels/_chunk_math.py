@@ -202,10 +202,11 @@ def linear_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Ar
                         ) -> tuple[Array, Array]:
     """One chunk of the linear memory `M(k) = W k` with retention and (optionally) DGD.
 
-    Write (design §6.4–6.5, Eqs. 88, 93): `W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ) − η_t e_t k_tᵀ` with the
-    snapshot error `e_t = c·W_0 k_t − v_t` (c = 1 for L2, 0 for the dot objective). Closed form:
+    Write (design §6.4–6.5, Eqs. 88, 93): `W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ) − η_t e_t k_tᵀ` with
+    the snapshot error `e_t = c·W_0 k_t − v_t` (c = 1 for L2, 0 for the dot objective). Closed form:
 
-        W_t = ᾱ_t W_0 − Σ_i η_i P_α[t, i] e_i k_iᵀ − Σ_s p_s P_α[t, s] u_s k_sᵀ,   u_s = W_{s−1} k_s,
+        W_t = ᾱ_t W_0 − Σ_i η_i P_α[t, i] e_i k_iᵀ − Σ_s p_s P_α[t, s] u_s k_sᵀ,
+        u_s = W_{s−1} k_s,
         (I + L) U = B,  L[t, s] = P_α[t−1, s] p_s (k_s·k_t),
         B_t = ᾱ_{t−1} W_0 k_t − Σ_{i<t} η_i P_α[t−1, i] (k_i·k_t) e_i     (WY/UT form).
 
@@ -254,11 +255,13 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
                      p: tuple[Array, Array] | None, mask: tuple[Array, Array],
                      state: tuple[Array, Array, Array, Array], *, affine: float, read: str,
                      activation: Callable[[Array], Array], differentiable: bool = False):
-    """One chunk of the residual MLP memory `M(x) = x + W_out σ(W_in x)` with momentum and retention.
+    """One chunk of the residual MLP memory `M(x) = x + W_out σ(W_in x)` with momentum and
+    retention.
 
     Writes (design §3.4, §6.2, §6.4; D3, D5), snapshot gradients `G_t = δ_t a_tᵀ` per layer:
-    `S_t = β_t S_{t−1} − η_t G_t`; `W_in ← W_in (α I − p k kᵀ) + m S_in` (DGD on the input side, when
-    p is given), `W_out ← α W_out + m S_out`. Closed form (coefficients as `core.coefficients`):
+    `S_t = β_t S_{t−1} − η_t G_t`; `W_in ← W_in (α I − p k kᵀ) + m S_in` (DGD on the input side,
+    when p is given), `W_out ← α W_out + m S_out`. Closed form (coefficients as
+    `core.coefficients`):
 
         c_G[t, i] = η_i Σ_{s=i}^{t} P_α[t, s] m_s P_β[s, i],   κ_t = Σ_s P_α[t, s] m_s P_β[s, 0],
         W_t = ᾱ_t W_0 + κ_t S_0 − Σ_i c_G[t, i] δ_i a_iᵀ − Σ_s P_α[t, s] p_s u_s k_sᵀ,

@@ -90,7 +90,8 @@ def mse(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def make_step(tx: optax.GradientTransformation):
-    """One jitted train step on batch `i` of the pool: (params, state, xs, ys, i) -> (params, state, loss)."""
+    """One jitted train step on batch `i` of the pool: (params, state, xs, ys, i) -> (params, state,
+    loss)."""
 
     @jax.jit
     def step(params, state, xs, ys, i):
@@ -125,7 +126,8 @@ def train(tx, data, steps: int) -> dict:
 
 
 def time_steps(runs: dict, data, rounds: int, block: int) -> dict[str, list[float]]:
-    """Per-step seconds of each compiled step, in blocks of `block` steps, optimizers interleaved."""
+    """Per-step seconds of each compiled step, in blocks of `block` steps, optimizers
+    interleaved."""
     xs, ys, _, _ = data
     times = {name: [] for name in runs}
     carry = {name: (run["params"], run["state"]) for name, run in runs.items()}

@@ -1,4 +1,5 @@
-"""Hope-Attention (softmax attention + CMS). Usage: --config=experiments/configs/hope_attention.py:tiny"""
+"""Hope-Attention (softmax attention + CMS). Usage:
+--config=experiments/configs/hope_attention.py:tiny"""
 from hope_jax.config.experiments import experiment_config
 
 

@@ -1,4 +1,5 @@
-"""Transformer++ (RoPE attention + SwiGLU). Usage: --config=experiments/configs/transformer.py:tiny"""
+"""Transformer++ (RoPE attention + SwiGLU). Usage:
+--config=experiments/configs/transformer.py:tiny"""
 from hope_jax.config.experiments import experiment_config
 
 

@@ -4,12 +4,14 @@
 
 RUNs are `hope-jax train` workdirs trained on en_pip only; the results were made with
     hope-jax train --workdir=workdirs/cl-hope2k --config.train.steps=2000
-    hope-jax train --workdir=workdirs/cl-tpp2k --config.train.steps=2000 --config.model.arch=transformer
+    hope-jax train --workdir=workdirs/cl-tpp2k --config.train.steps=2000 \
+        --config.model.arch=transformer
     python experiments/continual/run.py --hope=workdirs/cl-hope2k --transformer=workdirs/cl-tpp2k \
-        --en_tokens=16384 --new_tokens=65536 --batch=8 --mark=8192 [--lr=3e-4 --out=…/adam3e-4] Each model reads the stream
-en_pip (train split) → python_stdlib → japanese as `--batch` parallel streams, once with its
-learn groups learning (Hope: the CMS levels at their own chunks; Transformer++: every MLP,
-chunk 128 = Hope's cms1 steps) and once frozen (learning rate 0: the same reading, no update).
+        --en_tokens=16384 --new_tokens=65536 --batch=8 --mark=8192 [--lr=3e-4 --out=…/adam3e-4]
+Each model reads the stream en_pip (train split) → python_stdlib → japanese as `--batch` parallel
+streams, once with its learn groups learning (Hope: the CMS levels at their own chunks;
+Transformer++: every MLP, chunk 128 = Hope's cms1 steps) and once frozen (learning rate 0: the
+same reading, no update).
 Measured: online bpb along each domain, held-out bpb of every domain after each phase
 (forgetting of en_pip), memorisation across documents with and without learning, and learn vs
 plain-eval throughput. Writes experiments/continual/results/continual.{json,png}.

@@ -31,7 +31,8 @@ def replace_fields(obj: Any, **fields) -> Any:
 
 
 def decoder_config(config, vocab_size: int) -> DecoderConfig:
-    """The DecoderConfig of `config.model` with the tokenizer's vocabulary and `config.data.seq_len`.
+    """The DecoderConfig of `config.model` with the tokenizer's vocabulary and
+    `config.data.seq_len`.
 
     Hope's Table-6 switches (`config.model.switches`) apply to "hope" (all of them) and
     "hope_attention" (only `cms`); the shape keys d_model / num_blocks / num_heads / chunk sizes

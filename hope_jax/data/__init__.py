@@ -1,4 +1,5 @@
-"""The data system: corpora, tokenizers, cached token shards and the grain pipeline (docs/data.md)."""
+"""The data system: corpora, tokenizers, cached token shards and the grain pipeline
+(docs/data.md)."""
 from .byte_tokenizer import ByteTokenizer
 from .eval_batches import eval_batches
 from .pipeline import train_iterator

@@ -1,4 +1,5 @@
-"""The key of a prepared-data cache entry: the data config keys that change the shards + versions."""
+"""The key of a prepared-data cache entry: the data config keys that change the shards +
+versions."""
 from __future__ import annotations
 
 import hashlib

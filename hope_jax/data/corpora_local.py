@@ -1,4 +1,5 @@
-"""Corpora already on the machine: the interpreter's standard library, the user's files, HF datasets."""
+"""Corpora already on the machine: the interpreter's standard library, the user's files, HF
+datasets."""
 from __future__ import annotations
 
 import os
@@ -57,7 +58,8 @@ def user_files(files: Any, text_field: str, held_out_fraction: float) -> dict[st
 
 
 def hf_dataset(name: str, text_field: str, held_out_fraction: float) -> dict[str, list[Document]]:
-    """A Hugging Face dataset's "train" split (its "validation"/"test" split as valid when present)."""
+    """A Hugging Face dataset's "train" split (its "validation"/"test" split as valid when
+    present)."""
     if not name:
         raise ValueError("data.corpus='hf_dataset' needs data.hf_dataset (a dataset name)")
     try:

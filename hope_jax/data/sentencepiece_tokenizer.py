@@ -30,8 +30,9 @@ def _lines(texts: Iterable[str]) -> Iterator[str]:
 
 
 def _character_coverage(lines: list[str], max_chars: int) -> float:
-    """The coverage (in sentencepiece's allowed [0.98, 0.9995]) that keeps at most `max_chars` whole characters in the vocabulary;
-    rarer characters are left to byte fallback, which leaves room for merges in a small vocab."""
+    """The coverage (in sentencepiece's allowed [0.98, 0.9995]) that keeps at most `max_chars` whole
+    characters in the vocabulary; rarer characters are left to byte fallback, which leaves room for
+    merges in a small vocab."""
     counts = Counter()
     for line in lines:
         counts.update(line)

@@ -1,4 +1,5 @@
-"""Token shards: one flat token stream per split in `<root>/<split>.bin`, described by `<split>.json`.
+"""Token shards: one flat token stream per split in `<root>/<split>.bin`, described by
+`<split>.json`.
 
 The stream is every document's tokens followed by eos. The dtype is uint16 when the vocabulary
 fits (≤ 65535 ids) and uint32 otherwise; readers memory-map the file.

@@ -28,7 +28,8 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """Reads the tokenizer that `save(directory)` wrote (tokenizer.json, plus tokenizer.model for bpe)."""
+    """Reads the tokenizer that `save(directory)` wrote (tokenizer.json, plus tokenizer.model for
+    bpe)."""
     path = os.path.join(directory, TOKENIZER_JSON)
     try:
         with open(path) as f:

@@ -1,4 +1,5 @@
-"""Reading the user's own text: .txt (one document per file), .jsonl (one per line), .parquet (a column)."""
+"""Reading the user's own text: .txt (one document per file), .jsonl (one per line), .parquet (a
+column)."""
 from __future__ import annotations
 
 import glob
@@ -10,7 +11,8 @@ SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
 def expand_paths(paths_or_globs: str | Iterable[str]) -> list[str]:
-    """Paths and glob patterns → existing file paths (sorted within each pattern, in given order)."""
+    """Paths and glob patterns → existing file paths (sorted within each pattern, in given
+    order)."""
     if isinstance(paths_or_globs, (str, os.PathLike)):
         paths_or_globs = [paths_or_globs]
     out: list[str] = []

@@ -91,7 +91,8 @@ class CMSConfig:
         return slow.chunk if fast.in_context and slow.in_context else None
 
     def theta0_period(self, i: int) -> int:
-        """Nested (D24): θ_0 of level i is updated with the slower level's period (1 if in-context)."""
+        """Nested (D24): θ_0 of level i is updated with the slower level's period (1 if
+        in-context)."""
         if self.variant != "nested" or i + 1 >= len(self.levels):
             return 1
         slow = self.levels[i + 1]

@@ -29,7 +29,8 @@ def _config(num_heads: int, overrides: dict, **defaults) -> MemoryMixerConfig:
 
 
 def linear_attention(num_heads: int, **overrides) -> MemoryMixerConfig:
-    """Causal linear attention, `M_t = M_{t−1} + v_t k_tᵀ`, `y_t = M_t q_t` (design §4, Eqs. 14–18)."""
+    """Causal linear attention, `M_t = M_{t−1} + v_t k_tᵀ`, `y_t = M_t q_t` (design §4, Eqs.
+    14–18)."""
     return _config(num_heads, overrides, memory="matrix", objective="dot", retention=False,
                    fixed_eta=1.0, memory_init="zeros", chunk_size=64)
 
@@ -49,13 +50,15 @@ def gated_deltanet(num_heads: int, **overrides) -> MemoryMixerConfig:
 
 
 def ttt_linear(num_heads: int, **overrides) -> MemoryMixerConfig:
-    """TTT-Linear: mini-batch GD on ½‖W k − v‖², grads at the mini-batch start, b = 16 (design §4)."""
+    """TTT-Linear: mini-batch GD on ½‖W k − v‖², grads at the mini-batch start, b = 16 (design
+    §4)."""
     return _config(num_heads, overrides, memory="matrix", objective="l2", retention=False,
                    chunk_size=16)
 
 
 def ttt_mlp(num_heads: int, **overrides) -> MemoryMixerConfig:
-    """TTT-MLP: as TTT-Linear with the residual 2-layer GELU MLP memory, hidden 4 d_h (design §4)."""
+    """TTT-MLP: as TTT-Linear with the residual 2-layer GELU MLP memory, hidden 4 d_h (design
+    §4)."""
     return _config(num_heads, overrides, memory="mlp", memory_expansion=4.0, objective="l2",
                    retention=False, chunk_size=16)
 

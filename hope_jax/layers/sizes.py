@@ -58,7 +58,8 @@ def mixer_params(mixer, d: int) -> int:
 
 
 def matched_swiglu(mixer, s: Size) -> SwiGLUConfig:
-    """SwiGLU width giving the block the parameter budget of a Transformer++ block (rounded to 64)."""
+    """SwiGLU width giving the block the parameter budget of a Transformer++ block (rounded to
+    64)."""
     d = s.d_model
     extra = mixer_params(mixer, d) - mixer_params(attention_mixer(s), d)
     hidden = swiglu_hidden(d) - extra / (3 * d)

@@ -220,15 +220,15 @@ class MACState(NamedTuple):
 class TitansMAC(nnx.Module):
     """Memory as context (Titans Eqs. 21–25), per segment S of C_seg tokens:
 
-        h   = W_h RMSNorm_head(M*_{t−1}(L2(S W_Q)))      retrieve with the segment's queries (Eq. 21)
-        y   = Attn([p] || h || S)                       causal attention inside the segment (Eqs. 22–23)
-        M_t = M_{t−1} written with y                    the memory learns the attention output (Eq. 24)
-        o   = RMSNorm(y) ⊙ σ(RMSNorm(M*(y)))            the gate ⊗ of D26 (Eq. 25)
+        h   = W_h RMSNorm_head(M*_{t−1}(L2(S W_Q)))  retrieve with the segment's queries (Eq. 21)
+        y   = Attn([p] || h || S)                   causal attention inside the segment (Eqs. 22–23)
+        M_t = M_{t−1} written with y                the memory learns the attention output (Eq. 24)
+        o   = RMSNorm(y) ⊙ σ(RMSNorm(M*(y)))        the gate ⊗ of D26 (Eq. 25)
 
     Choices where the papers are silent (docs/layers.md):
     * h_j (retrieved with token j's query) is visible to queries i ≥ j only, like token j itself,
-      so MAC is causal (design §3.7, check 6); the persistent tokens are visible to every query. h_j and
-      token j share position j for RoPE.
+      so MAC is causal (design §3.7, check 6); the persistent tokens are visible to every query. h_j
+      and token j share position j for RoPE.
     * The retrieved vectors are mapped into token space by their own W_Q, head norm and W_h; the
       memory's own projections, conv and gates act on y.
     * M*(y) is the memory mixer's usual post-write running read (D2, D26): token j reads the

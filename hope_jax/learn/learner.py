@@ -1,4 +1,5 @@
-"""Continual learning after deployment (NL Sec. 7.1): levels that keep learning from the next-token loss.
+"""Continual learning after deployment (NL Sec. 7.1): levels that keep learning from the next-token
+loss.
 
 A trained decoder reads a token stream in segments of S tokens (S = gcd of the groups' chunks and
 of the state-restart periods), carrying its recurrent state across segments (`model.forward(tokens,

@@ -50,8 +50,8 @@ class DecoderConfig:
       max_len: the training context T (also the default cache length of `prefill`).
       dtype / param_dtype: compute and parameter dtypes (`DTYPES`: "float32", "bfloat16").
       norm_eps: RMSNorm ε.
-      remat: `REMAT_MODES`: "none", or "block" to recompute each block's activations in the backward pass
-        (`nnx.remat` per block: activation memory O(blocks · B·T·d) instead of every
+      remat: `REMAT_MODES`: "none", or "block" to recompute each block's activations in the
+        backward pass (`nnx.remat` per block: activation memory O(blocks · B·T·d) instead of every
         intermediate; memory levels keep their own per-chunk remat either way).
       scan_blocks: stack the (identical) blocks' parameters on a leading axis and run them with
         `nnx.scan` (one block is traced and compiled, whatever num_blocks); needs a single mixer
@@ -197,7 +197,8 @@ class Decoder(nnx.Module):
                               param_dtype=pdtype))
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> DecoderCache:
-        """Fresh per-block states; attention caches hold `max_len` tokens (default config.max_len)."""
+        """Fresh per-block states; attention caches hold `max_len` tokens (default
+        config.max_len)."""
         max_len = self.config.max_len if max_len is None else max_len
         if self.config.scan_blocks:  # per-block states stacked on a leading axis
             init = nnx.vmap(lambda b: b.init_state(batch_size, max_len), in_axes=0, out_axes=0)

@@ -153,7 +153,8 @@ def dmgd(
     train_memory: bool = True,
     weight_decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
-    """Complete optimizer: `W ← W − η (d_{φ_{i+1}}(g_i) + λW)` with DMGD's memory (NL Eq. 50, D28)."""
+    """Complete optimizer: `W ← W − η (d_{φ_{i+1}}(g_i) + λW)` with DMGD's memory (NL Eq. 50,
+    D28)."""
     return with_learning_rate(
         scale_by_dmgd(beta, inner_lr, buffer_lr, memory_beta, objective, activation, w1_init,
                       w2_init, train_memory),

@@ -28,7 +28,8 @@ def scale_by_muon(
     shape_scale: bool = False,
     ns_dtype: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Muon's direction `NS_T(s)`, `s ← β s + g` (NL Eq. 42). Args as in `scale_by_newton_schulz`."""
+    """Muon's direction `NS_T(s)`, `s ← β s + g` (NL Eq. 42). Args as in
+    `scale_by_newton_schulz`."""
     return orthogonalize(
         scale_by_preconditioned_momentum(beta, None, nesterov),
         ns_steps, ns_coefficients, ns_eps, ns_mask, ns_exclude, shape_scale, ns_dtype,

@@ -1,4 +1,5 @@
-"""Newton–Schulz orthogonalisation as a nonlinear output on any momentum (design §2.7, Eqs. 42–44, 52; D29).
+"""Newton–Schulz orthogonalisation as a nonlinear output on any momentum (design §2.7, Eqs. 42–44,
+52; D29).
 
     X₀ = X / (‖X‖_F + ε)                                   (transpose first if rows > cols)
     X_{j+1} = a X_j + b (X_j X_jᵀ) X_j + c (X_j X_jᵀ)² X_j,   j = 0..T−1
@@ -25,7 +26,8 @@ QUINTIC: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)  # Muon's quinti
 CUBIC: tuple[float, float, float] = (1.5, -0.5, 0.0)  # classical NS, converges to U Vᵀ
 _PRESETS = {"quintic": QUINTIC, "cubic": CUBIC}
 
-#: Path substrings (case-insensitive) of leaves that skip NS by default: embeddings and LM head (D29).
+#: Path substrings (case-insensitive) of leaves that skip NS by default: embeddings and the
+#: LM head (D29).
 DEFAULT_NS_EXCLUDE: tuple[str, ...] = ("embed", "lm_head")
 
 Coefficients = str | Sequence[float]

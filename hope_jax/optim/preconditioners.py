@@ -27,7 +27,8 @@ def scale_by_diagonal_preconditioner(
     eps: float = 1e-8,
     bias_correct: bool = True,
 ) -> optax.GradientTransformation:
-    """`P g = g / (√v̂ + ε)` with `v ← b2 v + (1 − b2) g²` (design §2.4, diagonal P; Adam's denominator).
+    """`P g = g / (√v̂ + ε)` with `v ← b2 v + (1 − b2) g²` (design §2.4, diagonal P; Adam's
+    denominator).
 
     Args:
       b2: decay of the second-moment EMA.

@@ -2,9 +2,9 @@
 
     y, w_T = linear_chunk_update(q, k, v, eta, alpha, w0, chunk_size=64, implementation="auto")
 
-Runs the linear memory `M(k) = W k` over a sequence in chunks of C tokens (design §3.4, §6.4–6.5; D2,
-D3, D4, D35): gradients at the chunk-start snapshot, writes `W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ) −
-η_t e_t k_tᵀ` (DGD / delta rule; plain retention without `dgd`), reads of the running state. It
+Runs the linear memory `M(k) = W k` over a sequence in chunks of C tokens (design §3.4, §6.4–6.5;
+D2, D3, D4, D35): gradients at the chunk-start snapshot, writes `W_t = W_{t−1}(α_t I − p_t k_t k_tᵀ)
+− η_t e_t k_tᵀ` (DGD / delta rule; plain retention without `dgd`), reads of the running state. It
 is the core level `config.level()` (DeltaNet, Gated DeltaNet, Titans-linear without momentum,
 Hope's linear memories), started from a fresh, chunk-aligned state.
 

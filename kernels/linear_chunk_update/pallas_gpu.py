@@ -1,4 +1,5 @@
-"""Pallas GPU (Triton) kernel of `linear_chunk_update`, forward (backward: `pallas_gpu_backward.py`).
+"""Pallas GPU (Triton) kernel of `linear_chunk_update`, forward (backward:
+`pallas_gpu_backward.py`).
 
 Triton runs the program instances of a grid concurrently, so a grid axis cannot carry state. The
 grid is (B·H, d_v / block_dv), and each program walks its chunks in a `fori_loop` whose carry is the

@@ -1,11 +1,12 @@
-"""Pallas TPU (Mosaic) kernel of `linear_chunk_update`, forward (backward: `pallas_tpu_backward.py`).
+"""Pallas TPU (Mosaic) kernel of `linear_chunk_update`, forward (backward:
+`pallas_tpu_backward.py`).
 
 Grid (B·H, d_v / block_dv, N chunks): the first two axes are "parallel", the chunk axis is
 "arbitrary" (sequential), and the running state `W [block_dv, d_k]` stays in a VMEM scratch buffer
 across the chunk loop: it is loaded from `w0` at chunk 0, never goes back to HBM between chunks,
 and the final state is written at the last chunk. Each grid step also writes its chunk-start
-state (the residual of the custom_vjp backward). The chunk's math is `_chunk_math.linear_chunk_values`
-(WY/UT form, running reads in dual form).
+state (the residual of the custom_vjp backward). The chunk's math is
+`_chunk_math.linear_chunk_values` (WY/UT form, running reads in dual form).
 """
 from __future__ import annotations
 

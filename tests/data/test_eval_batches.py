@@ -21,7 +21,8 @@ def prepared(tmp_path_factory):
 
 @pytest.mark.parametrize("seq_len,batch_size", [(7, 3), (16, 2), (5, 1)])
 def test_eval_batches_cover_the_split(prepared, seq_len, batch_size):
-    """Masked targets are exactly stream[1:] in order; padding is pad_id with mask 0; shapes fixed."""
+    """Masked targets are exactly stream[1:] in order; padding is pad_id with mask 0; shapes
+    fixed."""
     stream = np.asarray(prepared.tokens("valid"), dtype=np.int32)
     batches = list(eval_batches(prepared, "valid", seq_len=seq_len, batch_size=batch_size))
     windows = -(-(len(stream) - 1) // seq_len)

@@ -61,7 +61,8 @@ def test_prepare_is_cached(tmp_path, fixture_files):
 
 
 def test_half_written_cache_is_never_used(tmp_path, fixture_files):
-    """An entry without its manifest, a truncated shard or a stale temp folder is rebuilt, not read."""
+    """An entry without its manifest, a truncated shard or a stale temp folder is rebuilt, not
+    read."""
     config = files_config(tmp_path / "cache", fixture_files)
     good = prepare(config, progress=False)
     expected = np.array(good.tokens("train"))

@@ -1,4 +1,5 @@
-"""ByteTokenizer / SentencePieceTokenizer round trips, token_bytes, save/load (hope_jax/data/*tokenizer*.py)."""
+"""ByteTokenizer / SentencePieceTokenizer round trips, token_bytes, save/load
+(hope_jax/data/*tokenizer*.py)."""
 from __future__ import annotations
 
 import random
@@ -40,7 +41,8 @@ def test_byte_round_trip_and_token_bytes():
 
 
 def test_byte_decode_skips_specials_and_replaces_invalid_utf8(tmp_path):
-    """Specials vanish on decode; a lone continuation byte decodes to U+FFFD; save/load gives it back."""
+    """Specials vanish on decode; a lone continuation byte decodes to U+FFFD; save/load gives it
+    back."""
     tok = ByteTokenizer()
     ids = [tok.bos_id, *tok.encode("ok"), tok.eos_id, tok.pad_id, 0xA9, tok.unk_id]
     assert tok.decode(ids) == "ok\ufffd"

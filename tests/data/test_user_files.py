@@ -1,4 +1,5 @@
-"""read_user_files formats and errors, check_token_ids (hope_jax/data/user_files.py, validation.py)."""
+"""read_user_files formats and errors, check_token_ids (hope_jax/data/user_files.py,
+validation.py)."""
 from __future__ import annotations
 
 import json
@@ -62,7 +63,8 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
 
 
 def test_parquet(tmp_path):
-    """Parquet rows are documents (with pyarrow); without pyarrow the error names file and package."""
+    """Parquet rows are documents (with pyarrow); without pyarrow the error names file and
+    package."""
     path = str(tmp_path / "rows.parquet")
     try:
         import pyarrow as pa

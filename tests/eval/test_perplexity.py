@@ -45,7 +45,8 @@ def test_bpb_matches_numpy_on_random_logits():
 
 
 def test_bpb_uniform_model_is_log2_vocab():
-    """A model with constant logits scores log2(V) bits per token; with 1 byte per token, bpb too."""
+    """A model with constant logits scores log2(V) bits per token; with 1 byte per token, bpb
+    too."""
     V = 260
     tokens = np.random.default_rng(1).integers(0, 256, (2, 9)).astype(np.int32)
     out = bits_per_byte(Bigram(np.zeros((V, V))), [dict(tokens=tokens)], np.ones(V))

@@ -1,4 +1,5 @@
-"""Hope and Hope-Attention: the self-modifying mixer and the CMS inside the decoder (design §5, §6.6)."""
+"""Hope and Hope-Attention: the self-modifying mixer and the CMS inside the decoder (design §5,
+§6.6)."""
 import dataclasses
 
 import jax
@@ -51,8 +52,8 @@ def test_causality(one_block_hope):
 
 @pytest.mark.fast
 def test_cms_single_outer_level_is_a_swiglu():
-    """CMS with one outer level of period 1 equals a SwiGLU with the same weights (design §5.7, check 1),
-    and the independent variant with K = 1 (w = 1) equals the sequential one (check 7)."""
+    """CMS with one outer level of period 1 equals a SwiGLU with the same weights (design §5.7,
+    check 1), and the independent variant with K = 1 (w = 1) equals the sequential one (check 7)."""
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 64))
     seq = CMSConfig(levels=(CMSLevel(period=1),), hidden=96).build(64, rngs=nnx.Rngs(0))
     ind = CMSConfig(levels=(CMSLevel(period=1),), hidden=96, variant="independent").build(
@@ -101,7 +102,8 @@ def test_ablation_switches_reach_the_core():
 
 @pytest.mark.fast
 def test_hope_attention_without_cms_is_transformer_pp():
-    """Hope-Attention with the CMS reduced to one plain MLP is the Transformer++ config (design §6.9, check 9)."""
+    """Hope-Attention with the CMS reduced to one plain MLP is the Transformer++ config (design
+    §6.9, check 9)."""
     a = hope_config("hope_attention", "tiny", cms=False)
     b = get_config("transformer", "tiny")
     assert dataclasses.replace(a, name="") == dataclasses.replace(b, name="")

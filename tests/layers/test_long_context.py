@@ -1,4 +1,5 @@
-"""No NaN/Inf in forward + backward of each memory layer at T = 16384 (random inputs, default gates)."""
+"""No NaN/Inf in forward + backward of each memory layer at T = 16384 (random inputs, default
+gates)."""
 import dataclasses
 
 import jax

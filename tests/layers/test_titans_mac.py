@@ -1,5 +1,6 @@
-"""Titans MAC (memory as context, design §3.6, Titans Eqs. 21–25) against a plain loop over segments,
-streaming (prefill + steps, token-by-token calls), causality, gradients and the presets."""
+"""Titans MAC (memory as context, design §3.6, Titans Eqs. 21–25) against a plain loop over
+segments, streaming (prefill + steps, token-by-token calls), causality, gradients and the
+presets."""
 import dataclasses
 
 import jax

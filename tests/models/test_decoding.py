@@ -37,7 +37,8 @@ def _model(mixers=MIXERS, mlps=MLPS):
 
 
 def _pure(model):
-    """Pure jitted forward / prefill / step over the model's split state (one cache per function)."""
+    """Pure jitted forward / prefill / step over the model's split state (one cache per
+    function)."""
     graphdef, params = nnx.split(model)
     full = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
     prefill = jax.jit(lambda p, t: nnx.merge(graphdef, p).prefill(t, 32))

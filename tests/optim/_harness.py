@@ -25,7 +25,8 @@ def run(tx: optax.GradientTransformation, grads: list[dict], params: dict | None
 
 
 def assert_trees_close(actual, expected, rtol=1e-10, atol=1e-10):
-    """Leaf-wise `np.testing.assert_allclose` over two trees (or lists of trees) of equal structure."""
+    """Leaf-wise `np.testing.assert_allclose` over two trees (or lists of trees) of equal
+    structure."""
     leaves_a, tree_a = jax.tree.flatten(actual)
     leaves_e, tree_e = jax.tree.flatten(expected)
     assert tree_a == tree_e, (tree_a, tree_e)

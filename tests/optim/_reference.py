@@ -132,7 +132,8 @@ def adam(grads, b1, b2, eps):
 
 
 def m3(grads, b1, b2, b3, alpha, f, eps, printed=False):
-    """NL Algorithm 1 (D15 EMA + bias correction, or the printed accumulators). Returns (outs, o2s)."""
+    """NL Algorithm 1 (D15 EMA + bias correction, or the printed accumulators). Returns (outs,
+    o2s)."""
     z = lambda: {k: np.zeros_like(v) for k, v in grads[0].items()}
     m1, v, m2, o2, G = z(), z(), z(), z(), z()
     outs, o2s, k_slow = [], [], 0

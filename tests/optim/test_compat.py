@@ -1,5 +1,6 @@
-"""Every hope_jax.optim optimizer under jax.jit, optax.chain, optax.inject_hyperparams, optax.MultiSteps,
-optax.masked, and with sharded state on a 2×4 CPU mesh (hope_jax/optim/*.py, sharding.py)."""
+"""Every hope_jax.optim optimizer under jax.jit, optax.chain, optax.inject_hyperparams,
+optax.MultiSteps, optax.masked, and with sharded state on a 2×4 CPU mesh (hope_jax/optim/*.py,
+sharding.py)."""
 from __future__ import annotations
 
 import jax
@@ -100,7 +101,8 @@ def test_inject_hyperparams(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_multisteps(name):
-    """optax.MultiSteps(opt, 2) over 4 micro-batches equals opt over the 2 means of consecutive pairs."""
+    """optax.MultiSteps(opt, 2) over 4 micro-batches equals opt over the 2 means of consecutive
+    pairs."""
     grads, params = _grads(), _params()
     outs, _ = run(optax.MultiSteps(_make(name), every_k_schedule=2), grads, params)
     means = [{k: (grads[i][k] + grads[i + 1][k]) / 2 for k in grads[i]} for i in range(0, STEPS, 2)]
@@ -111,7 +113,8 @@ def test_multisteps(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_masked(name):
-    """optax.masked(opt, mask): masked-out leaves pass through unchanged, the others equal opt on the sub-tree."""
+    """optax.masked(opt, mask): masked-out leaves pass through unchanged, the others equal opt on
+    the sub-tree."""
     grads, params = _grads(), _params()
     mask = {"w": True, "t": True, "v": False}
     outs, _ = run(optax.masked(_make(name), mask), grads, params)
@@ -128,9 +131,9 @@ def mesh():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sharded_state_on_mesh(name, mesh):
-    """On a 2×4 mesh with NamedSharding-placed params, init_on_mesh puts every state leaf on the mesh
-    (param-shaped leaves sharded like their param, the rest replicated); a jitted step with those
-    in/out shardings gives the unsharded results."""
+    """On a 2×4 mesh with NamedSharding-placed params, init_on_mesh puts every state leaf on the
+    mesh (param-shaped leaves sharded like their param, the rest replicated); a jitted step with
+    those in/out shardings gives the unsharded results."""
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (fake) devices")
     tx = _make(name)

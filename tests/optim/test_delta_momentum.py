@@ -15,7 +15,8 @@ from ._harness import SHAPES, assert_trees_close, run
 
 @pytest.mark.fast
 def test_flat_form_matches_numpy(x64):
-    """Flat form: s ← βs − γ⟨s, ĝ⟩ĝ + g per flattened tensor equals the numpy recurrence over 5 steps."""
+    """Flat form: s ← βs − γ⟨s, ĝ⟩ĝ + g per flattened tensor equals the numpy recurrence over 5
+    steps."""
     grads = ref.gradient_stream(10, SHAPES)
     outs, _ = run(ho.scale_by_delta_momentum(beta=0.9, gamma=0.7), grads)
     assert_trees_close(outs, ref.delta_momentum(grads, 0.9, 0.7))
@@ -40,7 +41,8 @@ def test_gamma_zero_is_preconditioned_momentum(x64, form, preconditioner):
 
 @pytest.mark.parametrize("gamma", [1.0, 0.4])
 def test_one_step_component_scaling(x64, gamma):
-    """One step scales m's component along ĝ by β − γ‖ĝ‖² (≈ β − γ) and its orthogonal part by β (design §2.5)."""
+    """One step scales m's component along ĝ by β − γ‖ĝ‖² (≈ β − γ) and its orthogonal part by β
+    (design §2.5)."""
     rng = np.random.default_rng(13)
     beta, eps = 0.9, 1e-8
     s0, g = rng.standard_normal(12), rng.standard_normal(12)
@@ -58,9 +60,10 @@ def test_one_step_component_scaling(x64, gamma):
     np.testing.assert_allclose(np.asarray(s1), decayed + g, atol=1e-12)
 
 
-# The toy problem of NL Fig. 4 (design §2.5): ψ(r, θ) = r² + k (r − θ + α sin(ω r))², minimiser (0, 0),
-# a curved valley along θ = r + α sin(ω r). Constants (the paper gives none): k = 5, α = 1, ω = 1;
-# start (−3.5, 2); β = 0.95, η = 0.02 for both optimizers; "neighbourhood" = ‖(r, θ)‖ < 0.1.
+# The toy problem of NL Fig. 4 (design §2.5): ψ(r, θ) = r² + k (r − θ + α sin(ω r))²,
+# minimiser (0, 0), a curved valley along θ = r + α sin(ω r). Constants (the paper gives none):
+# k = 5, α = 1, ω = 1; start (−3.5, 2); β = 0.95, η = 0.02 for both optimizers; "neighbourhood"
+# = ‖(r, θ)‖ < 0.1.
 TOY_K, TOY_ALPHA, TOY_OMEGA = 5.0, 1.0, 1.0
 
 
@@ -86,8 +89,8 @@ def _steps_to_neighbourhood(tx, max_steps=400, radius=0.1):
 
 @pytest.mark.parametrize("learning_rate", [0.015, 0.02, 0.025])
 def test_toy_valley_delta_momentum_is_faster(x64, learning_rate):
-    """On ψ(r, θ) = r² + 5(r − θ + sin r)² from (−3.5, 2), delta momentum (γ = 1) enters ‖x‖ < 0.1 in
-    fewer steps than plain momentum with the same β = 0.95 and step size (NL Fig. 4)."""
+    """On ψ(r, θ) = r² + 5(r − θ + sin r)² from (−3.5, 2), delta momentum (γ = 1) enters ‖x‖ < 0.1
+    in fewer steps than plain momentum with the same β = 0.95 and step size (NL Fig. 4)."""
     delta = _steps_to_neighbourhood(ho.delta_momentum(learning_rate, beta=0.95, gamma=1.0))
     plain = _steps_to_neighbourhood(ho.preconditioned_momentum(learning_rate, beta=0.95))
     assert delta is not None and plain is not None

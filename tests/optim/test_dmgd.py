@@ -22,7 +22,8 @@ def test_dot_objective_matches_numpy(x64):
 
 
 def test_l2_objective_matches_numpy(x64):
-    """L2 objective ½‖d − u‖² (with buffer step ζ_b = 0.5): equals the numpy recurrence over 5 steps."""
+    """L2 objective ½‖d − u‖² (with buffer step ζ_b = 0.5): equals the numpy recurrence over 5
+    steps."""
     grads = ref.gradient_stream(21, SHAPES)
     tx = ho.scale_by_dmgd(beta=0.95, inner_lr=0.2, buffer_lr=0.5, objective="l2", w1_init=0.05)
     outs, _ = run(tx, grads)
@@ -31,7 +32,8 @@ def test_l2_objective_matches_numpy(x64):
 
 
 def test_frozen_zero_w1_is_momentum(x64):
-    """With w₁ = 0 frozen, DMGD equals momentum exactly: dmgd(η, β) == optax.sgd(η, momentum=β) (design §2.6)."""
+    """With w₁ = 0 frozen, DMGD equals momentum exactly: dmgd(η, β) == optax.sgd(η, momentum=β)
+    (design §2.6)."""
     grads = ref.gradient_stream(22, SHAPES)
     ours, _ = run(ho.dmgd(0.05, beta=0.9, w1_init=0.0, train_memory=False), grads)
     theirs, _ = run(optax.sgd(0.05, momentum=0.9), grads)

@@ -20,7 +20,8 @@ def _no_ns(tree):
 
 @pytest.mark.fast
 def test_ema_form_matches_numpy(x64):
-    """Default form (EMA + bias correction, D15), f = 2: directions and O2 equal Algorithm 1 in numpy over 5 steps."""
+    """Default form (EMA + bias correction, D15), f = 2: directions and O2 equal Algorithm 1 in
+    numpy over 5 steps."""
     grads = ref.gradient_stream(40, SHAPES)
     outs, state = run(ho.scale_by_m3(0.9, 0.99, 0.8, alpha=0.5, slow_period=2), grads)
     expected, o2s = ref.m3(grads, 0.9, 0.99, 0.8, 0.5, 2, 1e-8)
@@ -38,7 +39,8 @@ def test_printed_form_matches_numpy(x64):
 
 @pytest.mark.fast
 def test_alpha_zero_identity_ns_is_adam(x64):
-    """α = 0 and NS replaced by the identity: M3 equals optax.adam (no weight decay) to machine precision (design §2.9 (a))."""
+    """α = 0 and NS replaced by the identity: M3 equals optax.adam (no weight decay) to machine
+    precision (design §2.9 (a))."""
     grads = ref.gradient_stream(42, SHAPES, steps=6)
     ours, _ = run(ho.m3(1e-2, beta1=0.9, beta2=0.999, alpha=0.0, slow_period=3, ns_mask=_no_ns), grads)
     theirs, _ = run(optax.adam(1e-2, b1=0.9, b2=0.999, eps=1e-8), grads)
@@ -46,7 +48,8 @@ def test_alpha_zero_identity_ns_is_adam(x64):
 
 
 def test_o2_changes_only_at_multiples_of_f(x64):
-    """O2 (and M2) change exactly at steps t with t mod f == 0 and stay fixed in between (design §2.9 (b))."""
+    """O2 (and M2) change exactly at steps t with t mod f == 0 and stay fixed in between (design
+    §2.9 (b))."""
     f = 3
     grads = ref.gradient_stream(43, SHAPES, steps=10)
     tx = ho.scale_by_m3(slow_period=f)
@@ -61,7 +64,8 @@ def test_o2_changes_only_at_multiples_of_f(x64):
 
 
 def test_bias_corrected_fast_momentum_of_constant_gradient(x64):
-    """For a constant gradient c, the bias-corrected M̂1 = M1/(1 − β₁ᵗ) equals c at every step (design §2.9 (c))."""
+    """For a constant gradient c, the bias-corrected M̂1 = M1/(1 − β₁ᵗ) equals c at every step
+    (design §2.9 (c))."""
     c = {k: np.full(s, 0.37) for k, s in SHAPES.items()}
     tx = ho.scale_by_m3(beta1=0.9)
     state = tx.init(jax.tree.map(jnp.zeros_like, c))
@@ -73,7 +77,8 @@ def test_bias_corrected_fast_momentum_of_constant_gradient(x64):
 
 
 def test_slow_momentum_contributes_after_first_period(x64):
-    """With α > 0 the update differs from α = 0 only from step f + 1 on (O2 is used from the step after it is written)."""
+    """With α > 0 the update differs from α = 0 only from step f + 1 on (O2 is used from the step
+    after it is written)."""
     f = 2
     grads = ref.gradient_stream(44, SHAPES, steps=4)
     with_slow, _ = run(ho.scale_by_m3(alpha=1.0, slow_period=f), grads)

@@ -38,7 +38,8 @@ def test_period_one_is_the_wrapped_optimizer_exactly(x64):
 
 @pytest.mark.fast
 def test_period_four_updates_every_fourth_step_with_mean(x64):
-    """k = 4 with SGD: parameters change only at steps 4 and 8, each time by −η × mean of the 4 gradients."""
+    """k = 4 with SGD: parameters change only at steps 4 and 8, each time by −η × mean of the 4
+    gradients."""
     grads = ref.gradient_stream(52, SHAPES, steps=8)
     outs, _ = run(ho.update_every(optax.sgd(0.1), 4), grads)
     for t, u in enumerate(outs, start=1):
@@ -57,8 +58,8 @@ def test_sum_reduction(x64):
 
 
 def test_inner_state_advances_only_on_update_steps(x64):
-    """Adam inside update_every(·, 2) on a stream equals Adam on the stream of pair means (D23: moments,
-    weight decay act only on update steps)."""
+    """Adam inside update_every(·, 2) on a stream equals Adam on the stream of pair means (D23:
+    moments, weight decay act only on update steps)."""
     grads = ref.gradient_stream(54, SHAPES, steps=6)
     params = _params()
     ours, _ = run(ho.update_every(_adamw_without_lr(), 2), grads, params)
@@ -68,8 +69,9 @@ def test_inner_state_advances_only_on_update_steps(x64):
 
 
 def test_groups_with_labels_function_and_global_schedule(x64):
-    """multi_frequency with a label function: the 'slow' group (matrices, P = 2) moves every 2nd step, the
-    'fast' group every step, and the LR schedule outside is evaluated at the global step."""
+    """multi_frequency with a label function: the 'slow' group (matrices, P = 2) moves every 2nd
+    step, the 'fast' group every step, and the LR schedule outside is evaluated at the global
+    step."""
     grads = ref.gradient_stream(55, SHAPES, steps=4)
     schedule = optax.linear_schedule(1.0, 0.0, 4)
     label_fn = lambda p: jax.tree.map(lambda x: "slow" if x.ndim == 2 else "fast", p)

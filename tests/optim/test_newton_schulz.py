@@ -12,7 +12,8 @@ import hope_jax.optim as ho
 from . import _reference as ref
 from ._harness import SHAPES, assert_trees_close, run
 
-# Gaussian matrices with aspect ratio ≥ 2 are well conditioned (σ_min/σ_max ≳ 0.17): design §2.7 (a).
+# Gaussian matrices with aspect ratio ≥ 2 are well conditioned (σ_min/σ_max ≳ 0.17):
+# design §2.7 (a).
 WELL_CONDITIONED_SHAPES = [(16, 32), (64, 32), (24, 96), (128, 32)]
 
 
@@ -23,7 +24,8 @@ def test_quintic_singular_values_near_one(shape):
     [0.68, 1.21] (design §2.7 (a)).
 
     The quintic's attracting band is [0.6818, 1.2024] (its value at 1 is 0.701), so the lower bound
-    cannot be 0.7: singular values near 0.682 do occur (they are what Muon's coefficients trade for speed).
+    cannot be 0.7: singular values near 0.682 do occur (they are what Muon's coefficients trade for
+    speed).
     """
     x = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
     sv = np.linalg.svd(np.asarray(ho.newton_schulz(x)), compute_uv=False)
@@ -31,7 +33,8 @@ def test_quintic_singular_values_near_one(shape):
 
 
 def test_matches_numpy_including_tall_and_stacked(x64):
-    """NS(5) equals the numpy iteration for a wide, a tall (transposed) and a stacked (2, 6, 3) input."""
+    """NS(5) equals the numpy iteration for a wide, a tall (transposed) and a stacked (2, 6, 3)
+    input."""
     rng = np.random.default_rng(30)
     for shape in [(4, 6), (6, 3), (2, 6, 3)]:
         x = rng.standard_normal(shape)
@@ -66,7 +69,8 @@ def test_muon_matches_numpy(x64):
 
 @pytest.mark.fast
 def test_muon_with_identity_ns_is_momentum_sgd(x64):
-    """Muon with NS replaced by the identity (mask all False) equals optax.sgd with momentum (design §2.7 (c))."""
+    """Muon with NS replaced by the identity (mask all False) equals optax.sgd with momentum (design
+    §2.7 (c))."""
     grads = ref.gradient_stream(33, SHAPES)
     no_ns = lambda tree: jax.tree.map(lambda _: False, tree)
     ours, _ = run(ho.muon(0.05, beta=0.95, ns_mask=no_ns), grads)
@@ -75,7 +79,8 @@ def test_muon_with_identity_ns_is_momentum_sgd(x64):
 
 
 def test_default_mask_skips_vectors_embeddings_and_head():
-    """Default NS mask: rank-≥2 leaves only, and not those whose path names 'embed' or 'lm_head' (D29)."""
+    """Default NS mask: rank-≥2 leaves only, and not those whose path names 'embed' or 'lm_head'
+    (D29)."""
     params = {"embed": {"embedding": jnp.ones((10, 4))}, "block": {"w": jnp.ones((4, 4)), "b": jnp.ones(4)},
               "lm_head": {"kernel": jnp.ones((4, 10))}, "stack": jnp.ones((2, 4, 4))}
     mask = ho.matrix_mask(params)
@@ -105,7 +110,8 @@ def test_orthogonalize_wraps_any_momentum(x64):
 
 
 def test_bfloat16_option_runs():
-    """ns_dtype='bfloat16' computes NS in bf16 and returns the input dtype, close to the fp32 result."""
+    """ns_dtype='bfloat16' computes NS in bf16 and returns the input dtype, close to the fp32
+    result."""
     x = jax.random.normal(jax.random.PRNGKey(2), (16, 32))
     y = ho.newton_schulz(x, dtype="bfloat16")
     assert y.dtype == jnp.float32

@@ -15,14 +15,16 @@ from ._harness import SHAPES, assert_trees_close, run
 @pytest.mark.fast
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_identity_preconditioner_matches_numpy(x64, nesterov):
-    """P = I: the transform equals the recurrence s ← βs + g (Nesterov: output βs + g) over 5 steps."""
+    """P = I: the transform equals the recurrence s ← βs + g (Nesterov: output βs + g) over 5
+    steps."""
     grads = ref.gradient_stream(0, SHAPES)
     outs, _ = run(ho.scale_by_preconditioned_momentum(beta=0.8, nesterov=nesterov), grads)
     assert_trees_close(outs, ref.preconditioned_momentum(grads, 0.8, nesterov=nesterov))
 
 
 def test_diagonal_preconditioner_matches_numpy(x64):
-    """P = 1/(√v̂ + ε): the transform equals s ← βs + g/(√v̂ + ε) with bias-corrected v over 5 steps."""
+    """P = 1/(√v̂ + ε): the transform equals s ← βs + g/(√v̂ + ε) with bias-corrected v over 5
+    steps."""
     grads = ref.gradient_stream(1, SHAPES)
     outs, _ = run(ho.scale_by_preconditioned_momentum(beta=0.7, preconditioner="diagonal"), grads)
     assert_trees_close(outs, ref.preconditioned_momentum(grads, 0.7, diagonal=True))
@@ -37,7 +39,8 @@ def test_pluggable_preconditioner(x64):
 
 
 def test_complete_optimizer_equals_optax_sgd(x64):
-    """preconditioned_momentum(η, β) with P = I equals optax.sgd(η, momentum=β) (design §2.4, and §1, check c)."""
+    """preconditioned_momentum(η, β) with P = I equals optax.sgd(η, momentum=β) (design §2.4, and
+    §1, check c)."""
     grads = ref.gradient_stream(3, SHAPES)
     ours, _ = run(ho.preconditioned_momentum(0.1, beta=0.9), grads)
     theirs, _ = run(optax.sgd(0.1, momentum=0.9), grads)

@@ -1,4 +1,5 @@
-"""Runs `train()` in a fresh process (the resume and SIGTERM tests): run_train.py CONFIG.json WORKDIR.
+"""Runs `train()` in a fresh process (the resume and SIGTERM tests): run_train.py CONFIG.json
+WORKDIR.
 
 Uses the same 8 fake CPU devices and persistent compilation cache as tests/conftest.py.
 """
