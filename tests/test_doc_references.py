@@ -33,7 +33,8 @@ def shipped_files(root: str = ROOT) -> list[str]:
     files = []
     for top in PY_DIRS:
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            dirnames[:] = sorted(d for d in dirnames
+                                 if not d.startswith(".") and d != "__pycache__")
             files += [os.path.relpath(os.path.join(dirpath, f), root) for f in sorted(filenames)
                       if f.endswith(".py")]
     docs = os.path.join(root, "docs")

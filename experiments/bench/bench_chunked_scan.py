@@ -36,7 +36,8 @@ LEVELS = {
     "mlp_dgd": lambda c: core.Level(core.residual_mlp_memory(expansion=4), core.l2(), core.dgd(),
                                     chunk_size=c),
     "gdn": lambda c: core.Level(core.matrix_memory(), core.dot_product(),
-                                core.dgd(momentum=False, normalize=False, gated=True), chunk_size=c),
+                                core.dgd(momentum=False, normalize=False, gated=True),
+                                chunk_size=c),
 }
 # The reference's backward keeps one memory state per token: skip it where that exceeds RAM.
 REFERENCE_FB_MAX_TOKENS = {"mlp_momentum": 4096, "mlp_dgd": 4096, "gdn": 16384}
@@ -140,13 +141,15 @@ def main(argv=None) -> int:
     if args.quick:
         args.lengths, args.repeats = [256, 1024], 1
 
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores", flush=True)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores",
+          flush=True)
     peak = matmul_peak()
     print(f"measured float32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
     rows = []
     for name in args.levels:
         for t in args.lengths:
-            row = bench_level(name, t, args.batch, args.heads, args.d_head, args.chunk, args.repeats)
+            row = bench_level(name, t, args.batch, args.heads, args.d_head, args.chunk,
+                              args.repeats)
             fb = row["chunked_forward_backward"]
             row["chunked_gflops_per_s"] = row["chunked_forward_backward_flops"] / fb["step_s"] / 1e9
             row["chunked_fraction_of_peak"] = row["chunked_gflops_per_s"] / peak
@@ -161,19 +164,22 @@ def main(argv=None) -> int:
         scaling[name] = dict(T_short=lo["T"], T_long=hi["T"], ratio=per_tok(hi) / per_tok(lo))
 
     header = (f"{'level':13s} {'T':>6s} {'fwd ms':>8s} {'ref fwd':>8s} {'x':>5s} {'f+b ms':>8s} "
-              f"{'ref f+b':>8s} {'x':>5s} {'GFLOP/s':>8s} {'%peak':>6s} {'temp MiB':>9s} {'compile s':>9s}")
+              f"{'ref f+b':>8s} {'x':>5s} {'GFLOP/s':>8s} {'%peak':>6s} {'temp MiB':>9s} "
+              f"{'compile s':>9s}")
     print("\n" + header)
     for r in rows:
         cf, cb = r["chunked_forward"], r["chunked_forward_backward"]
         rf, rb = r["reference_forward"], r["reference_forward_backward"]
         fmt = lambda v, s=1e3: "-" if v is None else f"{v['step_s'] * s:8.1f}"
         sp = lambda v: "-" if v is None else f"{v:5.1f}"
-        print(f"{r['level']:13s} {r['T']:6d} {fmt(cf)} {fmt(rf)} {sp(r['speedup_forward'])} {fmt(cb)} "
-              f"{fmt(rb)} {sp(r['speedup_forward_backward'])} {r['chunked_gflops_per_s']:8.1f} "
+        print(f"{r['level']:13s} {r['T']:6d} {fmt(cf)} {fmt(rf)} {sp(r['speedup_forward'])} "
+              f"{fmt(cb)} {fmt(rb)} {sp(r['speedup_forward_backward'])} "
+              f"{r['chunked_gflops_per_s']:8.1f} "
               f"{100 * r['chunked_fraction_of_peak']:6.1f} {cb['temp_bytes'] / 2 ** 20:9.1f} "
               f"{cf['compile_s'] + cb['compile_s']:9.1f}")
     for name, s in scaling.items():
-        print(f"{name}: time per token (f+b) at T={s['T_long']} is {s['ratio']:.2f}x that at T={s['T_short']}")
+        print(f"{name}: time per token (f+b) at T={s['T_long']} is {s['ratio']:.2f}x that at "
+              f"T={s['T_short']}")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     result = dict(jax=jax.__version__, python=sys.version.split()[0], machine=platform.machine(),

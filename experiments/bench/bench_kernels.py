@@ -74,7 +74,8 @@ def op_fn(op: str, impl: str, c: int):
 def loss_of(f):
     def loss(x):
         y, state = f(x)
-        return jnp.sum(y.astype(jnp.float32) ** 2) + sum(jnp.sum(s ** 2) for s in jax.tree.leaves(state))
+        return (jnp.sum(y.astype(jnp.float32) ** 2)
+                + sum(jnp.sum(s ** 2) for s in jax.tree.leaves(state)))
     return loss
 
 
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
     rows = []
     header = (f"{'op':6s} {'B,T,H,d,C':>22s} {'impl':11s} {'mode':8s} {'compile s':>10s} "
               f"{'step ms':>10s} {'Mtok/s':>8s}")
-    print(f"device: {jax.devices()[0].device_kind} ({plat}), jax {jax.__version__}, dtype {dtype.name}")
+    print(f"device: {jax.devices()[0].device_kind} ({plat}), jax {jax.__version__}, "
+          f"dtype {dtype.name}")
     print(header)
     print("-" * len(header))
     for op in args.ops:

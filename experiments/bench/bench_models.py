@@ -75,7 +75,8 @@ def decoder_config(name: str, seq_len: int, size: str = "tiny"):
 
 def measure_peak_flops(repeats: int = 5) -> dict:
     """Best-of-`repeats` float32 matmul FLOP/s at n = 1024 and 2048 (the trainer's measurement)."""
-    out = {f"matmul_{n}": train_loop.measure_peak_flops("float32", n, repeats) for n in (1024, 2048)}
+    out = {f"matmul_{n}": train_loop.measure_peak_flops("float32", n, repeats)
+           for n in (1024, 2048)}
     out["peak"] = max(out.values())
     return out
 
@@ -120,7 +121,8 @@ def memory_bytes(compiled) -> dict:
         m = None
     if m is None:
         return {}
-    d = {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("temp", "argument", "output", "alias")}
+    d = {k: int(getattr(m, f"{k}_size_in_bytes", 0))
+         for k in ("temp", "argument", "output", "alias")}
     d["peak"] = d["temp"] + d["argument"] + d["output"] - d["alias"]
     return d
 

@@ -47,7 +47,8 @@ OPTIMIZERS: dict[str, tuple[Callable[[float], optax.GradientTransformation], lis
     "m3": (lambda lr: ho.m3(lr, weight_decay=0.01), [1e-6, 3e-6, 1e-5]),
     "dmgd": (lambda lr: ho.dmgd(lr, weight_decay=0.01), [0.1, 0.3, 1.0]),
     "delta_momentum": (lambda lr: ho.delta_momentum(lr, weight_decay=0.01), [0.1, 0.3, 1.0]),
-    "momentum (reference)": (lambda lr: ho.preconditioned_momentum(lr, weight_decay=0.01), [0.1, 0.3, 1.0]),
+    "momentum (reference)": (lambda lr: ho.preconditioned_momentum(lr, weight_decay=0.01),
+                             [0.1, 0.3, 1.0]),
 }
 
 
@@ -150,17 +151,21 @@ def time_steps(runs: dict, data, rounds: int, block: int) -> dict[str, list[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--rounds", type=int, default=7, help="timing rounds (each: one block per optimizer)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="timing rounds (each: one block per optimizer)")
     parser.add_argument("--block", type=int, default=20, help="steps per timing block")
-    parser.add_argument("--only", nargs="*", default=None, help="subset of optimizers (adamw is always run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                      "optimizers.json"))
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="subset of optimizers (adamw is always run)")
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser.add_argument("--out", default=os.path.join(here, "results", "optimizers.json"))
     args = parser.parse_args()
 
-    names = list(OPTIMIZERS) if not args.only else ["adamw"] + [n for n in args.only if n != "adamw"]
+    names = (list(OPTIMIZERS) if not args.only
+             else ["adamw"] + [n for n in args.only if n != "adamw"])
     kx, ke = jax.random.split(jax.random.PRNGKey(2))
     xs = jax.random.normal(kx, (N_BATCHES, args.batch, D_IN))
     x_eval = jax.random.normal(ke, (N_EVAL, D_IN))
@@ -173,8 +178,9 @@ def main() -> None:
         for lr in grid:
             run = train(make(lr), data, args.steps)
             sweep[lr] = run
-            print(f"  {name:22s} lr={lr:<8g} eval={run['eval_loss']:.4f} train={run['final_train_loss']:.4f} "
-                  f"compile={run['compile_s']:.2f}s", flush=True)
+            print(f"  {name:22s} lr={lr:<8g} eval={run['eval_loss']:.4f} "
+                  f"train={run['final_train_loss']:.4f} compile={run['compile_s']:.2f}s",
+                  flush=True)
         finite = {lr: r for lr, r in sweep.items() if np.isfinite(r["eval_loss"])}
         best_lr = min(finite, key=lambda lr: finite[lr]["eval_loss"]) if finite else grid[0]
         best_runs[name] = sweep[best_lr]
@@ -195,15 +201,16 @@ def main() -> None:
         results[name].update({"step_ms": 1e3 * med, "step_ms_min": 1e3 * min(times[name]),
                               "step_time_vs_adamw": med / base})
 
-    header = f"{'optimizer':22s} {'best lr':>8s} {'eval loss':>10s} {'train loss':>10s} {'step ms':>8s} " \
-             f"{'vs AdamW':>8s} {'compile s':>9s}"
+    header = (f"{'optimizer':22s} {'best lr':>8s} {'eval loss':>10s} {'train loss':>10s} "
+              f"{'step ms':>8s} {'vs AdamW':>8s} {'compile s':>9s}")
     print(f"\nMLP {D_IN}-{WIDTH}-{WIDTH}-{D_OUT}, batch {args.batch}, {args.steps} steps, "
           f"jax {jax.__version__}, {jax.devices()[0].platform}")
     print(header)
     print("-" * len(header))
     for name in names:
         r = results[name]
-        eval_loss, train_loss = (float("nan") if x is None else x for x in (r["eval_loss"], r["final_train_loss"]))
+        eval_loss, train_loss = (float("nan") if x is None else x
+                                 for x in (r["eval_loss"], r["final_train_loss"]))
         print(f"{name:22s} {r['best_learning_rate']:>8g} {eval_loss:>10.4f} {train_loss:>10.4f} "
               f"{r['step_ms']:>8.2f} {r['step_time_vs_adamw']:>7.2f}x {r['compile_s']:>9.2f}")
 
@@ -212,7 +219,8 @@ def main() -> None:
         "task": f"teacher-student regression, MLP {D_IN}-{WIDTH}-{WIDTH}-{D_OUT} GELU, MSE",
         "steps": args.steps,
         "batch": args.batch,
-        "timing": {"rounds": args.rounds, "block_steps": args.block, "statistic": "median per-step time"},
+        "timing": {"rounds": args.rounds, "block_steps": args.block,
+                   "statistic": "median per-step time"},
         "jax": jax.__version__,
         "optax": optax.__version__,
         "backend": jax.devices()[0].platform,

@@ -69,7 +69,8 @@ def run_one(config, d: int, length: int, dtype) -> dict:
     y_off = np.asarray(y_off, np.float32)
     finite = bool(np.all(np.isfinite(y)))
     bad = np.where(~np.isfinite(y).all(axis=-1))[1]
-    effect = float(np.linalg.norm(y - y_off) / max(np.linalg.norm(y_off), 1e-30)) if finite else None
+    effect = (float(np.linalg.norm(y - y_off) / max(np.linalg.norm(y_off), 1e-30)) if finite
+              else None)
     return dict(finite=finite, grads_finite=g_finite,
                 first_nonfinite_token=int(bad[0]) if len(bad) else None,
                 max_abs_output=float(np.nanmax(np.abs(y))) if finite else None,

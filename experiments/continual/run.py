@@ -95,8 +95,9 @@ def stream(model, config, arch, lr, opt, preps, budgets, args, tb, frozen=False)
         out["curves"][d], out["tokens_per_s"][d] = curve, tps
         out["heldout"].append(dict(after=d, **heldout_all(learner, state.params, preps, config,
                                                            args.heldout_windows, tb)))
-        print(f"  {arch} {'frozen' if frozen else 'learning'} {d}: online bpb {curve[0][1]:.3f} → {curve[-1][1]:.3f}, "
-              f"{tps:,.0f} tok/s, held-out {out['heldout'][-1]}", flush=True)
+        print(f"  {arch} {'frozen' if frozen else 'learning'} {d}: online bpb "
+              f"{curve[0][1]:.3f} → {curve[-1][1]:.3f}, {tps:,.0f} tok/s, "
+              f"held-out {out['heldout'][-1]}", flush=True)
     return out
 
 
@@ -121,7 +122,8 @@ def memorisation(model, config, arch, lr, opt, prep, tb, docs: int = 16) -> dict
                 state = state._replace(cache=cache)
                 state, nll = learner.learn(state, p[None])
                 nats, nbytes = nats + float(np.sum(nll)), nbytes + float(tb[p[1:]].sum())
-            key = ("on" if carry else "off") if frozen else ("on" if carry else "reset") + "_learning"
+            key = (("on" if carry else "off") if frozen
+                   else ("on" if carry else "reset") + "_learning")
             out[key] = nats / math.log(2) / nbytes
     out["gain_frozen"] = out["off"] - out["on"]
     out["gain_reset_learning"] = out["off"] - out["reset_learning"]
@@ -234,7 +236,8 @@ def main() -> None:
     ap.add_argument("--cms_chunk", default="", help="Hope chunk overrides, e.g. cms0=64")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/hope_jax/jax_cache"))
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser("~/.cache/hope_jax/jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     for part in filter(None, args.cms_chunk.split(",")):
         name, value = part.split("=")

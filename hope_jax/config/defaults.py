@@ -28,11 +28,11 @@ def default_config() -> ConfigDict:
                                   # titans_mal | linear_attention | deltanet | gated_deltanet |
                                   # ttt_linear | ttt_mlp (hope_jax.models.presets)
         size="tiny",              # tiny | small | 340m | 760m | 1.3b
-        dtype="float32",          # compute dtype: float32 | bfloat16 (params and memory state stay float32)
+        dtype="float32",          # compute: float32 | bfloat16 (params, memory state stay float32)
         param_dtype="float32",
         remat="none",             # none | block (jax.checkpoint each block; models/decoder.py)
         tie_embeddings=False,
-        scan_blocks=False,        # run identical blocks with nnx.scan (faster compiles of deep models)
+        scan_blocks=False,        # identical blocks run with nnx.scan (deep models compile faster)
         # Shape overrides of the size preset (0 = the preset's value).
         d_model=0,
         num_blocks=0,
@@ -71,7 +71,7 @@ def default_config() -> ConfigDict:
         b1=0.9,
         b2=0.95,
         eps=1e-8,
-        weight_decay=0.1,         # applied to matrices only (not norms, biases, gates, embeddings' norm)
+        weight_decay=0.1,         # matrices only (not norms, biases, gates, embeddings' norm)
         clip_norm=1.0,            # global-norm clipping (0 = off)
         grad_accum=1,             # micro-batches per step
         multi_frequency=True,     # CMS outer levels update every P steps with the summed gradient
@@ -95,7 +95,7 @@ def default_config() -> ConfigDict:
         max_bad_steps=5,          # stop after this many consecutive non-finite steps
         progress=True,            # progress bar on stderr
         peak_flops=0.0,           # MFU denominator in FLOP/s (0 = measure a matmul at start-up)
-        init_from="",             # warm start: another run's workdir whose newest params seed this one
+        init_from="",             # warm start: a run's workdir whose newest params seed this one
         stop_at=0,                # stop (with a checkpoint) once this step is reached, 0 = off;
                                   # the schedule still ends at `steps` (time-sliced jobs, tests)
         poison_steps=(),          # tests of the NaN policy only: steps whose loss is made NaN

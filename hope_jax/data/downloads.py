@@ -43,7 +43,8 @@ def pip_sdist(requirement: str, directory: str, *, progress: bool = True) -> str
         if result.returncode != 0 or path is None:
             raise RuntimeError(
                 f"pip could not download {requirement} (exit {result.returncode}); a package index "
-                f"must be reachable (or place {requirement.replace('==', '-')}.tar.gz in {directory}).\n"
+                f"must be reachable (or place {requirement.replace('==', '-')}.tar.gz in "
+                f"{directory}).\n"
                 f"{result.stderr.strip()[-2000:]}")
     prefix = SHA256_PREFIX.get(requirement)
     if prefix is not None:

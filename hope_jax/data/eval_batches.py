@@ -31,7 +31,8 @@ def eval_batches(prepared: PreparedData, split: str = "valid", *, seq_len: int, 
     `windows` count gives the same windows whatever the batch size. mask is 1 where the
     target is real text, 0 for padding (pad_id) in the last window and in filler rows."""
     if seq_len < 1 or batch_size < 1:
-        raise ValueError(f"seq_len and batch_size must be ≥ 1, got seq_len={seq_len}, batch_size={batch_size}")
+        raise ValueError(f"seq_len and batch_size must be ≥ 1, got seq_len={seq_len}, "
+                         f"batch_size={batch_size}")
     stream = prepared.tokens(split)
     n = stream.shape[0]
     if windows is None and max_batches is not None:

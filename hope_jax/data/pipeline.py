@@ -42,15 +42,18 @@ def train_dataset(prepared: PreparedData, *, seq_len: int, batch_size: int, seed
     """The endless MapDataset of {"tokens": int32 [batch_size, seq_len + 1]} for one process."""
     info = prepared.splits["train"]
     if seq_len < 1 or batch_size < 1:
-        raise ValueError(f"seq_len and batch_size must be ≥ 1, got seq_len={seq_len}, batch_size={batch_size}")
+        raise ValueError(f"seq_len and batch_size must be ≥ 1, got seq_len={seq_len}, "
+                         f"batch_size={batch_size}")
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is outside [0, process_count={process_count})")
+        raise ValueError(f"process_index={process_index} is outside "
+                         f"[0, process_count={process_count})")
     reader = WindowReader(info.path, info.tokens, prepared.tokenizer.vocab_size, seq_len)
     per_process = reader.windows // process_count
     if per_process < batch_size:
         raise ValueError(
-            f"the train split of {prepared.root} has {info.tokens} tokens = {reader.windows} windows of "
-            f"seq_len={seq_len}, {per_process} per process for {process_count} processes: too few "
+            f"the train split of {prepared.root} has {info.tokens} tokens = {reader.windows} "
+            f"windows of seq_len={seq_len}, {per_process} per process for {process_count} "
+            f"processes: too few "
             f"for batch_size={batch_size}")
     ds = grain.MapDataset.range(reader.windows).shuffle(seed=seed % 2**32)
     ds = ds[process_index:per_process * process_count:process_count]   # equal disjoint shares

@@ -86,12 +86,14 @@ def _build(tmp: str, config: Any, key: str, cache_dir: str, progress: bool) -> N
     kind = config_value(config, "tokenizer", "byte")
     vocab_size = int(config_value(config, "vocab_size", 8192))
     if kind == "bpe":
-        stage(f"training a {vocab_size}-piece BPE tokenizer on {len(docs['train'])} documents", progress)
+        stage(f"training a {vocab_size}-piece BPE tokenizer on {len(docs['train'])} documents",
+              progress)
     tokenizer = train_tokenizer(kind, (d.text for d in docs["train"]), vocab_size, tmp)
     splits = {}
     for split, split_docs in docs.items():
         info = write_split(tmp, split, split_docs, tokenizer, progress=progress)
-        stage(f"{split}: {info.documents} documents, {info.tokens} tokens, {info.bytes} bytes", progress)
+        stage(f"{split}: {info.documents} documents, {info.tokens} tokens, {info.bytes} bytes",
+              progress)
         splits[split] = dict(file=os.path.basename(info.path), documents=info.documents,
                              tokens=info.tokens, bytes=info.bytes,
                              itemsize=os.path.getsize(info.path) // max(info.tokens, 1))
@@ -106,13 +108,15 @@ def prepare(data_config: Any, *, progress: bool = True) -> PreparedData:
     cache_dir = os.path.abspath(os.path.expanduser(config_value(data_config, "cache_dir",
                                                                 "~/.cache/hope_jax")))
     key = cache_key(data_config)
-    name = f"{config_value(data_config, 'corpus', 'en_pip')}-{config_value(data_config, 'tokenizer', 'byte')}"
+    corpus = config_value(data_config, "corpus", "en_pip")
+    name = f"{corpus}-{config_value(data_config, 'tokenizer', 'byte')}"
     root = os.path.join(cache_dir, "prepared", f"{name}-{key[:16]}")
     cached = _load(root, key)
     if cached is not None:
         return cached
     stage(f"preparing {name} into {root}", progress)
-    tmp = os.path.join(cache_dir, "prepared", f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = os.path.join(cache_dir, "prepared",
+                       f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
         _build(tmp, data_config, key, cache_dir, progress)

@@ -48,7 +48,8 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ValueError(f"data file {path!r} is not UTF-8 text: byte 0x{data[e.start]:02x} at "
-                         f"offset {e.start} (line {line}); convert it to UTF-8 or remove it") from None
+                         f"offset {e.start} (line {line}); convert it to UTF-8 or remove "
+                         f"it") from None
 
 
 def check_files(paths_or_globs: str | Iterable[str]) -> list[str]:
@@ -88,7 +89,8 @@ def _jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
             raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
         if not isinstance(record, dict) or text_field not in record:
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(f"{path}:{n}: no field {text_field!r} (has {keys}); set data.text_field")
+            raise ValueError(f"{path}:{n}: no field {text_field!r} (has {keys}); "
+                             f"set data.text_field")
         if not isinstance(record[text_field], str):
             raise ValueError(f"{path}:{n}: field {text_field!r} is not a string")
         yield f"{path}:{n}", record[text_field]
@@ -105,7 +107,8 @@ def _parquet(path: str, text_field: str) -> Iterator[tuple[str, str]]:
     except Exception as e:  # pyarrow raises several types for a bad file
         raise OSError(f"cannot read parquet file {path!r}: {e}") from e
     if text_field not in table.column_names:
-        raise ValueError(f"{path}: no column {text_field!r} (has {table.column_names}); set data.text_field")
+        raise ValueError(f"{path}: no column {text_field!r} (has {table.column_names}); "
+                         f"set data.text_field")
     for n, text in enumerate(table.column(text_field).to_pylist()):
         if text:
             yield f"{path}:{n}", str(text)

@@ -17,4 +17,5 @@ def check_token_ids(tokens: Any, vocab_size: int) -> None:
     if bad.any():
         pos = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"token id {int(a[pos])} at position {pos} is outside the vocabulary "
-                         f"[0, {vocab_size}) (vocab_size={vocab_size}); {int(bad.sum())} bad ids in all")
+                         f"[0, {vocab_size}) (vocab_size={vocab_size}); {int(bad.sum())} bad ids "
+                         f"in all")

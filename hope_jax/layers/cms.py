@@ -41,7 +41,7 @@ class CMSLevel:
     chunk: int | None = None
     period: int | None = None
     eta_max: float = 0.1
-    normalize: bool = False   # per-layer normalised in-context step (core.cms.normalized_local_grad)
+    normalize: bool = False   # per-layer normalised in-context step (cms.normalized_local_grad)
     retention: float = 1.0    # per write θ ← θ_0 + r(θ − θ_0) − η ḡ (1 = D22, core.cms)
 
     def __post_init__(self):

@@ -222,7 +222,8 @@ class MemoryMixer(nnx.Module):
                                            logical_axes=("heads", "memory_out", "memory_in"))
                                  for w in init])
         self.out_norm = HeadRMSNorm(h, dh, **kw) if config.out_norm else None
-        self.out_gate = Dense(d_model, h * dh, ("embed", "heads"), **kw) if config.out_gate else None
+        self.out_gate = (Dense(d_model, h * dh, ("embed", "heads"), **kw) if config.out_gate
+                         else None)
         self.w_o = Dense(h * dh, d_model, ("heads", "embed"), **kw)
         self.persistent = (param(rngs, normal(1.0), (config.num_persistent, d_model),
                                  ("persistent", "embed"), param_dtype)
@@ -318,8 +319,9 @@ class MemoryMixer(nnx.Module):
         cut = lambda x, sl: x[:, sl]
         y0, mid = self._run_op(level_state, *(cut(x, slice(None, head)) for x in (q, k, v)),
                                {n: cut(g, slice(None, head)) for n, g in gates.items()})
-        y1, end = core.chunked_scan(self.level, mid, *(cut(x, slice(head, None)) for x in (q, k, v)),
-                                    **{n: cut(g, slice(head, None)) for n, g in gates.items()})
+        tail = slice(head, None)
+        y1, end = core.chunked_scan(self.level, mid, *(cut(x, tail) for x in (q, k, v)),
+                                    **{n: cut(g, tail) for n, g in gates.items()})
         return jnp.concatenate([y0, y1], axis=1), end
 
     def _mix(self, u: Array, state: MemoryMixerState, keep_state: bool = True

@@ -343,8 +343,9 @@ class TitansMAC(nnx.Module):
         p = state.position
         j = p % c  # slot of the token in its segment
         memory_state = state.memory
+        # M_{t−1} at a new segment
         retrieve = jax.tree.map(lambda new, old: jnp.where(j == 0, new, old),
-                                memory_state.level.memory, state.retrieve)  # M_{t−1} at a new segment
+                                memory_state.level.memory, state.retrieve)
         pos = p[None]
         h = self._retrieve(u, retrieve)
         (kh, vh), (ks, vs) = self._kv(h, pos), self._kv(u, pos)

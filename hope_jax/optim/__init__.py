@@ -32,7 +32,10 @@ from hope_jax.optim.preconditioned_momentum import (
     preconditioned_momentum,
     scale_by_preconditioned_momentum,
 )
-from hope_jax.optim.preconditioners import DiagonalPreconditionerState, scale_by_diagonal_preconditioner
+from hope_jax.optim.preconditioners import (
+    DiagonalPreconditionerState,
+    scale_by_diagonal_preconditioner,
+)
 from hope_jax.optim.sharding import init_on_mesh, place_on_mesh
 
 __all__ = [

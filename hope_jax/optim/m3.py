@@ -79,7 +79,8 @@ def scale_by_m3(
     ema = form == "ema"
 
     def ns(tree, mask):
-        return orthogonalize_tree(tree, mask, ns_steps, ns_coefficients, ns_eps, shape_scale, ns_dtype)
+        return orthogonalize_tree(tree, mask, ns_steps, ns_coefficients, ns_eps, shape_scale,
+                                  ns_dtype)
 
     def init_fn(params: optax.Params) -> M3State:
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)
@@ -118,7 +119,8 @@ def scale_by_m3(
             return m2, ns(m2_hat, mask), jax.tree.map(jnp.zeros_like, g_sum)
 
         m2, o2, g_sum = jax.lax.cond(
-            t % slow_period == 0, slow_update, lambda operands: operands, (state.m2, state.o2, g_sum)
+            t % slow_period == 0, slow_update, lambda operands: operands,
+            (state.m2, state.o2, g_sum),
         )
         return direction, M3State(count=t, m1=m1, v=v, m2=m2, o2=o2, g_sum=g_sum)
 

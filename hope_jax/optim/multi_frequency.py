@@ -122,7 +122,8 @@ def multi_frequency(
         txs = {}
         for label in label_set:
             period = periods.get(label, 1)
-            txs[label] = group_tx(label) if period == 1 else update_every(group_tx(label), period, reduction)
+            txs[label] = (group_tx(label) if period == 1
+                          else update_every(group_tx(label), period, reduction))
         return txs
 
     if group_labels is not None:

@@ -38,7 +38,8 @@ def resolve_coefficients(coefficients: Coefficients) -> tuple[float, float, floa
     """Maps "quintic" / "cubic" or an `(a, b, c)` triple to the triple."""
     if isinstance(coefficients, str):
         if coefficients not in _PRESETS:
-            raise ValueError(f"unknown NS coefficients {coefficients!r}: use 'quintic', 'cubic' or (a, b, c)")
+            raise ValueError(f"unknown NS coefficients {coefficients!r}: use 'quintic', 'cubic' "
+                             f"or (a, b, c)")
         return _PRESETS[coefficients]
     a, b, c = coefficients
     return a, b, c
@@ -162,7 +163,8 @@ def scale_by_newton_schulz(
     def update_fn(updates, state, params=None):
         del params
         ns_mask = resolve_mask(updates, mask, exclude)
-        return orthogonalize_tree(updates, ns_mask, steps, coefficients, eps, shape_scale, dtype), state
+        out = orthogonalize_tree(updates, ns_mask, steps, coefficients, eps, shape_scale, dtype)
+        return out, state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
@@ -183,5 +185,6 @@ def orthogonalize(
     `orthogonalize(scale_by_preconditioned_momentum())` is Muon's direction.
     """
     return optax.chain(
-        momentum, scale_by_newton_schulz(steps, coefficients, eps, mask, exclude, shape_scale, dtype)
+        momentum,
+        scale_by_newton_schulz(steps, coefficients, eps, mask, exclude, shape_scale, dtype),
     )

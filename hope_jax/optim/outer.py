@@ -195,6 +195,6 @@ def make_optimizer(optim_cfg, total_steps: int, periods: Mapping[str, int] | Non
     return optax.chain(inner, optax.scale_by_learning_rate(schedule)), schedule
 
 
-__all__ = ["FALLBACKS", "MEMORY_INIT_PARTS", "OPTIMIZERS", "SCHEDULES", "core_ndim", "decay_mask", "direction",
-           "is_decayed", "is_hidden_matrix", "is_memory_init", "lr_schedule", "make_optimizer",
-           "ns_mask_fn", "period_labels"]
+__all__ = ["FALLBACKS", "MEMORY_INIT_PARTS", "OPTIMIZERS", "SCHEDULES", "core_ndim", "decay_mask",
+           "direction", "is_decayed", "is_hidden_matrix", "is_memory_init", "lr_schedule",
+           "make_optimizer", "ns_mask_fn", "period_labels"]

@@ -79,5 +79,7 @@ def preconditioned_momentum(
     With `preconditioner=None` this is `optax.sgd(learning_rate, momentum=beta)`.
     """
     return with_learning_rate(
-        scale_by_preconditioned_momentum(beta, preconditioner, nesterov), learning_rate, weight_decay
+        scale_by_preconditioned_momentum(beta, preconditioner, nesterov),
+        learning_rate,
+        weight_decay,
     )

@@ -66,7 +66,8 @@ def resolve_preconditioner(
     elif preconditioner == "diagonal":
         transform = scale_by_diagonal_preconditioner()
     elif isinstance(preconditioner, str):
-        raise ValueError(f"unknown preconditioner {preconditioner!r}: use 'identity', 'diagonal' or a transform")
+        raise ValueError(f"unknown preconditioner {preconditioner!r}: use 'identity', 'diagonal' "
+                         f"or a transform")
     else:
         transform = preconditioner
     return optax.with_extra_args_support(transform)

@@ -27,7 +27,8 @@ def place_on_mesh(tree: optax.OptState, mesh: Mesh) -> optax.OptState:
     return jax.tree.map(place, tree)
 
 
-def init_on_mesh(tx: optax.GradientTransformation, params: optax.Params, mesh: Mesh) -> optax.OptState:
+def init_on_mesh(tx: optax.GradientTransformation, params: optax.Params,
+                 mesh: Mesh) -> optax.OptState:
     """`tx.init(params)` for params already placed on `mesh`, with every state leaf on the mesh.
 
     Param-shaped leaves follow the params' shardings; every other leaf is replicated.

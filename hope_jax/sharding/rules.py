@@ -140,7 +140,8 @@ def make_mesh(axis_sizes: dict[str, int] | Iterable[int], devices=None) -> Mesh:
     if isinstance(axis_sizes, dict):
         unknown = set(axis_sizes) - set(MESH_AXES)
         if unknown:
-            raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+            raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of "
+                             f"{MESH_AXES}")
         sizes = tuple(axis_sizes.get(a, 1) for a in MESH_AXES)
     else:
         sizes = tuple(axis_sizes)

@@ -76,7 +76,8 @@ def shape_differences(saved: Mapping, current: Mapping) -> dict[str, tuple[Any, 
                                      else current)
     diffs = {}
     for key in sorted(set(a) | set(b)):
-        if any(key == k or key.startswith(k + ".") for k in SHAPE_KEYS) and a.get(key) != b.get(key):
+        shaped = any(key == k or key.startswith(k + ".") for k in SHAPE_KEYS)
+        if shaped and a.get(key) != b.get(key):
             diffs[key] = (a.get(key), b.get(key))
     return diffs
 

@@ -45,7 +45,8 @@ def _check_shapes(q, k, v, eta, alpha, w0) -> None:
                          f"{q.shape} and {k.shape}")
     b, t, h, d_k = k.shape
     if v.ndim != 4 or v.shape[:3] != (b, t, h):
-        raise ValueError(f"{OP}: v must have shape [B, T, H, d_v] = [{b}, {t}, {h}, d_v], got {v.shape}")
+        raise ValueError(f"{OP}: v must have shape [B, T, H, d_v] = [{b}, {t}, {h}, d_v], "
+                         f"got {v.shape}")
     for name, g in (("eta", eta), ("alpha", alpha)):
         if g.shape != (b, t, h):
             raise ValueError(f"{OP}: {name} must have shape [B, T, H] = {(b, t, h)}, got {g.shape}")

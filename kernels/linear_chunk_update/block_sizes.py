@@ -44,9 +44,10 @@ class LinearBlockSizes:
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"LinearBlockSizes.{name} must be a positive int, got {val!r}")
         if not _is_pow2(self.num_warps):
-            raise ValueError(f"LinearBlockSizes.num_warps must be a power of two, got {self.num_warps}")
-        if self.block_dv is not None and (isinstance(self.block_dv, bool)
-                                          or not isinstance(self.block_dv, int) or self.block_dv < 1):
+            raise ValueError(f"LinearBlockSizes.num_warps must be a power of two, "
+                             f"got {self.num_warps}")
+        dv = self.block_dv
+        if dv is not None and (isinstance(dv, bool) or not isinstance(dv, int) or dv < 1):
             raise ValueError(f"LinearBlockSizes.block_dv must be a positive int or None, "
                              f"got {self.block_dv!r}")
         if self.vmem_limit_bytes is not None and self.vmem_limit_bytes < (1 << 20):

@@ -42,7 +42,8 @@ class MLPBlockSizes:
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"MLPBlockSizes.{name} must be a positive int, got {val!r}")
         if not _is_pow2(self.num_warps):
-            raise ValueError(f"MLPBlockSizes.num_warps must be a power of two, got {self.num_warps}")
+            raise ValueError(f"MLPBlockSizes.num_warps must be a power of two, "
+                             f"got {self.num_warps}")
         if self.vmem_limit_bytes is not None and self.vmem_limit_bytes < (1 << 20):
             raise ValueError(f"MLPBlockSizes.vmem_limit_bytes must be >= 1 MiB, "
                              f"got {self.vmem_limit_bytes}")

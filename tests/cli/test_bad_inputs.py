@@ -44,7 +44,8 @@ def run(tmp_path_factory):
     (root / "config.json").write_text(json.dumps(config_to_json(config)))
     (root / "tiny.py").write_text(
         "import json\nfrom hope_jax.train.loop import config_from_dict\n"
-        f"def get_config():\n    return config_from_dict(json.load(open({str(root / 'config.json')!r})))\n")
+        f"def get_config():\n"
+        f"    return config_from_dict(json.load(open({str(root / 'config.json')!r})))\n")
     _write_bad_files(root)
     return dict(root=root, workdir=workdir, config=str(root / "tiny.py"))
 

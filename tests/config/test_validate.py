@@ -7,7 +7,8 @@ import pathlib
 
 import pytest
 
-from hope_jax.config import ConfigDict, ConfigError, decoder_config, default_config, resolve_mesh, validate
+from hope_jax.config import (ConfigDict, ConfigError, decoder_config, default_config, resolve_mesh,
+                             validate)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,8 @@ BAD = [  # (key, value, text the message must contain)
     ("optim.schedule", "linear", "config.optim.schedule"),
     ("train.global_batch", 0, "config.train.global_batch"),
     ("sample.top_p", 0.0, "config.sample.top_p"),
-    ("model.num_heads", 3, "config.model.num_heads: SelfModifyingConfig has 3 heads, which do not divide d_model=64"),
+    ("model.num_heads", 3,
+     "config.model.num_heads: SelfModifyingConfig has 3 heads, which do not divide d_model=64"),
     ("model.chunk_memory", 6, "config.model.chunk_memory: the model cannot be built"),
     ("model.chunk_other", -2, "config.model.chunk_other"),
     ("data.vocab_size", 10, None),  # only checked for BPE: valid with bytes

@@ -23,7 +23,8 @@ def files_config(cache_dir, files=FIXTURE_FILES, **overrides) -> dict:
 def random_documents(rng: random.Random, count: int, min_len: int, max_len: int) -> list[str]:
     """Random documents of letters, spaces and some non-ASCII characters."""
     alphabet = string.ascii_letters + "      .,\n" + "éß日本🙂"
-    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(min_len, max_len))).strip() + "."
+    return ["".join(rng.choice(alphabet)
+                    for _ in range(rng.randint(min_len, max_len))).strip() + "."
             for _ in range(count)]
 
 

@@ -32,7 +32,8 @@ def test_held_out_by_whole_documents(tmp_path, tokenizer):
     files = write_documents(tmp_path / "docs", docs)
     prepared = prepare(files_config(tmp_path / "cache", files, tokenizer=tokenizer, vocab_size=400),
                        progress=False)
-    assert isinstance(prepared.tokenizer, ByteTokenizer if tokenizer == "byte" else SentencePieceTokenizer)
+    kind = ByteTokenizer if tokenizer == "byte" else SentencePieceTokenizer
+    assert isinstance(prepared.tokenizer, kind)
     train, valid = _split_documents(prepared, "train"), _split_documents(prepared, "valid")
     assert train and valid and not set(train) & set(valid)
     assert sorted(train + valid) == sorted(docs)
@@ -54,7 +55,8 @@ def test_prepare_is_cached(tmp_path, fixture_files):
     second = prepare(config, progress=False)
     assert second == first
     assert {f: os.stat(os.path.join(first.root, f)).st_mtime_ns for f in files} == mtimes
-    other = prepare(files_config(tmp_path / "cache", fixture_files, held_out_fraction=0.5), progress=False)
+    other = prepare(files_config(tmp_path / "cache", fixture_files, held_out_fraction=0.5),
+                    progress=False)
     assert other.root != first.root
     assert sorted(os.listdir(os.path.dirname(first.root))) == sorted(
         os.path.basename(p.root) for p in (first, other))       # no temp folders left behind
@@ -69,7 +71,8 @@ def test_half_written_cache_is_never_used(tmp_path, fixture_files):
     os.remove(os.path.join(good.root, "manifest.json"))         # killed before the manifest
     with open(good.splits["train"].path, "r+b") as f:
         f.truncate(10)
-    stale = os.path.join(os.path.dirname(good.root), ".tmp-" + os.path.basename(good.root)[-16:] + "-1-x")
+    stale = os.path.join(os.path.dirname(good.root),
+                         ".tmp-" + os.path.basename(good.root)[-16:] + "-1-x")
     os.makedirs(stale)
     rebuilt = prepare(config, progress=False)
     assert rebuilt.root == good.root and os.path.exists(os.path.join(rebuilt.root, "manifest.json"))
@@ -89,7 +92,8 @@ def test_manifest_records_the_split(tmp_path, fixture_files):
     with open(os.path.join(prepared.root, "valid.json")) as f:
         meta = json.load(f)
     assert meta["dtype"] == "uint16" and len(meta["names"]) == prepared.splits["valid"].documents
-    assert len(list(read_user_files(fixture_files))) == sum(s.documents for s in prepared.splits.values())
+    documents = sum(s.documents for s in prepared.splits.values())
+    assert len(list(read_user_files(fixture_files))) == documents
 
 
 def test_prepare_config_errors(tmp_path, fixture_files):

@@ -28,7 +28,8 @@ def _random_text(rng: random.Random, n: int) -> str:
 def test_byte_round_trip_and_token_bytes():
     """decode(encode(t)) == t for random non-ASCII text; token_bytes sums to the UTF-8 length."""
     tok = ByteTokenizer()
-    assert (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (260, 256, 257, 258, 259)
+    ids = (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id)
+    assert ids == (260, 256, 257, 258, 259)
     rng = random.Random(0)
     for _ in range(20):
         text = _random_text(rng, rng.randint(0, 200))

@@ -72,4 +72,5 @@ def assert_tree_close(got, want, rtol: float, what: str) -> None:
         assert g.shape == w.shape, (what, path, g.shape, w.shape)
         assert bool(jnp.all(jnp.isfinite(jnp.asarray(g, jnp.float32)))), (what, path, "not finite")
         err = rel_err(g, w)
-        assert err <= rtol, f"{what}{jax.tree_util.keystr(path)}: relative error {err:.2e} > {rtol:.0e}"
+        where = f"{what}{jax.tree_util.keystr(path)}"
+        assert err <= rtol, f"{where}: relative error {err:.2e} > {rtol:.0e}"

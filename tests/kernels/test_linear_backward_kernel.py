@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import pytest
 
 from hope_jax.kernels._layout import flat_heads, to_chunks
-from hope_jax.kernels.linear_chunk_update import LinearBlockSizes, LinearUpdateConfig, linear_chunk_update
+from hope_jax.kernels.linear_chunk_update import (LinearBlockSizes, LinearUpdateConfig,
+                                                  linear_chunk_update)
 from hope_jax.kernels.linear_chunk_update import api as linear_api
 from hope_jax.kernels.linear_chunk_update.backward import pallas_backward, xla_backward
 from hope_jax.kernels.linear_chunk_update.pallas_gpu import GATE_CHANNELS

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 from hope_jax.kernels._layout import chunk_mask, flat_heads, from_chunks, num_chunks, to_chunks
-from hope_jax.kernels.linear_chunk_update import LinearBlockSizes, LinearUpdateConfig, linear_chunk_update
+from hope_jax.kernels.linear_chunk_update import (LinearBlockSizes, LinearUpdateConfig,
+                                                  linear_chunk_update)
 from hope_jax.kernels.linear_chunk_update.pallas_gpu import linear_forward_gpu
 from hope_jax.kernels.linear_chunk_update.pallas_tpu import linear_forward_tpu
 from hope_jax.kernels.linear_chunk_update.reference import linear_chunk_update_reference
@@ -72,8 +73,9 @@ def test_kernel_forward_writes_every_element(kernel, block, c, d_k, d_v, t, read
     fn = linear_forward_tpu if kernel == "tpu" else linear_forward_gpu
     n = num_chunks(t, c)
     chunked = [to_chunks(x[name], c) for name in ("q", "k", "v", "eta", "alpha")]
-    y, w_end, starts = jax.jit(lambda *a: fn(config, block, *a, flat_heads(x["w0"]),
-                                             chunk_mask(t, n, c), interpret=True, poison=True))(*chunked)
+    run = jax.jit(lambda *a: fn(config, block, *a, flat_heads(x["w0"]), chunk_mask(t, n, c),
+                                interpret=True, poison=True))
+    y, w_end, starts = run(*chunked)
     assert bool(jnp.all(jnp.isfinite(starts))), "a chunk-start state was not written"
     y_ref, w_ref = linear_chunk_update_reference(x["q"], x["k"], x["v"], x["eta"], x["alpha"],
                                                  x["w0"], config)

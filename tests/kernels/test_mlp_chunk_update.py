@@ -68,7 +68,8 @@ def test_kernel_forward_writes_every_element(kernel, c, d, hidden, t, read):
     state = tuple(flat_heads(w) for w in x["params"] + x["momentum"])
     y, end, starts = jax.jit(lambda *a: fn(config, MLPBlockSizes(), *a, state, chunk_mask(t, n, c),
                                            interpret=True, poison=True))(*chunked)
-    assert all(bool(jnp.all(jnp.isfinite(s))) for s in starts), "a chunk-start state was not written"
+    assert all(bool(jnp.all(jnp.isfinite(s))) for s in starts), \
+        "a chunk-start state was not written"
     y_ref, p_ref, s_ref = mlp_chunk_update_reference(x["q"], x["k"], x["v"], x["eta"], x["alpha"],
                                                      x["beta"], x["params"], x["momentum"], config)
     assert_tree_close(from_chunks(y, 1, t), y_ref, 1e-5, "y")

@@ -114,7 +114,8 @@ def test_paper_size_parameter_counts(size, target):
     """Hope presets built abstractly (nothing allocated) are within ±10% of their names. Built
     with scan_blocks (one traced block, the same parameter count: tests/models/test_scan_blocks.py)
     — 0.2 s instead of 15 s at 1.3B."""
-    n = count_params(abstract_model(dataclasses.replace(get_config("hope", size), scan_blocks=True)))
+    config = dataclasses.replace(get_config("hope", size), scan_blocks=True)
+    n = count_params(abstract_model(config))
     assert abs(n - target) <= 0.1 * target, f"{size}: {n / 1e6:.1f}M"
 
 

@@ -27,7 +27,8 @@ def _recall_errors(level, seed: int = 0) -> jax.Array:
     xk = jnp.tile(keys, (1, R, 1, 1))
     xv = jnp.tile(values, (1, R, 1, 1))
     params = level.init_params(ks[2], H, D)  # D19 gates: η ≈ 0.12·η_max, α ≈ 0.993, β ≈ 0.88
-    o, _ = jax.jit(lambda p: self_modifying_scan(level, p, level.init_state(p, B), xk, xk, xv))(params)
+    scan = jax.jit(lambda p: self_modifying_scan(level, p, level.init_state(p, B), xk, xk, xv))
+    o, _ = scan(params)
     v = xv / jnp.linalg.norm(xv, axis=-1, keepdims=True)
     return jnp.sum((o - v) ** 2, -1).mean(axis=(0, 2)).reshape(R, P).mean(-1)
 

@@ -90,7 +90,8 @@ U = jax.random.normal(jax.random.PRNGKey(1), (2, 19, D))  # T = 19: two chunks a
 # The kernel ("interpret") for every kind; the core's own reference / xla paths through the op API
 # for one linear and one MLP kind (all 18 pass; the full grid costs ~2.5 CPU-minutes).
 GRID = ([(kind, "interpret") for kind in CASES]
-        + [(kind, impl) for kind in ("gated_deltanet", "titans_lmm") for impl in ("reference", "xla")])
+        + [(kind, impl) for kind in ("gated_deltanet", "titans_lmm")
+           for impl in ("reference", "xla")])
 
 
 @pytest.mark.parametrize("kind, impl", GRID)
@@ -113,7 +114,8 @@ def test_auto_on_cpu_resolves_to_xla(monkeypatch):
         mod = sys.modules[f"hope_jax.kernels.{op}_chunk_update.api"]
         name = f"{op}_chunk_update_xla"
         real = getattr(mod, name)
-        monkeypatch.setattr(mod, name, lambda *a, _r=real, _op=op, **kw: calls.append(_op) or _r(*a, **kw))
+        monkeypatch.setattr(mod, name,
+                            lambda *a, _r=real, _op=op, **kw: calls.append(_op) or _r(*a, **kw))
     u = jnp.ones((1, 11, D))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

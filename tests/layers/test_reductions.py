@@ -80,7 +80,8 @@ CASES = {
     "linear_attention": (layers.linear_attention(H, chunk_size=4),
                          lambda M, S, k, v, e, a, b: (M + np.outer(v, k), S)),
     "deltanet": (layers.deltanet(H, chunk_size=4),
-                 lambda M, S, k, v, e, a, b: (M @ (I - e * np.outer(k, k)) + e * np.outer(v, k), S)),
+                 lambda M, S, k, v, e, a, b: (M @ (I - e * np.outer(k, k)) + e * np.outer(v, k),
+                                              S)),
     "gated_deltanet": (layers.gated_deltanet(H, chunk_size=4),
                        lambda M, S, k, v, e, a, b: (a * M @ (I - e * np.outer(k, k))
                                                     + e * np.outer(v, k), S)),

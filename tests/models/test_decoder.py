@@ -120,7 +120,8 @@ def test_rules_table():
     assert spec == jax.P("fsdp", "tensor")
     # a dimension the mesh axis does not divide is replicated
     assert sharding.logical_to_mesh_axes(("vocab", "embed"), (259, 64), mesh) == jax.P(None, "fsdp")
-    assert sharding.logical_to_mesh_axes(("batch", None), (8, 3), mesh) == jax.P(("data", "fsdp"), None)
+    assert (sharding.logical_to_mesh_axes(("batch", None), (8, 3), mesh)
+            == jax.P(("data", "fsdp"), None))
 
 
 @pytest.mark.fast

@@ -10,7 +10,8 @@ import optax
 SHAPES = {"w": (4, 6), "t": (6, 3), "v": (5,)}
 
 
-def run(tx: optax.GradientTransformation, grads: list[dict], params: dict | None = None, jit: bool = True):
+def run(tx: optax.GradientTransformation, grads: list[dict], params: dict | None = None,
+        jit: bool = True):
     """Feeds `grads` to `tx` one step at a time; returns the per-step outputs as numpy dicts."""
     grads_j = [jax.tree.map(jnp.asarray, g) for g in grads]
     if params is None:

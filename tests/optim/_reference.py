@@ -11,7 +11,8 @@ from scipy.special import erf
 QUINTIC = (3.4445, -4.7750, 2.0315)
 
 
-def random_tree(rng: np.random.Generator, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def random_tree(rng: np.random.Generator,
+                shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """A dict of float64 Gaussian arrays with the given shapes."""
     return {k: rng.standard_normal(s) for k, s in shapes.items()}
 
@@ -90,7 +91,8 @@ def gelu_prime(z):
 def dmgd(grads, beta, inner_lr, buffer_lr, w2_init, w1_init=0.0, objective="dot", train=True):
     """DMGD per coordinate, d = b + Σ_h w1_h σ(w2_h u), one GD step on φ, output d_{φ_new}(u)."""
     h = len(w2_init)
-    state = {k: (np.zeros_like(v), np.full(h, w1_init), np.array(w2_init, float)) for k, v in grads[0].items()}
+    state = {k: (np.zeros_like(v), np.full(h, w1_init), np.array(w2_init, float))
+             for k, v in grads[0].items()}
     outs = []
     for g in grads:
         out = {}

@@ -56,7 +56,8 @@ def _params():
 
 
 def _grads(steps=STEPS):
-    return [{k: v.astype(np.float32) for k, v in g.items()} for g in ref.gradient_stream(61, SHAPES, steps)]
+    return [{k: v.astype(np.float32) for k, v in g.items()}
+            for g in ref.gradient_stream(61, SHAPES, steps)]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -145,10 +146,11 @@ def test_sharded_state_on_mesh(name, mesh):
     for leaf in jax.tree.leaves(state):
         assert isinstance(leaf.sharding, NamedSharding) and leaf.sharding.mesh == mesh
         expected_spec = spec_of_shape.get(leaf.shape, P())
-        assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, expected_spec), leaf.ndim), (leaf.shape,
-                                                                                               leaf.sharding)
+        expected = NamedSharding(mesh, expected_spec)
+        assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (leaf.shape, leaf.sharding)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(tx.update, in_shardings=(param_sh, state_sh, param_sh), out_shardings=(param_sh, state_sh))
+    step = jax.jit(tx.update, in_shardings=(param_sh, state_sh, param_sh),
+                   out_shardings=(param_sh, state_sh))
     sharded_outs = []
     for g in grads:
         u, state = step(jax.device_put(g, param_sh), state, placed)

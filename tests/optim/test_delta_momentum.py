@@ -34,7 +34,8 @@ def test_matrix_form_matches_numpy(x64):
 def test_gamma_zero_is_preconditioned_momentum(x64, form, preconditioner):
     """γ = 0: delta momentum equals preconditioned momentum with the same P (design §2.5 test)."""
     grads = ref.gradient_stream(12, SHAPES)
-    ours, _ = run(ho.scale_by_delta_momentum(0.9, 0.0, preconditioner=preconditioner, form=form), grads)
+    ours, _ = run(ho.scale_by_delta_momentum(0.9, 0.0, preconditioner=preconditioner, form=form),
+                  grads)
     theirs, _ = run(ho.scale_by_preconditioned_momentum(0.9, preconditioner=preconditioner), grads)
     assert_trees_close(ours, theirs, rtol=1e-13, atol=1e-13)
 

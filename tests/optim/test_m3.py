@@ -42,7 +42,8 @@ def test_alpha_zero_identity_ns_is_adam(x64):
     """α = 0 and NS replaced by the identity: M3 equals optax.adam (no weight decay) to machine
     precision (design §2.9 (a))."""
     grads = ref.gradient_stream(42, SHAPES, steps=6)
-    ours, _ = run(ho.m3(1e-2, beta1=0.9, beta2=0.999, alpha=0.0, slow_period=3, ns_mask=_no_ns), grads)
+    ours, _ = run(ho.m3(1e-2, beta1=0.9, beta2=0.999, alpha=0.0, slow_period=3, ns_mask=_no_ns),
+                  grads)
     theirs, _ = run(optax.adam(1e-2, b1=0.9, b2=0.999, eps=1e-8), grads)
     assert_trees_close(ours, theirs, rtol=1e-14, atol=1e-15)
 
@@ -58,7 +59,8 @@ def test_o2_changes_only_at_multiples_of_f(x64):
     previous = state.o2
     for t, g in enumerate(grads, start=1):
         _, state = update(jax.tree.map(jnp.asarray, g), state)
-        changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.o2), jax.tree.leaves(previous))]
+        changed = [not np.array_equal(a, b)
+                   for a, b in zip(jax.tree.leaves(state.o2), jax.tree.leaves(previous))]
         assert all(changed) if t % f == 0 else not any(changed), t
         previous = state.o2
 

@@ -30,9 +30,10 @@ def test_period_one_is_the_wrapped_optimizer_exactly(x64):
     ours, _ = run(ho.update_every(optax.adamw(1e-2, weight_decay=0.1), 1), grads, params)
     assert_trees_close(ours, theirs, rtol=0, atol=0)
     labels = {"w": "slow", "t": "fast", "v": "fast"}
-    ours, _ = run(ho.multi_frequency(_adamw_without_lr(), labels, {"slow": 1, "fast": 1}, learning_rate=1e-2),
-                  grads, params)
-    theirs, _ = run(optax.chain(_adamw_without_lr(), optax.scale_by_learning_rate(1e-2)), grads, params)
+    ours, _ = run(ho.multi_frequency(_adamw_without_lr(), labels, {"slow": 1, "fast": 1},
+                                     learning_rate=1e-2), grads, params)
+    theirs, _ = run(optax.chain(_adamw_without_lr(), optax.scale_by_learning_rate(1e-2)), grads,
+                    params)
     assert_trees_close(ours, theirs, rtol=0, atol=0)
 
 
@@ -75,12 +76,14 @@ def test_groups_with_labels_function_and_global_schedule(x64):
     grads = ref.gradient_stream(55, SHAPES, steps=4)
     schedule = optax.linear_schedule(1.0, 0.0, 4)
     label_fn = lambda p: jax.tree.map(lambda x: "slow" if x.ndim == 2 else "fast", p)
-    outs, _ = run(ho.multi_frequency(optax.identity(), label_fn, {"slow": 2}, learning_rate=schedule), grads)
+    outs, _ = run(ho.multi_frequency(optax.identity(), label_fn, {"slow": 2},
+                                     learning_rate=schedule), grads)
     for t, u in enumerate(outs, start=1):
         eta = float(schedule(t - 1))
         np.testing.assert_allclose(u["v"], -eta * grads[t - 1]["v"], atol=1e-12)
         for k in ("w", "t"):
-            expected = -eta * (grads[t - 2][k] + grads[t - 1][k]) / 2 if t % 2 == 0 else 0 * grads[0][k]
+            expected = (-eta * (grads[t - 2][k] + grads[t - 1][k]) / 2 if t % 2 == 0
+                        else 0 * grads[0][k])
             np.testing.assert_allclose(u[k], expected, atol=1e-12)
 
 

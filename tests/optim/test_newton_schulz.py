@@ -38,7 +38,8 @@ def test_matches_numpy_including_tall_and_stacked(x64):
     rng = np.random.default_rng(30)
     for shape in [(4, 6), (6, 3), (2, 6, 3)]:
         x = rng.standard_normal(shape)
-        np.testing.assert_allclose(np.asarray(ho.newton_schulz(jnp.asarray(x))), ref.newton_schulz(x), atol=1e-10)
+        np.testing.assert_allclose(np.asarray(ho.newton_schulz(jnp.asarray(x))),
+                                   ref.newton_schulz(x), atol=1e-10)
 
 
 @pytest.mark.fast
@@ -81,7 +82,8 @@ def test_muon_with_identity_ns_is_momentum_sgd(x64):
 def test_default_mask_skips_vectors_embeddings_and_head():
     """Default NS mask: rank-≥2 leaves only, and not those whose path names 'embed' or 'lm_head'
     (D29)."""
-    params = {"embed": {"embedding": jnp.ones((10, 4))}, "block": {"w": jnp.ones((4, 4)), "b": jnp.ones(4)},
+    params = {"embed": {"embedding": jnp.ones((10, 4))},
+              "block": {"w": jnp.ones((4, 4)), "b": jnp.ones(4)},
               "lm_head": {"kernel": jnp.ones((4, 10))}, "stack": jnp.ones((2, 4, 4))}
     mask = ho.matrix_mask(params)
     assert mask == {"embed": {"embedding": False}, "block": {"w": True, "b": False},
@@ -97,7 +99,8 @@ def test_shape_scale(x64):
     rng = np.random.default_rng(34)
     for shape, factor in [((8, 4), np.sqrt(2.0)), ((4, 8), 1.0)]:
         x = rng.standard_normal(shape)
-        u, _ = ho.scale_by_newton_schulz(shape_scale=True).update({"w": jnp.asarray(x)}, optax.EmptyState())
+        u, _ = ho.scale_by_newton_schulz(shape_scale=True).update({"w": jnp.asarray(x)},
+                                                                  optax.EmptyState())
         np.testing.assert_allclose(np.asarray(u["w"]), factor * ref.newton_schulz(x), atol=1e-10)
 
 

@@ -33,7 +33,8 @@ def test_diagonal_preconditioner_matches_numpy(x64):
 def test_pluggable_preconditioner(x64):
     """Any optax transform can be P: with P = scale(2) the momentum is twice that of P = I."""
     grads = ref.gradient_stream(2, SHAPES)
-    outs, _ = run(ho.scale_by_preconditioned_momentum(beta=0.5, preconditioner=optax.scale(2.0)), grads)
+    outs, _ = run(ho.scale_by_preconditioned_momentum(beta=0.5, preconditioner=optax.scale(2.0)),
+                  grads)
     expected = ref.preconditioned_momentum([{k: 2 * v for k, v in g.items()} for g in grads], 0.5)
     assert_trees_close(outs, expected)
 
@@ -53,7 +54,8 @@ def test_schedule_is_evaluated_at_global_step(x64):
     schedule = optax.linear_schedule(1.0, 0.5, 4)
     ours, _ = run(ho.preconditioned_momentum(schedule, beta=0.9), grads)
     directions = ref.preconditioned_momentum(grads, 0.9)
-    expected = [{k: -float(schedule(t)) * v for k, v in d.items()} for t, d in enumerate(directions)]
+    expected = [{k: -float(schedule(t)) * v for k, v in d.items()}
+                for t, d in enumerate(directions)]
     assert_trees_close(ours, expected)
 
 
@@ -61,5 +63,6 @@ def test_weight_decay_is_decoupled(x64):
     """weight_decay λ adds λW to the direction before the learning rate: u = −η(s + λW)."""
     grads = ref.gradient_stream(5, SHAPES, steps=1)
     params = {k: jnp.asarray(np.full(s, 2.0)) for k, s in SHAPES.items()}
-    ours, _ = run(ho.preconditioned_momentum(0.1, beta=0.9, weight_decay=0.01), grads, params=params)
+    ours, _ = run(ho.preconditioned_momentum(0.1, beta=0.9, weight_decay=0.01), grads,
+                  params=params)
     assert_trees_close(ours[0], {k: -0.1 * (g + 0.01 * 2.0) for k, g in grads[0].items()})

@@ -99,7 +99,8 @@ def test_eval_step_sums():
     mask[0, 5:] = 0
     token_bytes = np.arange(V, dtype=np.int32) % 3
     nats, n, nbytes = tr.eval_step(state.params, jax.device_put(tok, tr.batch_sharding),
-                                   jax.device_put(mask, tr.batch_sharding), jnp.asarray(token_bytes))
+                                   jax.device_put(mask, tr.batch_sharding),
+                                   jnp.asarray(token_bytes))
     nll = np.asarray(token_nll(tr.apply(state.params, jnp.asarray(tok[:, :-1])),
                                jnp.asarray(tok[:, 1:])))
     assert float(n) == mask.sum()
