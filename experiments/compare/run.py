@@ -300,20 +300,27 @@ def _cell(x, digits=3) -> str:
     return str(x)
 
 
-def write_report(results: dict, out_dir: str) -> str:
-    """report.md + results.json + PNGs from a results dict (see `collect`). Returns the report's
-    path. Works with any subset of stages per model (missing cells read "—")."""
-    from hope_jax.eval.report import (markdown_table, plot_forgetting, plot_loss_curves,
-                                      plot_niah_heatmap)
-    os.makedirs(out_dir, exist_ok=True)
-    models: dict = results["models"]
-    comp = results.get("comparison", {})
-    names = list(models)
-    dash = "—"
+DASH = "—"  # a cell of a stage that has not run
 
-    def get(name, stage, key, default=None):
-        return (models[name].get(stage) or {}).get(key, default)
 
+class _Results:
+    """The per-model results of a comparison, as the report's sections read them."""
+
+    def __init__(self, results: dict, out_dir: str):
+        self.models: dict = results["models"]
+        self.comp = results.get("comparison", {})
+        self.names = list(self.models)
+        self.out_dir = out_dir
+
+    def get(self, name, stage, key, default=None):
+        return (self.models[name].get(stage) or {}).get(key, default)
+
+    def cell(self, name, stage, key, digits=3):
+        """The `key` of a model's stage as a table cell ("—" when the stage has not run)."""
+        return _cell(self.get(name, stage, key), digits) if self.models[name].get(stage) else DASH
+
+
+def _header_section(results: dict, comp: dict) -> list[str]:
     lines = [f"# Comparison: {results.get('name', '')}", ""]
     lines += ["Produced by:", "", "```", results.get("command", ""), "```", "",
               f"git commit (when the report was written): "
@@ -326,121 +333,153 @@ def write_report(results: dict, out_dir: str) -> str:
         lines += [f"> {note}", ""]
     t = comp.get("train", {})
     if t:
+        tokens = int(t.get('steps', 0)) * int(t.get('global_batch', 0)) * int(t.get('seq_len', 0))
         lines += [f"Training: corpus `{t.get('corpus')}`, byte tokenizer, {t.get('steps')} steps × "
                   f"batch {t.get('global_batch')} × T = {t.get('seq_len')} "
-                  f"(= {int(t.get('steps', 0)) * int(t.get('global_batch', 0)) * int(t.get('seq_len', 0)):,} "
-                  f"tokens per model), AdamW lr {t.get('lr')}, warm-up {t.get('warmup_steps')}, cosine.", ""]
+                  f"(= {tokens:,} tokens per model), AdamW lr {t.get('lr')}, "
+                  f"warm-up {t.get('warmup_steps')}, cosine.", ""]
+    return lines
 
-    # 1. training / params / bpb
+
+def _training_section(r: _Results) -> list[str]:
+    """1. training, parameters and held-out bpb (and the loss curves' PNG)."""
+    from hope_jax.eval.report import markdown_table, plot_loss_curves
     rows = []
-    params = [get(n, "train", "params") for n in names]
+    params = [r.get(n, "train", "params") for n in r.names]
     pmax = max([p for p in params if p] or [1])
-    for n in names:
-        p = get(n, "train", "params")
-        ov = get(n, "train", "overrides") or {}
+    for n in r.names:
+        p = r.get(n, "train", "params")
+        ov = r.get(n, "train", "overrides") or {}
         rows.append({
-            "model": n, "arch": get(n, "train", "arch", dash),
-            "overrides": ", ".join(f"{k}={v}" for k, v in ov.items()) or dash,
-            "params": f"{p:,}" if p else dash,
-            "params / max": _cell(p / pmax, 2) if p else dash,
-            "tokens": f"{get(n, 'train', 'tokens'):,}" if get(n, "train", "tokens") else dash,
-            "tokens/s": _cell(get(n, "train", "tokens_per_s"), 0) if models[n].get("train") else dash,
-            "train wall (s)": _cell(get(n, "train", "wall_s"), 0) if models[n].get("train") else dash,
-            "skipped steps": get(n, "train", "skipped_steps", dash),
-            "final train loss": _cell(get(n, "train", "final_loss")) if models[n].get("train") else dash,
-            "held-out bpb": _cell(get(n, "bpb", "bpb")) if models[n].get("bpb") else dash,
+            "model": n, "arch": r.get(n, "train", "arch", DASH),
+            "overrides": ", ".join(f"{k}={v}" for k, v in ov.items()) or DASH,
+            "params": f"{p:,}" if p else DASH,
+            "params / max": _cell(p / pmax, 2) if p else DASH,
+            "tokens": f"{r.get(n, 'train', 'tokens'):,}" if r.get(n, "train", "tokens") else DASH,
+            "tokens/s": r.cell(n, "train", "tokens_per_s", 0),
+            "train wall (s)": r.cell(n, "train", "wall_s", 0),
+            "skipped steps": r.get(n, "train", "skipped_steps", DASH),
+            "final train loss": r.cell(n, "train", "final_loss"),
+            "held-out bpb": r.cell(n, "bpb", "bpb"),
         })
-    lines += ["## Training and held-out bits per byte", "",
-              "final train loss: mean of the last 20 steps (nats/token). held-out bpb: "
-              f"{comp.get('eval', {}).get('batch_size', '?')} × "
-              f"{comp.get('eval', {}).get('eval_batches', '?')} windows of the held-out split "
-              "(lower is better). skipped steps: non-finite steps the trainer skipped.", "",
-              markdown_table(rows)]
-    curves = {n: (models[n]["train"]["loss_curve"]["steps"], models[n]["train"]["loss_curve"]["losses"])
-              for n in names if models[n].get("train", {}).get("loss_curve")}
+    lines = ["## Training and held-out bits per byte", "",
+             "final train loss: mean of the last 20 steps (nats/token). held-out bpb: "
+             f"{r.comp.get('eval', {}).get('batch_size', '?')} × "
+             f"{r.comp.get('eval', {}).get('eval_batches', '?')} windows of the held-out split "
+             "(lower is better). skipped steps: non-finite steps the trainer skipped.", "",
+             markdown_table(rows)]
+    curves = {n: (r.models[n]["train"]["loss_curve"]["steps"],
+                  r.models[n]["train"]["loss_curve"]["losses"])
+              for n in r.names if r.models[n].get("train", {}).get("loss_curve")}
     if curves:
-        plot_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"),
+        plot_loss_curves(curves, os.path.join(r.out_dir, "loss_curves.png"),
                          ylabel="train loss (nats/token)", title="training loss")
         lines += ["", "![loss curves](loss_curves.png)", ""]
+    return lines
 
-    # 2. NIAH
-    niah = {n: models[n]["niah"] for n in names if models[n].get("niah")}
-    if niah:
-        first = next(iter(niah.values()))
-        rows = []
-        for n, r in niah.items():
-            acc = np.asarray([[_num(x) for x in row] for row in r["accuracy"]])
-            row = {"model": n}
-            for i, L in enumerate(r["lengths"]):
-                row[f"L={L}"] = _cell(float(acc[i].mean()), 2)
-            row["mean"] = _cell(float(acc.mean()), 2)
-            rows.append(row)
-            plot_niah_heatmap(acc, r["lengths"], r["depths"],
-                              os.path.join(out_dir, f"niah_{n}.png"), title=f"NIAH passkey: {n}")
-        lines += ["## Needle in a haystack (passkey, S-NIAH-1)", "",
-                  f"Accuracy averaged over depths {first['depths']} "
-                  f"({comp.get('niah', {}).get('n_samples', '?')} prompts per cell, greedy, exact "
-                  "5-digit match; chance ≈ 0).", "", markdown_table(rows), ""]
-        lines += [" ".join(f"![{n}](niah_{n}.png)" for n in niah), ""]
 
-    # 3. memorisation, MQAR
+def _niah_section(r: _Results) -> list[str]:
+    """2. NIAH accuracy per length (and one heatmap PNG per model)."""
+    from hope_jax.eval.report import markdown_table, plot_niah_heatmap
+    niah = {n: r.models[n]["niah"] for n in r.names if r.models[n].get("niah")}
+    if not niah:
+        return []
+    first = next(iter(niah.values()))
     rows = []
-    for n in names:
-        mem, mq = models[n].get("memorization"), models[n].get("mqar")
+    for n, res in niah.items():
+        acc = np.asarray([[_num(x) for x in row] for row in res["accuracy"]])
+        row = {"model": n}
+        for i, L in enumerate(res["lengths"]):
+            row[f"L={L}"] = _cell(float(acc[i].mean()), 2)
+        row["mean"] = _cell(float(acc.mean()), 2)
+        rows.append(row)
+        plot_niah_heatmap(acc, res["lengths"], res["depths"],
+                          os.path.join(r.out_dir, f"niah_{n}.png"), title=f"NIAH passkey: {n}")
+    return ["## Needle in a haystack (passkey, S-NIAH-1)", "",
+            f"Accuracy averaged over depths {first['depths']} "
+            f"({r.comp.get('niah', {}).get('n_samples', '?')} prompts per cell, greedy, exact "
+            "5-digit match; chance ≈ 0).", "", markdown_table(rows), "",
+            " ".join(f"![{n}](niah_{n}.png)" for n in niah), ""]
+
+
+def _memory_section(r: _Results) -> list[str]:
+    """3. test-time memorisation and MQAR."""
+    from hope_jax.eval.report import markdown_table
+    rows = []
+    for n in r.names:
+        mem, mq = r.models[n].get("memorization"), r.models[n].get("mqar")
         if not (mem or mq):
             continue
         rows.append({"model": n,
-                     "bpb memory reset": _cell(mem.get("off_bpb")) if mem else dash,
-                     "bpb memory carried": _cell(mem.get("on_bpb")) if mem else dash,
-                     "memorisation gain": _cell(mem.get("gain"), 4) if mem else dash,
-                     "MQAR accuracy": _cell(mq.get("accuracy")) if mq else dash,
-                     "MQAR final loss": _cell(mq.get("final_loss")) if mq else dash})
-    if rows:
-        m, q = comp.get("memorization", {}), comp.get("mqar", {})
-        lines += ["## Test-time memorisation and MQAR", "",
-                  f"Memorisation: the first {m.get('documents', '?')} held-out documents read in "
-                  f"chunks of T (at most {m.get('max_chunks', '?')} per document); gain = bpb with "
-                  "the memory reset at each document − bpb with it carried over (> 0: carrying "
-                  "helped; exactly 0 for attention, whose only state is context). "
-                  f"MQAR: a fresh model of the same shape, {q.get('steps', '?')} steps × batch "
-                  f"{q.get('batch_size', '?')}, T = {q.get('seq_len', '?')}, "
-                  f"{q.get('num_kv_pairs', '?')} key-value pairs, vocabulary "
-                  f"{q.get('vocab_size', '?')} (chance "
-                  f"{_cell(1 / max(1, int(q.get('vocab_size', 2)) // 2), 3)}).", "",
-                  markdown_table(rows), ""]
+                     "bpb memory reset": _cell(mem.get("off_bpb")) if mem else DASH,
+                     "bpb memory carried": _cell(mem.get("on_bpb")) if mem else DASH,
+                     "memorisation gain": _cell(mem.get("gain"), 4) if mem else DASH,
+                     "MQAR accuracy": _cell(mq.get("accuracy")) if mq else DASH,
+                     "MQAR final loss": _cell(mq.get("final_loss")) if mq else DASH})
+    if not rows:
+        return []
+    m, q = r.comp.get("memorization", {}), r.comp.get("mqar", {})
+    return ["## Test-time memorisation and MQAR", "",
+            f"Memorisation: the first {m.get('documents', '?')} held-out documents read in "
+            f"chunks of T (at most {m.get('max_chunks', '?')} per document); gain = bpb with "
+            "the memory reset at each document − bpb with it carried over (> 0: carrying "
+            "helped; exactly 0 for attention, whose only state is context). "
+            f"MQAR: a fresh model of the same shape, {q.get('steps', '?')} steps × batch "
+            f"{q.get('batch_size', '?')}, T = {q.get('seq_len', '?')}, "
+            f"{q.get('num_kv_pairs', '?')} key-value pairs, vocabulary "
+            f"{q.get('vocab_size', '?')} (chance "
+            f"{_cell(1 / max(1, int(q.get('vocab_size', 2)) // 2), 3)}).", "",
+            markdown_table(rows), ""]
 
-    # 4. continual learning
-    cont = {n: models[n]["continual"] for n in names if models[n].get("continual")}
-    if cont:
-        domains = next(iter(cont.values()))["domains"]
-        rows = []
-        for n, r in cont.items():
-            bpb = np.asarray([[_num(x) for x in row] for row in r["bpb"]])
-            row = {"model": n}
-            for d, dom in enumerate(domains):
-                row[f"bpb {dom} after own phase"] = _cell(float(bpb[d, d]))
-                row[f"bpb {dom} at end"] = _cell(float(bpb[-1, d]))
-            for d, dom in enumerate(domains[:-1]):
-                row[f"forgetting {dom}"] = _cell(_num(r["forgetting"][d]), 4)
-            rows.append(row)
-        plot_forgetting({n: [_num(x) for x in r["forgetting"]] for n, r in cont.items()},
-                        domains, os.path.join(out_dir, "forgetting.png"))
-        lines += ["## Continual learning", "",
-                  f"Phases {' → '.join(domains)}, "
-                  f"{comp.get('continual', {}).get('steps_per_phase', '?')} steps each (one model "
-                  "and AdamW state carried through, constant LR after warm-up). Forgetting = bpb on "
-                  "a domain at the end − bpb just after its own phase (> 0: forgotten).", "",
-                  markdown_table(rows), "", "![forgetting](forgetting.png)", ""]
 
-    stage_commits = sorted({(models[n].get(s) or {}).get("git_commit") for n in names
-                            for s in STAGES if (models[n].get(s) or {}).get("git_commit")})
+def _continual_section(r: _Results) -> list[str]:
+    """4. continual learning: bpb per domain after its phase and at the end, forgetting."""
+    from hope_jax.eval.report import markdown_table, plot_forgetting
+    cont = {n: r.models[n]["continual"] for n in r.names if r.models[n].get("continual")}
+    if not cont:
+        return []
+    domains = next(iter(cont.values()))["domains"]
+    rows = []
+    for n, res in cont.items():
+        bpb = np.asarray([[_num(x) for x in row] for row in res["bpb"]])
+        row = {"model": n}
+        for d, dom in enumerate(domains):
+            row[f"bpb {dom} after own phase"] = _cell(float(bpb[d, d]))
+            row[f"bpb {dom} at end"] = _cell(float(bpb[-1, d]))
+        for d, dom in enumerate(domains[:-1]):
+            row[f"forgetting {dom}"] = _cell(_num(res["forgetting"][d]), 4)
+        rows.append(row)
+    plot_forgetting({n: [_num(x) for x in res["forgetting"]] for n, res in cont.items()},
+                    domains, os.path.join(r.out_dir, "forgetting.png"))
+    return ["## Continual learning", "",
+            f"Phases {' → '.join(domains)}, "
+            f"{r.comp.get('continual', {}).get('steps_per_phase', '?')} steps each (one "
+            "model and AdamW state carried through, constant LR after warm-up). Forgetting "
+            "= bpb on a domain at the end − bpb just after its own phase (> 0: forgotten).",
+            "",
+            markdown_table(rows), "", "![forgetting](forgetting.png)", ""]
+
+
+def _stages_section(r: _Results) -> list[str]:
+    """The commits the stages ran at and each stage's wall time."""
+    from hope_jax.eval.report import markdown_table
+    lines = []
+    stage_commits = sorted({(r.models[n].get(s) or {}).get("git_commit") for n in r.names
+                            for s in STAGES if (r.models[n].get(s) or {}).get("git_commit")})
     if stage_commits:
         lines += ["Commits the stages ran at: " + ", ".join(f"`{c}`" for c in stage_commits), ""]
-    # stage times
-    rows = [{"model": n, **{s: _cell((models[n].get(s) or {}).get("stage_wall_s"), 0)
-                            if models[n].get(s) else dash for s in STAGES}} for n in names]
-    lines += ["## Stage wall times (s)", "", markdown_table(rows)]
+    rows = [{"model": n, **{s: r.cell(n, s, "stage_wall_s", 0) for s in STAGES}}
+            for n in r.names]
+    return lines + ["## Stage wall times (s)", "", markdown_table(rows)]
 
+
+def write_report(results: dict, out_dir: str) -> str:
+    """report.md + results.json + PNGs from a results dict (see `collect`). Returns the report's
+    path. Works with any subset of stages per model (missing cells read "—")."""
+    os.makedirs(out_dir, exist_ok=True)
+    r = _Results(results, out_dir)
+    lines = (_header_section(results, r.comp) + _training_section(r) + _niah_section(r)
+             + _memory_section(r) + _continual_section(r) + _stages_section(r))
     path = os.path.join(out_dir, "report.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -1,10 +1,13 @@
 """The training loop: `train(config, workdir) -> metrics` and `load_for_inference(workdir)`.
 
-    mesh → model (params created sharded) → optimizer → data iterator → restore → loop:
-      batch → jitted step (NaN policy inside) → log (tqdm, TensorBoard, metrics.jsonl)
-            → held-out bpb every eval_every → checkpoint every checkpoint_every
+    build: mesh → model (params created sharded) → optimizer → checkpointer, data iterator
+    restore: newest checkpoint, or a warm start, or fresh parameters
+    step loop: batch → jitted step (NaN policy inside), then the hooks: log (tqdm, TensorBoard,
+      metrics.jsonl) → held-out bpb every eval_every → checkpoint every checkpoint_every;
       SIGTERM: finish the step, checkpoint, wait, return normally (exit status 0)
-    final eval, final checkpoint, loss.png, print where everything is.
+    shutdown: final eval, final checkpoint, loss.png, print where everything is.
+
+`train` runs these phases as the methods of `_Run`, which holds one call's state.
 
 See docs/training.md for the TensorBoard tags, the MFU definition and the resume guarantees.
 """
@@ -239,6 +242,228 @@ def _warm_start_params(init_from: str, trainer: Trainer) -> dict:
         other.close()
 
 
+class _Run:
+    """One `train` call: the phases are the methods, in the order `train` calls them — build
+    (`__init__`), `restore`, `open_outputs`, `step_loop` (with the per-step hooks `_check_finite`,
+    `_log`, `_maybe_eval`, `_maybe_checkpoint`), `finish`, `close` and `report`."""
+
+    def __init__(self, config, workdir: str, data, devices):
+        """Build: mesh, data, model and optimizer, checkpointer and data iterator. Shapes are
+        validated before anything compiles, and nothing is created before the corpus is ready."""
+        self.config, self.data = config, data
+        self.main = is_main_process()
+        tc = config.train
+        self.workdir = os.path.abspath(os.path.expanduser(workdir))
+        self.pc, self.pi = jax.process_count(), jax.process_index()
+        self.G, self.T = int(tc.global_batch), int(config.data.seq_len)
+        self.mesh = mesh_lib.build_mesh(config.mesh, devices)
+        mesh_lib.validate_batch(self.G, self.mesh, int(config.optim.grad_accum), self.pc)
+        self.prepared = data.prepare(config.data, progress=bool(tc.progress and self.main))
+        self.tok = self.prepared.tokenizer
+        self.V = int(self.tok.vocab_size)
+        self.trainer = build_trainer(config, self.V, self.mesh, pad_id=int(self.tok.pad_id))
+        os.makedirs(self.workdir, exist_ok=True)  # only now: a bad corpus or config creates nothing
+        self.ckpt = Checkpointer(self.workdir, int(tc.keep_checkpoints))
+        self.it = data.train_iterator(self.prepared, seq_len=self.T, batch_size=self.G // self.pc,
+                                      seed=int(config.data.shuffle_seed), process_index=self.pi,
+                                      process_count=self.pc,
+                                      worker_count=int(config.data.worker_count))
+
+    def restore(self, init_from: str) -> None:
+        """The state: the workdir's newest checkpoint (with the data order), else a warm start
+        from `init_from`, else a fresh one."""
+        try:
+            restored = self.ckpt.restore(self.trainer.abstract_state, self.config, self.V)
+        except Exception:
+            self.ckpt.close()
+            raise
+        if restored is None and init_from:
+            self.state = self.trainer.init_state(_warm_start_params(init_from, self.trainer))
+            if self.main:
+                print(f"warm start from {init_from}", flush=True)
+        elif restored is None:
+            self.state = self.trainer.init_state()
+        else:
+            self.state, data_states, rstep = restored
+            if len(data_states) == self.pc:
+                self.it.set_state(data_states[self.pi])
+            else:  # stacklevel 3: the caller of train()
+                warnings.warn(f"checkpoint {rstep} holds {len(data_states)} data-iterator states "
+                              f"for {self.pc} processes: the data order restarts", stacklevel=3)
+            if self.main:
+                print(f"resumed from {self.ckpt.directory}/{rstep}", flush=True)
+                for line in self.ckpt.last_changes:
+                    print(f"warning: resuming with a changed setting: {line}", file=sys.stderr,
+                          flush=True)
+        self.step = int(to_host(self.state.step))
+
+    def open_outputs(self) -> None:
+        """What the loop measures and writes: token bytes, MFU terms, memory norms, the
+        settings of the hooks, TensorBoard and the progress bar (main process)."""
+        tc = self.config.train
+        self.rep = mesh_lib.replicated(self.mesh)
+        self.token_bytes = jax.device_put(np.asarray(self.tok.token_bytes(), np.int32), self.rep)
+        self.peak = (float(tc.get("peak_flops", 0.0))
+                     or measure_peak_flops(self.config.model.dtype))
+        self.flops_tok = model_flops_per_token(self.trainer, self.T)
+        groups = memory_groups(self.trainer.codec.names)
+        self.mem_norms = jax.jit(lambda p: memory_norms(p, groups), out_shardings=self.rep)
+        self.poison_steps = {int(s) for s in tc.get("poison_steps", ())}
+        self.stop_at, self.max_bad = int(tc.get("stop_at", 0)), int(tc.max_bad_steps)
+        self.steps = int(tc.steps)
+        self.log_every, self.eval_every = max(int(tc.log_every), 1), int(tc.eval_every)
+        self.ckpt_every = int(tc.checkpoint_every)
+        self.tb_dir = os.path.join(self.workdir, "tb")
+        self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
+        self.plot_path = os.path.join(self.workdir, "loss.png")
+        self.writer = self.bar = None
+        if self.main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(logdir=self.tb_dir)
+        if self.main and tc.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True)
+        self.stopped, self.last, self.tps, self.mfu, self.ev = "done", {}, 0.0, 0.0, {}
+        self.t_mark, self.steps_mark = None, 0
+
+    # ------------------------------------------------------------------ the step loop
+    def step_loop(self, sig: _StopFlag) -> None:
+        """Steps until train.steps, train.stop_at or a signal; each step runs the hooks."""
+        while self.step < self.steps:
+            if self.stop_at and self.step >= self.stop_at:
+                self.stopped = "stop_at"
+                return
+            m = self._train_step()
+            self._check_finite(m)
+            self._log(m)
+            self._maybe_eval()
+            self._maybe_checkpoint()
+            if _any_process(sig.raised):
+                self.stopped = sig.name or "sigterm"
+                if self.main:
+                    print(f"{self.stopped.upper()}: checkpointing step {self.step} and stopping",
+                          flush=True)
+                return
+
+    def _train_step(self) -> dict[str, float]:
+        raw = np.asarray(next(self.it)["tokens"], np.int32)
+        self.data.check_token_ids(raw, self.V)
+        tokens = _global_batch(raw, self.trainer.batch_sharding, self.G)
+        poison = jax.device_put(np.asarray((self.step + 1) in self.poison_steps), self.rep)
+        self.state, m = self.trainer.train_step(self.state, tokens, poison)
+        self.step += 1
+        m = {k: float(v) for k, v in to_host(m).items()}
+        if self.t_mark is None:  # the first step compiles: time from its end
+            self.t_mark, self.steps_mark = time.perf_counter(), self.step
+        return m
+
+    def _check_finite(self, m: dict) -> None:
+        """A skipped (non-finite) step warns; train.max_bad_steps of them in a row stop."""
+        if m["finite"] >= 1:
+            self.last = m
+            return
+        msg = (f"step {self.step}: non-finite loss/gradient (loss={m['loss']}, "
+               f"grad_norm={m['grad_norm']}); update skipped "
+               f"({int(m['bad_steps'])}/{self.max_bad} consecutive)")
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)  # the caller of train()
+        if m["bad_steps"] >= self.max_bad:
+            raise NonFiniteTrainingError(
+                f"{int(m['bad_steps'])} consecutive non-finite steps (ending at step "
+                f"{self.step}) ≥ train.max_bad_steps={self.max_bad}: stopping. The last "
+                f"checkpoint in {self.ckpt.directory} holds finite parameters; lower "
+                "optim.lr or check the data.")
+
+    def _log(self, m: dict) -> None:
+        """Every log_every steps: throughput, MFU, memory norms to TensorBoard and
+        metrics.jsonl; every other step only its loss to metrics.jsonl (for loss.png)."""
+        if self.step % self.log_every == 0 or self.step == self.steps:
+            now = time.perf_counter()
+            if self.step > self.steps_mark:
+                self.tps = ((self.step - self.steps_mark) * self.G * self.T
+                            / max(now - self.t_mark, 1e-9))
+                self.mfu = self.tps * self.flops_tok / self.peak
+            self.t_mark, self.steps_mark = now, self.step
+            row = dict(step=self.step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
+                       bad_steps=m["bad_steps"], tokens_per_s=self.tps, mfu=self.mfu)
+            row.update({f"memory/{k}_norm": float(v)
+                        for k, v in to_host(self.mem_norms(self.state.params)).items()})
+            self.record(row)
+        elif self.main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(dict(step=self.step, loss=m["loss"])) + "\n")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{self.tps:,.0f}")
+
+    def _maybe_eval(self) -> None:
+        if self.eval_every and self.step % self.eval_every == 0 and self.step < self.steps:
+            self.ev = self.eval_held_out()
+            self.record(dict(step=self.step, **self.ev))
+            self.t_mark, self.steps_mark = time.perf_counter(), self.step  # throughput: no eval
+
+    def _maybe_checkpoint(self) -> None:
+        if self.ckpt_every and self.step % self.ckpt_every == 0:
+            self.save()
+            self.t_mark, self.steps_mark = time.perf_counter(), self.step
+
+    # ------------------------------------------------------------------ what the hooks do
+    def record(self, row: dict) -> None:
+        """A metrics row to TensorBoard (train/… or eval/…) and metrics.jsonl (main process)."""
+        if not self.main:
+            return
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                group = "eval" if k in ("bpb", "eval_loss", "eval_tokens", "bpb_se") else "train"
+                self.writer.add_scalar(k if "/" in k else f"{group}/{k}", v, row["step"])
+        self.writer.flush()   # a killed run keeps its TensorBoard events
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def save(self) -> None:
+        self.ckpt.save(self.state, data_states=_gather_json(self.it.get_state()),
+                       config=self.config, vocab_size=self.V,
+                       finite=bool(to_host(self.trainer.state_finite(self.state))))
+
+    def eval_held_out(self) -> dict:
+        """Held-out bpb on train.eval_batches batches of the valid split (`evaluate`)."""
+        batches = self.data.eval_batches(self.prepared, "valid", seq_len=self.T,
+                                         batch_size=self.G,
+                                         max_batches=int(self.config.train.eval_batches))
+        return evaluate(self.trainer, self.state.params, batches, self.token_bytes, self.G)
+
+    # ------------------------------------------------------------------ shutdown
+    def finish(self) -> None:
+        """The final held-out eval (unless stopped early), the last checkpoint, and its wait."""
+        if self.stopped == "done":
+            self.ev = self.eval_held_out()
+            self.record(dict(step=self.step, **self.ev))
+        self.save()
+        self.ckpt.wait()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.ckpt.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+    def report(self) -> dict:
+        """loss.png and where everything is (main process); `train`'s result."""
+        if self.main:
+            if os.path.exists(self.metrics_path):
+                plot_losses(self.metrics_path, self.plot_path)
+            print(f"checkpoints: {self.ckpt.directory}\ntensorboard: {self.tb_dir}  "
+                  f"(tensorboard --logdir {self.tb_dir})\nloss curve:  {self.plot_path}",
+                  flush=True)
+        ev = self.ev
+        return dict(step=self.step, loss=self.last.get("loss", float("nan")),
+                    bpb=ev.get("bpb", float("nan")), eval_loss=ev.get("eval_loss", float("nan")),
+                    bpb_ci95=ev.get("bpb_ci95"), tokens_per_s=self.tps, mfu=self.mfu,
+                    stopped=self.stopped, checkpoint_dir=self.ckpt.directory,
+                    tensorboard_dir=self.tb_dir, plot=self.plot_path)
+
+
 def train(config, workdir: str, *, data_api: Any = None, devices=None,
           init_from: str | None = None) -> dict:
     """Trains per `config` in `workdir` (auto-resumes from its latest checkpoint).
@@ -260,180 +485,16 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
        checkpoint_dir, tensorboard_dir, plot}.
     """
     maybe_initialize(config.get("distributed"))
-    data = _data_api(data_api)
-    main = is_main_process()
-    tc, oc = config.train, config.optim
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    pc, pi = jax.process_count(), jax.process_index()
-    G, T = int(tc.global_batch), int(config.data.seq_len)
-
-    # Validate the shapes before anything compiles.
-    mesh = mesh_lib.build_mesh(config.mesh, devices)
-    mesh_lib.validate_batch(G, mesh, int(oc.grad_accum), pc)
-
-    prepared = data.prepare(config.data, progress=bool(tc.progress and main))
-    tok = prepared.tokenizer
-    V = int(tok.vocab_size)
-    trainer = build_trainer(config, V, mesh, pad_id=int(tok.pad_id))
-    os.makedirs(workdir, exist_ok=True)   # only now: a bad corpus or config creates nothing
-    ckpt = Checkpointer(workdir, int(tc.keep_checkpoints))
-    it = data.train_iterator(prepared, seq_len=T, batch_size=G // pc,
-                             seed=int(config.data.shuffle_seed), process_index=pi,
-                             process_count=pc, worker_count=int(config.data.worker_count))
-
-    try:
-        restored = ckpt.restore(trainer.abstract_state, config, V)
-    except Exception:
-        ckpt.close()
-        raise
-    init_from = init_from or str(tc.get("init_from", "") or "")
-    if restored is None and init_from:
-        state = trainer.init_state(_warm_start_params(init_from, trainer))
-        if main:
-            print(f"warm start from {init_from}", flush=True)
-    elif restored is None:
-        state = trainer.init_state()
-    else:
-        state, data_states, rstep = restored
-        if len(data_states) == pc:
-            it.set_state(data_states[pi])
-        else:
-            warnings.warn(f"checkpoint {rstep} holds {len(data_states)} data-iterator states for "
-                          f"{pc} processes: the data order restarts", stacklevel=2)
-        if main:
-            print(f"resumed from {ckpt.directory}/{rstep}", flush=True)
-            for line in ckpt.last_changes:
-                print(f"warning: resuming with a changed setting: {line}", file=sys.stderr,
-                      flush=True)
-    step = int(to_host(state.step))
-
-    rep = mesh_lib.replicated(mesh)
-    token_bytes = jax.device_put(np.asarray(tok.token_bytes(), np.int32), rep)
-    peak = float(tc.get("peak_flops", 0.0)) or measure_peak_flops(config.model.dtype)
-    flops_tok = model_flops_per_token(trainer, T)
-    groups = memory_groups(trainer.codec.names)
-    mem_norms = jax.jit(lambda p: memory_norms(p, groups), out_shardings=rep)
-    poison_steps = {int(s) for s in tc.get("poison_steps", ())}
-    stop_at = int(tc.get("stop_at", 0))
-    max_bad = int(tc.max_bad_steps)
-    log_every, eval_every = max(int(tc.log_every), 1), int(tc.eval_every)
-    ckpt_every = int(tc.checkpoint_every)
-    tb_dir = os.path.join(workdir, "tb")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    plot_path = os.path.join(workdir, "loss.png")
-
-    writer = None
-    if main:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(logdir=tb_dir)
-    bar = None
-    if main and tc.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=int(tc.steps), initial=step, unit="step", dynamic_ncols=True)
-
-    def record(row: dict) -> None:
-        if not main:
-            return
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
-                group = "eval" if k in ("bpb", "eval_loss", "eval_tokens", "bpb_se") else "train"
-                writer.add_scalar(k if "/" in k else f"{group}/{k}", v, row["step"])
-        writer.flush()   # a killed run keeps its TensorBoard events
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def save() -> None:
-        ckpt.save(state, data_states=_gather_json(it.get_state()), config=config, vocab_size=V,
-                  finite=bool(to_host(trainer.state_finite(state))))
-
-    def run_eval() -> dict:
-        batches = data.eval_batches(prepared, "valid", seq_len=T, batch_size=G,
-                                    max_batches=int(tc.eval_batches))
-        return evaluate(trainer, state.params, batches, token_bytes, G)
-
-    stopped, last, tps, mfu, ev = "done", {}, 0.0, 0.0, {}
-    t_mark, steps_mark = None, 0
-    with _StopFlag(announce=main) as sig:
+    run = _Run(config, workdir, _data_api(data_api), devices)
+    run.restore(init_from or str(config.train.get("init_from", "") or ""))
+    run.open_outputs()
+    with _StopFlag(announce=run.main) as sig:
         try:
-            while step < int(tc.steps):
-                if stop_at and step >= stop_at:
-                    stopped = "stop_at"
-                    break
-                raw = np.asarray(next(it)["tokens"], np.int32)
-                data.check_token_ids(raw, V)
-                tokens = _global_batch(raw, trainer.batch_sharding, G)
-                poison = jax.device_put(np.asarray((step + 1) in poison_steps), rep)
-                state, m = trainer.train_step(state, tokens, poison)
-                step += 1
-                m = {k: float(v) for k, v in to_host(m).items()}
-                if t_mark is None:  # the first step compiles: time from its end
-                    t_mark, steps_mark = time.perf_counter(), step
-                if m["finite"] < 1:
-                    msg = (f"step {step}: non-finite loss/gradient (loss={m['loss']}, "
-                           f"grad_norm={m['grad_norm']}); update skipped "
-                           f"({int(m['bad_steps'])}/{max_bad} consecutive)")
-                    warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                    if m["bad_steps"] >= max_bad:
-                        raise NonFiniteTrainingError(
-                            f"{int(m['bad_steps'])} consecutive non-finite steps (ending at step "
-                            f"{step}) ≥ train.max_bad_steps={max_bad}: stopping. The last "
-                            f"checkpoint in {ckpt.directory} holds finite parameters; lower "
-                            "optim.lr or check the data.")
-                else:
-                    last = m
-                if step % log_every == 0 or step == int(tc.steps):
-                    now = time.perf_counter()
-                    if step > steps_mark:
-                        tps = (step - steps_mark) * G * T / max(now - t_mark, 1e-9)
-                        mfu = tps * flops_tok / peak
-                    t_mark, steps_mark = now, step
-                    row = dict(step=step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
-                               bad_steps=m["bad_steps"], tokens_per_s=tps, mfu=mfu)
-                    row.update({f"memory/{k}_norm": float(v)
-                                for k, v in to_host(mem_norms(state.params)).items()})
-                    record(row)
-                elif main:  # every step's loss goes to metrics.jsonl (for loss.png)
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(dict(step=step, loss=m["loss"])) + "\n")
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
-                if eval_every and step % eval_every == 0 and step < int(tc.steps):
-                    ev = run_eval()
-                    record(dict(step=step, **ev))
-                    t_mark, steps_mark = time.perf_counter(), step  # throughput excludes eval
-                if ckpt_every and step % ckpt_every == 0:
-                    save()
-                    t_mark, steps_mark = time.perf_counter(), step
-                if _any_process(sig.raised):
-                    stopped = sig.name or "sigterm"
-                    if main:
-                        print(f"{stopped.upper()}: checkpointing step {step} and stopping",
-                              flush=True)
-                    break
-            if stopped == "done":
-                ev = run_eval()
-                record(dict(step=step, **ev))
-            save()
-            ckpt.wait()
+            run.step_loop(sig)
+            run.finish()
         finally:
-            if bar is not None:
-                bar.close()
-            ckpt.close()
-            if writer is not None:
-                writer.flush()
-                writer.close()
-
-    if main:
-        if os.path.exists(metrics_path):
-            plot_losses(metrics_path, plot_path)
-        print(f"checkpoints: {ckpt.directory}\ntensorboard: {tb_dir}  "
-              f"(tensorboard --logdir {tb_dir})\nloss curve:  {plot_path}", flush=True)
-    return dict(step=step, loss=last.get("loss", float("nan")), bpb=ev.get("bpb", float("nan")),
-                eval_loss=ev.get("eval_loss", float("nan")), bpb_ci95=ev.get("bpb_ci95"),
-                tokens_per_s=tps, mfu=mfu,
-                stopped=stopped, checkpoint_dir=ckpt.directory, tensorboard_dir=tb_dir,
-                plot=plot_path)
+            run.close()
+    return run.report()
 
 
 # ------------------------------------------------------------------ inference loading
