@@ -31,7 +31,8 @@ chain that leaves the canonical order has no description and runs on the generic
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
