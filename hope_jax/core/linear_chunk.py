@@ -26,7 +26,6 @@ precomposing the maps.
 """
 from __future__ import annotations
 
-import itertools
 from typing import NamedTuple
 
 import jax
