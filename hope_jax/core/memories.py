@@ -17,7 +17,8 @@ the chunked scan avoid materialising per-token gradients (see `closed_form.py`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
