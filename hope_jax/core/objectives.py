@@ -11,7 +11,8 @@ outer product built from `e` (design §3.1), which the chunked scan exploits.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
