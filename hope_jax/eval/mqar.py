@@ -11,7 +11,7 @@ Token layout (vocab V): 0 = filler, keys from [1, V/2), values from [V/2, V).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
