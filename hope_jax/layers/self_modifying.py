@@ -100,7 +100,7 @@ class SelfModifyingConfig:
             gradient=self.gradient, remat=self.remat)
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> "SelfModifyingMixer":
+              param_dtype=jnp.float32) -> SelfModifyingMixer:
         return SelfModifyingMixer(d_model, self, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 
