@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import pytest
 
 from hope_jax import core
-from level_cases import (MEMORIES, OBJECTIVES, OPTIMIZERS, assert_close, explicit_chunk_loop,
-                         gates_for, make_level, outputs_and_grads, random_inputs)
+from level_cases import (OPTIMIZERS, assert_close, explicit_chunk_loop, gates_for, make_level,
+                         outputs_and_grads, random_inputs)
 
 
 @pytest.mark.parametrize("memory, objective, optimizer, read, chunk, shape", [
