@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from hope_jax import core
-from level_cases import (MEMORIES, OBJECTIVES, OPTIMIZERS, assert_close, gates_for, make_level,
+from level_cases import (OBJECTIVES, OPTIMIZERS, assert_close, gates_for, make_level,
                          outputs_and_grads, random_inputs)
 
 GRID = [(m, o, p) for m in ("matrix", "mlp") for o in OBJECTIVES for p in OPTIMIZERS]
