@@ -6,7 +6,8 @@ per-token coefficients (Titans Eq. 17, generalised to momentum and to every MLP 
 `coefficients.py`), and reads of the running state `W_t` inside the chunk become causal masked
 matmuls (TTT's dual form, layer by layer, D2):
 
-    W_t x_t = ᾱ_t W_0 x_t + κ_t S_0 x_t − Σ_i c_G[t, i] (a_iᵀ x_t) δ_i − Σ_s c_U[t, s] (k_sᵀ x_t) u_s.
+    W_t x_t = ᾱ_t W_0 x_t + κ_t S_0 x_t − Σ_i c_G[t, i] (a_iᵀ x_t) δ_i
+              − Σ_s c_U[t, s] (k_sᵀ x_t) u_s.
 
 The DGD preconditioner `W (α I − p k kᵀ)` on the input-side layer (D3) is not scalar: its
 predictions `u_t = W_{t−1} k_t` solve a unit lower-triangular system (the chunkwise WY/UT form of
@@ -88,7 +89,8 @@ class ChunkPrep(NamedTuple):
 
 def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: Array,
                   alpha: Array | None, beta: Array | None, mask: Array | None) -> ChunkPrep:
-    """Coefficients, read scores and the inverse DGD system of one chunk (one head, one sequence)."""
+    """Coefficients, read scores and the inverse DGD system of one chunk (one head, one
+    sequence)."""
     if stop_writes:
         k, eta = sg(k), sg(eta)
         alpha = None if alpha is None else sg(alpha)
