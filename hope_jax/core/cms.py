@@ -29,7 +29,8 @@ Array = jax.Array
 
 
 class SwiGLUParams(NamedTuple):
-    """`W_g`, `W_up`: [d, h]; `W_down`: [h, d] (row-major: `F(z) = (silu(z W_g) ⊙ z W_up) W_down`)."""
+    """`W_g`, `W_up`: [d, h]; `W_down`: [h, d] (row-major:
+    `F(z) = (silu(z W_g) ⊙ z W_up) W_down`)."""
 
     w_gate: Array
     w_up: Array
@@ -58,7 +59,7 @@ def normalized_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weigh
     r = a @ params.w_down - z @ w_target                       # residual [.., C, d]
     w_in = weights / (1.0 + eta * jnp.sum(z * z, -1))          # per token, input layers
     w_hid = weights / (1.0 + eta * jnp.sum(a * a, -1))        # per token, W_down
-    mt = lambda x, y: jnp.swapaxes(x, -1, -2) @ y              # noqa: E731  Σ_t x_tᵀ y_t
+    mt = lambda x, y: jnp.swapaxes(x, -1, -2) @ y              # Σ_t x_tᵀ y_t
     d_down = mt(a, w_hid[..., None] * r)
     da = (r @ params.w_down.T) * w_in[..., None]
     sig = jax.nn.sigmoid(g)
@@ -155,7 +156,7 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
               ends * (chunk_ends % reset_every == 0).astype(z.dtype))
     eta = eta_max * jax.nn.sigmoid(rho)
     if normalize:
-        grad_loss = lambda th, wt, zc, w: normalized_local_grad(th, wt, zc, w, eta)  # noqa: E731
+        grad_loss = lambda th, wt, zc, w: normalized_local_grad(th, wt, zc, w, eta)
     else:
         grad_loss = jax.grad(local_loss)
 
