@@ -16,8 +16,10 @@ of layer matrices, input side first (see `memories.py`).
 
 The building blocks, chained in this canonical order:
 
-    scale_by_step_size     u = −η g               (η read as η/(1+η‖k‖²) or η/(1+ηρ) when normalised)
-    trace_momentum         S = β S + u;  u = S     (Titans' surprise; §2.2, D5; or S = β S + (1−β) u)
+    scale_by_step_size     u = −η g               (η read as η/(1+η‖k‖²) or η/(1+ηρ) when
+                                                    normalised)
+    trace_momentum         S = β S + u;  u = S     (Titans' surprise; §2.2, D5; or
+                                                    S = β S + (1−β) u)
     add_retention          u += (α − 1) W          (weight decay / forget gate; §2.1; or
                                                     u += (α − 1)(W − W_init): decay toward the
                                                     initial state)
@@ -109,7 +111,8 @@ class MomentumState(NamedTuple):
 
 
 def normalized_step_size(eta: Array, key: Array) -> Array:
-    """η' = η / (1 + η‖k‖²): the exact Sherman–Morrison step of the proximal L2 step (design §2.3)."""
+    """η' = η / (1 + η‖k‖²): the exact Sherman–Morrison step of the proximal L2 step (design
+    §2.3)."""
     return eta / (1.0 + eta * jnp.sum(jnp.square(key), axis=-1))
 
 
@@ -341,7 +344,8 @@ def gd(retention: bool = True, normalize: bool | str = False,
 
 def momentum_gd(retention: bool = True, normalize: bool | str = False,
                 dampening: bool = False, retain_to_init: bool = False) -> InnerTransform:
-    """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t` (design §2.2; Titans Eq. 18).
+    """Momentum: `S_t = β_t S_{t−1} − η_t ∇ℓ`, `M_t = α_t M_{t−1} + S_t`
+    (design §2.2; Titans Eq. 18).
 
     `dampening`: `S_t = β_t S_{t−1} − (1 − β_t) η_t ∇ℓ` (see `trace_momentum`)."""
     parts = [scale_by_step_size(normalize), trace_momentum(dampening)]
