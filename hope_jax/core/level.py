@@ -121,7 +121,8 @@ class Level:
         return "linear" if self._linear_applies else "closed_form"
 
     def init_state(self, params: tuple, batch_size: int) -> LevelState:
-        """A fresh state for `batch_size` sequences from the initial memory `params` ([H, ...] leaves)."""
+        """A fresh state for `batch_size` sequences from the initial memory `params` ([H, ...]
+        leaves)."""
         memory = tuple(jnp.broadcast_to(w, (batch_size,) + w.shape) for w in params)
         opt_state = self.optimizer.init(memory)
         return LevelState(memory=memory, opt_state=opt_state, snapshot=memory, position=None)
