@@ -167,7 +167,7 @@ def residual_mlp_memory(expansion: float = 4.0, depth: int = 2, hidden: int | No
 def multi_head_apply(memory: MLPMemory, params: MemoryParams, x: Array) -> Array:
     """M_h(x_h) for every head: params[l] [H, out, in], x [..., H, d_in] → [..., H, d_out]."""
     lead = x.ndim - 2
-    fn = lambda p, xh: memory.apply(p, xh)  # noqa: E731
+    fn = lambda p, xh: memory.apply(p, xh)
     out = jax.vmap(fn, in_axes=(0, lead), out_axes=lead)(params, x)
     return out
 
