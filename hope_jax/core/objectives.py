@@ -26,7 +26,8 @@ class Objective(NamedTuple):
     Attributes:
       name: short name used in reprs and docs.
       loss: `ℓ(y [d_out], v [d_out]) -> []` for one token.
-      error: `∂ℓ/∂y`, vectorised over leading dims: `(y [..., d_out], v [..., d_out]) -> [..., d_out]`.
+      error: `∂ℓ/∂y`, vectorised over leading dims:
+        `(y [..., d_out], v [..., d_out]) -> [..., d_out]`.
       affine: c when the error is affine in the prediction, `e = c·y − v` (l2: 1, dot: 0), else
         None. A linear memory with an affine objective has affine chunk transitions, which the
         linear fast path (`linear_chunk.py`) exploits.
