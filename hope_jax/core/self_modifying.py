@@ -6,7 +6,8 @@ queries, and every memory fits its own self-generated target `v̂_□ = M_□(v)
 same keys, gates and inner optimizer (DGD + momentum + retention by default, D3–D5):
 
     k_t = L2Norm(M_k(x̃_k)),  v_t = M_v(x̃_v),  q_t = L2Norm(x̃_q)                (D6, D17)
-    η_t = η_max σ(w_ηᵀ M_η(x̃_k) + b_η),  α_t = σ(w_αᵀ M_α(x̃_k) + b_α),  β_t = σ(w_βᵀ M_α(x̃_k) + b_β)
+    η_t = η_max σ(w_ηᵀ M_η(x̃_k) + b_η),  α_t = σ(w_αᵀ M_α(x̃_k) + b_α),
+    β_t = σ(w_βᵀ M_α(x̃_k) + b_β)
     o_t = M_{out,t−1}(q_t)                                                      (Eq. 94, D2)
     S_□ ← β S_□ − η' ∇L(M_□; k, v̂_□);  M_□ ← M_□(α I − η' k kᵀ) + S_□           (Eq. 88, D5)
 
@@ -48,7 +49,8 @@ class GateHeads(NamedTuple):
 
 
 class SelfModifyingParams(NamedTuple):
-    """Meta-learned (outer) parameters: initial memories `M_□,0` ([H, ...] leaves) and gate heads."""
+    """Meta-learned (outer) parameters: initial memories `M_□,0` ([H, ...] leaves) and gate
+    heads."""
 
     memories: dict
     gates: GateHeads
@@ -161,13 +163,13 @@ class SelfModifyingLevel:
         memories = {n: self._arch(n).init(k, num_heads, d_head, d_head, dtype)
                     for n, k in zip(self.memory_names, keys)}
         zeros = jnp.zeros((num_heads, d_head), dtype)
-        full = lambda v: jnp.full((num_heads,), v, dtype)  # noqa: E731
+        full = lambda v: jnp.full((num_heads,), v, dtype)
         gates = GateHeads(zeros, full(-2.0), zeros, full(5.0), zeros, full(2.0))
         return SelfModifyingParams(memories, gates)
 
     def init_state(self, params: SelfModifyingParams, batch_size: int) -> SelfModifyingState:
         """A fresh per-sequence state: every memory at its meta-learned initial value (D33)."""
-        bcast = lambda w: jnp.broadcast_to(w, (batch_size,) + w.shape)  # noqa: E731
+        bcast = lambda w: jnp.broadcast_to(w, (batch_size,) + w.shape)
         memories = {n: tuple(bcast(w) for w in params.memories[n]) for n in self.memory_names}
         momenta = {}
         if self.spec.momentum_slot is not None:
@@ -181,7 +183,7 @@ def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
 
 def _generate(level: SelfModifyingLevel, snaps: dict, gates: GateHeads, xq, xk, xv):
     """q, k, v, η, α, β of one sub-chunk from the snapshots (one head): [C, d] and [C]."""
-    apply = lambda n, x: level._arch(n).apply(snaps[n], x)  # noqa: E731
+    apply = lambda n, x: level._arch(n).apply(snaps[n], x)
     k = _l2_normalize(apply("k", xk) if level.adaptive_k else xk)
     v = apply("v", xv) if level.adaptive_v else xv
     if level.normalize_value:  # unit-norm target inputs (not in the papers; docs/hope.md)
@@ -275,7 +277,7 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
         return jax.lax.dynamic_update_slice(buf, x, (zero, zero, jnp.asarray(offset, jnp.int32), zero))
 
     n_sub = total // c_sub
-    chunks = lambda x: jnp.moveaxis(x.reshape(b, h, n_sub, c_sub, d), 2, 0)  # noqa: E731
+    chunks = lambda x: jnp.moveaxis(x.reshape(b, h, n_sub, c_sub, d), 2, 0)
     xs = tuple(chunks(place(x)) for x in (xq, xk, xv))
     pos = jnp.arange(total)
     real = (pos >= offset) & (pos < offset + t)
@@ -303,7 +305,7 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
         (xq_c, xk_c, xv_c), m, end_real, end_mem = inputs
         o, new_running, new_momenta = per_batch(gates, anchors, running, momenta, snaps, xq_c,
                                                 xk_c, xv_c, None if all_real else m)
-        keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)  # noqa: E731
+        keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)
         new_snaps = {}
         for name in level.memory_names:
             when = end_real & (end_mem if name == "out" else True)
@@ -312,7 +314,7 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
 
     if level.remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype), tree)  # noqa: E731
+    cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype), tree)
     carry = (cast(state.memories), cast(state.momenta), cast(state.snapshots))
     (running, momenta, snaps), o = jax.lax.scan(body, carry, (xs, mask, ends_real, ends_memory))
     o = jnp.moveaxis(o, 0, 2).reshape(b, h, total, d)
