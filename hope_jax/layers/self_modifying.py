@@ -42,9 +42,9 @@ class SelfModifyingConfig:
     objective: "l2" or "dot";
     adaptive_k / adaptive_v / adaptive_q: D14 switches; out_target: "self" (Eq. 85) or "value"
     (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); normalize_value:
-    v = L2Norm(M_v(x̃_v)) (off = Eq. 84 as printed; on in the Hope presets, docs/hope.md); eta_bias, alpha_bias,
-    beta_bias: initial gate biases (D19: −2, 5, 2); gradient: "full" / "stop" (D8); conv_kernel:
-    width of the causal convolutions.
+    v = L2Norm(M_v(x̃_v)) (off = Eq. 84 as printed; on in the Hope presets, docs/hope.md);
+    eta_bias, alpha_bias, beta_bias: initial gate biases (D19: −2, 5, 2); gradient: "full" /
+    "stop" (D8); conv_kernel: width of the causal convolutions.
     """
 
     num_heads: int
