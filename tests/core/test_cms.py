@@ -1,4 +1,5 @@
-"""In-context CMS levels (design §5.7): chunk-end writes, frozen levels, reset per sequence, gradients."""
+"""In-context CMS levels (design §5.7): chunk-end writes, frozen levels, reset per sequence,
+gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +24,7 @@ def _loop(p, w_tgt, rho, z, chunk, eta_max, retention=1.0):
     """Eq. 71 as loops: reads at θ_j, write the mean of the chunk's per-token gradients at its end
     (with retention r: θ ← θ_0 + r(θ − θ_0) − η ḡ)."""
     eta = eta_max * jax.nn.sigmoid(rho)
-    loss = lambda th, zt: 0.5 * jnp.sum((swiglu(th, zt) - zt @ w_tgt) ** 2)  # noqa: E731
+    loss = lambda th, zt: 0.5 * jnp.sum((swiglu(th, zt) - zt @ w_tgt) ** 2)
     outs = []
     for b in range(z.shape[0]):
         theta, ys = p, []
@@ -47,7 +48,8 @@ def test_equals_chunk_end_loop(x64, chunk, retention):
 
 @pytest.mark.fast
 def test_frozen_level_is_a_plain_mlp(x64):
-    """η_max = 0 (or C ≥ T) never writes inside the sequence: every token reads θ_0 (design §5.7, checks 2–3)."""
+    """η_max = 0 (or C ≥ T) never writes inside the sequence: every token reads θ_0 (design §5.7,
+    checks 2–3)."""
     p, w_tgt, rho, z = _setup()
     plain = swiglu(p, z)
     assert_close(in_context_level(p, w_tgt, rho, z, 4, eta_max=0.0)[0], plain, 1e-15)
@@ -56,7 +58,8 @@ def test_frozen_level_is_a_plain_mlp(x64):
 
 @pytest.mark.fast
 def test_sequences_never_share_state(x64):
-    """Two sequences in one batch give the same result as each alone (reset per sequence, design §5.7, check 5)."""
+    """Two sequences in one batch give the same result as each alone (reset per sequence, design
+    §5.7, check 5)."""
     p, w_tgt, rho, z = _setup()
     both = in_context_level(p, w_tgt, rho, z, 3, eta_max=0.5)[0]
     for b in range(2):
@@ -67,13 +70,13 @@ def test_sequences_never_share_state(x64):
 def test_meta_gradients_match_finite_differences(x64):
     """Gradients reach θ_0, W_tgt and ρ through the writes, and equal central differences."""
     p, w_tgt, rho, z = _setup(t=9)
-    f = lambda args: jnp.sum(jnp.sin(in_context_level(args[0], args[1], args[2], z, 3, 0.5)[0]))  # noqa: E731
+    f = lambda args: jnp.sum(jnp.sin(in_context_level(args[0], args[1], args[2], z, 3, 0.5)[0]))
     args = (p, w_tgt, rho)
     grads = jax.grad(f)(args)
     rng = np.random.default_rng(0)
     for i in range(3):
         direction = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=np.shape(a))), args[i])
-        shift = lambda s: tuple(jax.tree.map(lambda a, u: a + s * u, args[j], direction) if j == i  # noqa: E731
+        shift = lambda s: tuple(jax.tree.map(lambda a, u: a + s * u, args[j], direction) if j == i
                                 else args[j] for j in range(3))
         numeric = (f(shift(1e-6)) - f(shift(-1e-6))) / 2e-6
         analytic = sum(jnp.sum(g * u) for g, u in zip(jax.tree.leaves(grads[i]), jax.tree.leaves(direction)))
@@ -111,7 +114,7 @@ def _normalized_loop(p, w_tgt, rho, z, chunk, eta_max):
     """The normalised write as loops: every layer's per-token gradient divided by
     1 + η‖(that layer's input)‖², then the chunk mean."""
     eta = eta_max * jax.nn.sigmoid(rho)
-    loss = lambda th, zt: 0.5 * jnp.sum((swiglu(th, zt) - zt @ w_tgt) ** 2)  # noqa: E731
+    loss = lambda th, zt: 0.5 * jnp.sum((swiglu(th, zt) - zt @ w_tgt) ** 2)
     outs = []
     for b in range(z.shape[0]):
         theta, ys = p, []
