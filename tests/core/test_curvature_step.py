@@ -22,7 +22,7 @@ def _write_once(keys, targets, chunk):
     params = level.memory.init(jax.random.PRNGKey(1), h, d, d, jnp.float64)
     eta = jnp.ones((b, t, h), jnp.float64)
     _, state = core.chunked_scan(level, level.init_state(params, b), keys, keys, targets, eta=eta)
-    error = lambda w: jnp.linalg.norm(  # noqa: E731
+    error = lambda w: jnp.linalg.norm(
         jax.vmap(jax.vmap(level.memory.apply))(w, keys[:, 0]) - targets[:, 0], axis=-1)
     before = error(jax.tree.map(lambda w: jnp.broadcast_to(w, (b,) + w.shape), params))
     return before, error(state.memory)
