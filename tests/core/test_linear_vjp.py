@@ -36,7 +36,7 @@ def test_unit_lower_inverse_matches_triangular_solve(x64, n):
 
     w = jax.random.normal(jax.random.PRNGKey(7), s.shape, jnp.float64)
     assert _rel(unit_lower_inverse(s), ref(s)) < 1e-12
-    loss = lambda f: lambda s: jnp.sum(jnp.sin(f(s)) * w)  # noqa: E731
+    loss = lambda f: lambda s: jnp.sum(jnp.sin(f(s)) * w)
     g, g_ref = jax.grad(loss(unit_lower_inverse))(s), jax.grad(loss(ref))(s)
     assert _rel(g, g_ref) < 1e-10
     assert float(jnp.max(jnp.abs(jnp.triu(g)))) == 0.0
@@ -130,7 +130,7 @@ def test_linear_gradients_match_generic_autodiff(x64, memory, objective, optimiz
     params = lin.memory.init(jax.random.PRNGKey(3), h, d, d, jnp.float64)
 
     def grads(level):
-        f = lambda p, q, k, v, g: _loss(level, p, dict(q=q, k=k, v=v), g)[0]  # noqa: E731
+        f = lambda p, q, k, v, g: _loss(level, p, dict(q=q, k=k, v=v), g)[0]
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4)))(
             params, x["q"], x["k"], x["v"], gates)
 
