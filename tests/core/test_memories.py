@@ -11,7 +11,8 @@ from level_cases import MEMORIES, assert_close
 @pytest.mark.parametrize("memory_name", sorted(MEMORIES))
 @pytest.mark.parametrize("objective", [core.l2(), core.dot_product()])
 def test_outer_product_gradients_equal_autodiff(x64, memory_name, objective):
-    """Σ_t δ_{l,t} h_{l−1,t}ᵀ from `backward` equals jax.grad of Σ_t ℓ(M(k_t), v_t) (design §3.1)."""
+    """Σ_t δ_{l,t} h_{l−1,t}ᵀ from `backward` equals jax.grad of Σ_t ℓ(M(k_t), v_t) (design
+    §3.1)."""
     memory = MEMORIES[memory_name]()
     d = 5
     params = tuple(w[0] for w in memory.init(jax.random.PRNGKey(0), 1, d, d, jnp.float64))
