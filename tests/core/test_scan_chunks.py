@@ -1,9 +1,9 @@
 """Chunked scan with C > 1 equals the chunk semantics of D2 written as an explicit loop.
 
 The loop (`level_cases.explicit_chunk_loop`) takes autodiff gradients at each chunk's snapshot and
-applies the update formulas of docs/design.md token by token. Also: every implementation path (linear,
-closed form, generic) agrees on values, final state and all gradients; odd lengths and ragged
-last chunks (D35) are covered by T not divisible by C.
+applies the update formulas of docs/design.md token by token. Also: every implementation path
+(linear, closed form, generic) agrees on values, final state and all gradients; odd lengths and
+ragged last chunks (D35) are covered by T not divisible by C.
 """
 import jax
 import jax.numpy as jnp
