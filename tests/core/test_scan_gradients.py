@@ -1,4 +1,5 @@
-"""Meta-gradients through the writes (D8): finite differences, reach of the initial memory, stop mode."""
+"""Meta-gradients through the writes (D8): finite differences, reach of the initial memory, stop
+mode."""
 import jax
 import jax.numpy as jnp
 import numpy as np
