@@ -1,10 +1,11 @@
-"""Known identities: classic recurrences are levels (design §4), each against a recurrence written here.
+"""Known identities: classic recurrences are levels (design §4), each against a recurrence written
+here.
 
-linear memory + dot + GD (η = 1, no decay)       = causal linear attention   M_t = M + v kᵀ
-linear memory + L2 + GD at C = 1                  = DeltaNet                  M(I − η k kᵀ) + η v kᵀ
-linear memory + L2 + GD with retention at C = 1   = Titans-linear             M(α I − η k kᵀ) + η v kᵀ
-linear memory + dot + gated DGD (any C)           = Gated DeltaNet            α M(I − η k kᵀ) + η v kᵀ
-DGD with η → 0 and α = 1                          = the identity on the state
+linear memory + dot + GD (η = 1, no decay)      = causal linear attention  M_t = M + v kᵀ
+linear memory + L2 + GD at C = 1                 = DeltaNet                 M(I − η k kᵀ) + η v kᵀ
+linear memory + L2 + GD with retention at C = 1  = Titans-linear            M(α I − η k kᵀ) + η v kᵀ
+linear memory + dot + gated DGD (any C)          = Gated DeltaNet           α M(I − η k kᵀ) + η v kᵀ
+DGD with η → 0 and α = 1                         = the identity on the state
 """
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,8 @@ B, T, H, D = 2, 9, 2, 5
 
 
 def _recurrence(step, m0, q, k, v, eta, alpha):
-    """y_t = M_t q_t with M_t = step(M_{t−1}, k_t, v_t, η_t, α_t); inputs [B, T, H, ·], m0 [H, D, D]."""
+    """y_t = M_t q_t with M_t = step(M_{t−1}, k_t, v_t, η_t, α_t); inputs [B, T, H, ·],
+    m0 [H, D, D]."""
     y = np.zeros(v.shape)
     m = np.broadcast_to(np.asarray(m0), (B,) + m0.shape).copy()
     for t in range(T):
@@ -57,7 +59,7 @@ def test_delta_rule(data):
     x, m0 = data
     level = core.Level(core.matrix_memory(), core.l2(), core.gd(retention=False), chunk_size=1)
     got = _run(level, m0, x, eta=jnp.asarray(x["eta"]))
-    step = lambda m, k, v, e, a: m @ (np.eye(D) - e * np.outer(k, k)) + e * np.outer(v, k)  # noqa: E731
+    step = lambda m, k, v, e, a: m @ (np.eye(D) - e * np.outer(k, k)) + e * np.outer(v, k)
     assert_close(got, _recurrence(step, m0, x["q"], x["k"], x["v"], x["eta"], x["alpha"]), 1e-12)
 
 
@@ -65,7 +67,7 @@ def test_titans_linear_with_retention(data):
     x, m0 = data
     level = core.Level(core.matrix_memory(), core.l2(), core.gd(), chunk_size=1)
     got = _run(level, m0, x, eta=jnp.asarray(x["eta"]), alpha=jnp.asarray(x["alpha"]))
-    step = lambda m, k, v, e, a: m @ (a * np.eye(D) - e * np.outer(k, k)) + e * np.outer(v, k)  # noqa: E731
+    step = lambda m, k, v, e, a: m @ (a * np.eye(D) - e * np.outer(k, k)) + e * np.outer(v, k)
     assert_close(got, _recurrence(step, m0, x["q"], x["k"], x["v"], x["eta"], x["alpha"]), 1e-12)
 
 
@@ -77,7 +79,7 @@ def test_gated_delta_net_at_any_chunk_size(data, chunk):
     level = core.Level(core.matrix_memory(), core.dot_product(),
                        core.dgd(momentum=False, normalize=False, gated=True), chunk_size=chunk)
     got = _run(level, m0, x, eta=jnp.asarray(x["eta"]), alpha=jnp.asarray(x["alpha"]))
-    step = lambda m, k, v, e, a: a * m @ (np.eye(D) - e * np.outer(k, k)) + e * np.outer(v, k)  # noqa: E731
+    step = lambda m, k, v, e, a: a * m @ (np.eye(D) - e * np.outer(k, k)) + e * np.outer(v, k)
     assert_close(got, _recurrence(step, m0, x["q"], x["k"], x["v"], x["eta"], x["alpha"]), 1e-12)
 
 
