@@ -17,7 +17,7 @@ def test_bf16_inputs_stay_close_to_float32(memory, objective, optimizer):
     params = level.memory.init(jax.random.PRNGKey(0), h, d, d, jnp.float32)
     state = level.init_state(params, b)
     y32, s32 = core.chunked_scan(level, state, x["q"], x["k"], x["v"], **gates)
-    bf = lambda a: a.astype(jnp.bfloat16)  # noqa: E731
+    bf = lambda a: a.astype(jnp.bfloat16)
     y16, s16 = core.chunked_scan(level, state, bf(x["q"]), bf(x["k"]), bf(x["v"]),
                                  **{n: bf(g) for n, g in gates.items()})
     assert y16.dtype == jnp.bfloat16 and s16.memory[0].dtype == jnp.float32
