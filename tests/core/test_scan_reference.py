@@ -2,7 +2,8 @@
 
 The reference (`reference_scan`) takes autodiff gradients at every token and applies the inner
 optimizer's own update; the chunked scan runs the closed / linear / generic paths (design §3.7 and
-§6.9, check 1). Checked for every memory × objective × optimizer, in float64 (1e-10) and float32 (1e-5).
+§6.9, check 1). Checked for every memory × objective × optimizer, in float64 (1e-10) and float32
+(1e-5).
 """
 import jax
 import jax.numpy as jnp
