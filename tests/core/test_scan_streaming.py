@@ -16,7 +16,7 @@ def _split_run(level, params, x, gates, cuts):
     state = level.init_state(params, b)
     ys, start = [], 0
     for end in list(cuts) + [x["k"].shape[1]]:
-        sl = lambda a: a[:, start:end]  # noqa: E731
+        sl = lambda a: a[:, start:end]
         y, state = core.chunked_scan(level, state, sl(x["q"]), sl(x["k"]), sl(x["v"]),
                                      **{n: sl(g) for n, g in gates.items()})
         ys.append(y)
