@@ -1,4 +1,5 @@
-"""Self-modifying Titans (design §6.9): the chunked scan against an explicit token loop of Eq. 88 + D5.
+"""Self-modifying Titans (design §6.9): the chunked scan against an explicit token loop of Eq. 88 +
+D5.
 
 The loop below holds the snapshots by the ξ rule with two chunk sizes (D12), generates q, k, v, η,
 α, β from the k/v/η/α snapshots, reads M_{out,t−1}(q_t) (Eq. 94), and writes every memory with
@@ -25,7 +26,7 @@ PRESET_OPTIMIZER = core.dgd(normalize="curvature", dampening=True, retain_to_ini
 def _params(level, seed=0):
     params = level.init_params(jax.random.PRNGKey(seed), H, D, jnp.float64)
     ks = jax.random.split(jax.random.PRNGKey(seed + 100), 3)
-    w = lambda k: 0.5 * jax.random.normal(k, (H, D), jnp.float64)  # noqa: E731  non-zero gate heads
+    w = lambda k: 0.5 * jax.random.normal(k, (H, D), jnp.float64)  # non-zero gate heads
     g = params.gates
     gates = GateHeads(w(ks[0]), g.b_eta + 1.0, w(ks[1]), g.b_alpha - 2.0, w(ks[2]), g.b_beta)
     return params._replace(gates=gates)
@@ -38,7 +39,7 @@ def _inputs(t, seed=1):
 
 def explicit_loop(level, params, xq, xk, xv):
     """Token loop of design §6.4 with both snapshot clocks; returns (o, memories, momenta)."""
-    l2n = lambda x: x / jnp.sqrt(jnp.sum(x * x) + 1e-6)  # noqa: E731
+    l2n = lambda x: x / jnp.sqrt(jnp.sum(x * x) + 1e-6)
     names = level.memory_names
     arch = {n: level._arch(n) for n in names}
     spec = level.spec
@@ -57,7 +58,7 @@ def explicit_loop(level, params, xq, xk, xv):
                 clock = level.chunk_memory if n == "out" else level.chunk_other
                 if t % clock == 0:
                     snap[n] = tuple(w[n])
-            ap = lambda n, x: arch[n].apply(snap[n], x)  # noqa: E731
+            ap = lambda n, x: arch[n].apply(snap[n], x)
 
             def key_value(s):
                 k = l2n(ap("k", xk[s]) if level.adaptive_k else xk[s])
@@ -107,7 +108,7 @@ def explicit_loop(level, params, xq, xk, xv):
                     w[n][l] = new
         return jnp.stack(outs), {n: tuple(a) for n, a in w.items()}, {n: tuple(a) for n, a in s.items()}
 
-    mv = lambda x: jnp.moveaxis(x, 2, 1)  # noqa: E731
+    mv = lambda x: jnp.moveaxis(x, 2, 1)
     per_head = jax.vmap(one_head, in_axes=(0, 0, 0, 0, 0))
     per_batch = jax.vmap(per_head, in_axes=(None, None, 0, 0, 0))
     o, w, s = per_batch(params.memories, params.gates, mv(xq), mv(xk), mv(xv))
@@ -139,7 +140,8 @@ def test_chunked_equals_token_loop(x64, chunks, t, variant):
 
 @pytest.mark.parametrize("normalize_value, preset", [(False, False), (True, False), (True, True)])
 def test_meta_gradients_equal_token_loop(x64, normalize_value, preset):
-    """Gradients w.r.t. every initial memory, the gate heads and the inputs equal the loop's (C = 2, 4)."""
+    """Gradients w.r.t. every initial memory, the gate heads and the inputs equal the loop's
+    (C = 2, 4)."""
     extra = dict(optimizer=PRESET_OPTIMIZER) if preset else {}
     level = SelfModifyingLevel(chunk_other=2, chunk_memory=4, normalize_value=normalize_value,
                                **extra)
@@ -177,7 +179,8 @@ def test_streaming_split_anywhere_equals_one_call(x64):
 
 @pytest.mark.fast
 def test_frozen_gates_leave_memories_unchanged(x64):
-    """η ≈ 0 and α ≈ 1 (gate biases far out): states never change; outputs are M_out,0(q) (design §6.9, check 4)."""
+    """η ≈ 0 and α ≈ 1 (gate biases far out): states never change; outputs are M_out,0(q) (design
+    §6.9, check 4)."""
     level = SelfModifyingLevel(chunk_other=2, chunk_memory=4)
     params = _params(level)
     g = params.gates
@@ -228,7 +231,8 @@ def test_ablation_switches_change_only_their_part(x64):
 @pytest.mark.fast
 def test_normalize_value_makes_targets_scale_free(x64):
     """normalize_value: v = L2Norm(x̃_v) when v is static, so scaling the v-path by 5 changes
-    nothing (outputs and states, up to L2Norm's ε); without it the targets M_□(v) and hence everything change."""
+    nothing (outputs and states, up to L2Norm's ε); without it the targets M_□(v) and hence
+    everything change."""
     xs = _inputs(7)
     big = [xs[0], xs[1], 5.0 * xs[2]]
     for nv in (True, False):
