@@ -97,7 +97,8 @@ def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, e
         beta = None if beta is None else sg(beta)
     c = k.shape[0]
     eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
-    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
+    live = None if mask is None else mask.astype(k.dtype)
+    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, live)
     kk = inverse = None
     if spec.dgd:
         kk = k @ k.T
@@ -202,7 +203,8 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     if read == "none":  # a write-only level (e.g. the k/v/η/α memories of self-modifying Titans)
         y = None
     elif read == "snapshot":
-        base = snap if not stop_writes else tuple(w + (lw - sg(lw)) for w, lw in zip(snap, live_run))
+        base = (snap if not stop_writes
+                else tuple(w + (lw - sg(lw)) for w, lw in zip(snap, live_run)))
         y = memory.apply(base, q)
     else:
         rows = slice(1, c + 1) if read == "post" else slice(0, c)
