@@ -126,7 +126,8 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
                          f"(the level's width), got {tuple(z.shape)}")
     if not 0.0 <= retention <= 1.0:
         raise ValueError(f"retention must be in [0, 1], got {retention!r}")
-    if reset_every is not None and (isinstance(reset_every, bool) or not isinstance(reset_every, int)
+    if reset_every is not None and (isinstance(reset_every, bool)
+                                    or not isinstance(reset_every, int)
                                     or reset_every < 1 or reset_every % chunk):
         raise ValueError(f"reset_every must be a positive multiple of chunk ({chunk}), got "
                          f"{reset_every!r}")
