@@ -80,7 +80,8 @@ class Level:
         if self.read not in READ_MODES:
             raise ValueError(f"Level.read must be one of {READ_MODES}, got {self.read!r}")
         if self.gradient not in GRADIENT_MODES:
-            raise ValueError(f"Level.gradient must be one of {GRADIENT_MODES}, got {self.gradient!r}")
+            raise ValueError(f"Level.gradient must be one of {GRADIENT_MODES}, "
+                             f"got {self.gradient!r}")
         if self.method not in METHODS:
             raise ValueError(f"Level.method must be one of {METHODS}, got {self.method!r}")
         if self.method in ("closed_form", "linear") and self.spec is None:
