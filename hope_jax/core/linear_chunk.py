@@ -90,7 +90,8 @@ def _prepare(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: A
         beta = None if beta is None else sg(beta)
     c = k.shape[0]
     eta_e, alpha_e, beta_e, p = effective_gates(spec, k, eta, alpha, beta, mask)
-    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, None if mask is None else mask.astype(k.dtype))
+    live = None if mask is None else mask.astype(k.dtype)
+    co = chunk_coefficients(eta_e, alpha_e, beta_e, p, live)
     kk = inverse = gain = strict = None
     base = decay_matrix(alpha_e)[:, 1:] if beta_e is None else None  # CSE'd with `co`'s
     if spec.dgd:
