@@ -86,13 +86,15 @@ class MLPMemory:
         widths = [d_in] + [self.hidden_width(d_in)] * (self.depth - 1) + [d_out]
         return [(widths[i + 1], widths[i]) for i in range(self.depth)]
 
-    def check_params(self, params: MemoryParams, d_in: int, d_out: int, where: str = "params") -> None:
+    def check_params(self, params: MemoryParams, d_in: int, d_out: int,
+                     where: str = "params") -> None:
         """Raises ValueError unless `params` (trailing dims) match this memory for (d_in, d_out)."""
         shapes = self.layer_shapes(d_in, d_out)
         if not isinstance(params, (tuple, list)) or len(params) != len(shapes):
             raise ValueError(f"{where}: expected a tuple of {len(shapes)} layer matrices for a "
                              f"depth-{self.depth} memory, got {type(params).__name__} "
-                             f"of length {len(params) if isinstance(params, (tuple, list)) else '?'}")
+                             f"of length "
+                             f"{len(params) if isinstance(params, (tuple, list)) else '?'}")
         for l, (w, shape) in enumerate(zip(params, shapes)):
             if tuple(w.shape[-2:]) != shape:
                 raise ValueError(f"{where}[{l}]: expected trailing shape {shape} for keys of width "
