@@ -65,7 +65,8 @@ def custom(loss: Callable[[Array, Array], Array], name: str = "custom") -> Objec
 
     def error(y: Array, v: Array) -> Array:
         lead = y.shape[:-1]
-        flat = jax.vmap(grad_y)(y.reshape(-1, y.shape[-1]), jnp.broadcast_to(v, y.shape).reshape(-1, y.shape[-1]))
+        flat = jax.vmap(grad_y)(y.reshape(-1, y.shape[-1]),
+                                jnp.broadcast_to(v, y.shape).reshape(-1, y.shape[-1]))
         return flat.reshape(*lead, y.shape[-1])
 
     return Objective(name=name, loss=loss, error=error)
