@@ -63,7 +63,8 @@ def reference_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array
     per_batch = jax.vmap(jax.vmap(one_head))
     y, params, opt_state = per_batch(tuple(w.astype(dtype) for w in state.memory), state.opt_state,
                                      *args)
-    position = jnp.asarray(k.shape[1], jnp.int32) + (0 if state.position is None else state.position)
+    position = (jnp.asarray(k.shape[1], jnp.int32)
+                + (0 if state.position is None else state.position))
     new_state = LevelState(memory=params, opt_state=opt_state, snapshot=params,
                            position=position.astype(jnp.int32))
     return jnp.moveaxis(y, 1, 2).astype(q.dtype), new_state
