@@ -121,17 +121,20 @@ class SelfModifyingLevel:
             if isinstance(c, bool) or not isinstance(c, int) or c < 1:
                 raise ValueError(f"SelfModifyingLevel.{name} must be a positive int, got {c!r}")
         if self.chunk_memory % self.chunk_other:
-            raise ValueError(f"SelfModifyingLevel.chunk_memory ({self.chunk_memory}) must be a multiple "
-                             f"of chunk_other ({self.chunk_other}) (D12)")
+            raise ValueError(f"SelfModifyingLevel.chunk_memory ({self.chunk_memory}) must be a "
+                             f"multiple of chunk_other ({self.chunk_other}) (D12)")
         if inner_opt.recurrence_spec(self.optimizer) is None:
             raise ValueError("SelfModifyingLevel.optimizer must be in canonical order (step size → "
                              "[momentum] → [retention] → [DGD])")
         if self.out_target not in ("self", "value"):
-            raise ValueError(f"SelfModifyingLevel.out_target must be 'self' or 'value', got {self.out_target!r}")
+            raise ValueError(f"SelfModifyingLevel.out_target must be 'self' or 'value', "
+                             f"got {self.out_target!r}")
         if self.read not in ("pre", "post", "snapshot"):
-            raise ValueError(f"SelfModifyingLevel.read must be 'pre', 'post' or 'snapshot', got {self.read!r}")
+            raise ValueError(f"SelfModifyingLevel.read must be 'pre', 'post' or 'snapshot', "
+                             f"got {self.read!r}")
         if self.gradient not in ("full", "stop"):
-            raise ValueError(f"SelfModifyingLevel.gradient must be 'full' or 'stop', got {self.gradient!r}")
+            raise ValueError(f"SelfModifyingLevel.gradient must be 'full' or 'stop', "
+                             f"got {self.gradient!r}")
 
     @property
     def spec(self) -> inner_opt.RecurrenceSpec:
@@ -274,7 +277,8 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
         x = jnp.moveaxis(x.astype(dtype), 2, 1)  # [B, H, T, d]
         buf = jnp.zeros((b, h, total, d), dtype)
         zero = jnp.zeros((), jnp.int32)
-        return jax.lax.dynamic_update_slice(buf, x, (zero, zero, jnp.asarray(offset, jnp.int32), zero))
+        return jax.lax.dynamic_update_slice(buf, x,
+                                            (zero, zero, jnp.asarray(offset, jnp.int32), zero))
 
     n_sub = total // c_sub
     chunks = lambda x: jnp.moveaxis(x.reshape(b, h, n_sub, c_sub, d), 2, 0)
