@@ -60,7 +60,8 @@ def check_level_inputs(level: Level, state: LevelState, q, k, v, eta, alpha, bet
                              f"{_shape(k)}, got {_shape(g)}")
 
     if not isinstance(state, LevelState):
-        raise ValueError(f"state must be a LevelState (see Level.init_state), got {type(state).__name__}")
+        raise ValueError(f"state must be a LevelState (see Level.init_state), "
+                         f"got {type(state).__name__}")
     level.memory.check_params(state.memory, d_k, d_v, where="state.memory")
     level.memory.check_params(state.snapshot, d_k, d_v, where="state.snapshot")
     for l, w in enumerate(state.memory):
