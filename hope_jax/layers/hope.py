@@ -73,7 +73,9 @@ def cms_config(size: str, enabled: bool = True, mixer=None) -> CMSConfig | SwiGL
     """
     s = SIZES[size]
     if not enabled:
-        return SwiGLUConfig(hidden=matched_swiglu(mixer, s).hidden) if s.param_matched else SwiGLUConfig()
+        if not s.param_matched:
+            return SwiGLUConfig()
+        return SwiGLUConfig(hidden=matched_swiglu(mixer, s).hidden)
     levels = CMS_LEVELS.get(size, CMS_LEVELS["paper"])
     hidden = None
     if s.param_matched and mixer is not None:
