@@ -132,10 +132,12 @@ class SelfModifyingMixer(nnx.Module):
                                               b_alpha=jnp.full_like(g.b_alpha, config.alpha_bias),
                                               b_beta=jnp.full_like(g.b_beta, config.beta_bias)))
         self.memories = nnx.Dict({
-            name: nnx.List([nnx.Param(w.astype(param_dtype), logical_axes=("heads", "memory_out", "memory_in"))
+            name: nnx.List([nnx.Param(w.astype(param_dtype),
+                                      logical_axes=("heads", "memory_out", "memory_in"))
                             for w in ws]) for name, ws in init.memories.items()})
         self.gate_heads = nnx.List([
-            nnx.Param(g.astype(param_dtype), logical_axes=("heads", "head_dim") if g.ndim == 2 else ("heads",))
+            nnx.Param(g.astype(param_dtype),
+                      logical_axes=("heads", "head_dim") if g.ndim == 2 else ("heads",))
             for g in init.gates])
         self.out_norm = HeadRMSNorm(h, dh, **kw)
         self.out_gate = Dense(d_model, h * dh, ("embed", "heads"), **kw)
@@ -143,7 +145,8 @@ class SelfModifyingMixer(nnx.Module):
 
     def level_params(self) -> SelfModifyingParams:
         """The meta-learned initial memories and gate heads, in float32 (D30)."""
-        memories = {n: tuple(w[...].astype(jnp.float32) for w in ws) for n, ws in self.memories.items()}
+        memories = {n: tuple(w[...].astype(jnp.float32) for w in ws)
+                    for n, ws in self.memories.items()}
         gates = GateHeads(*(g[...].astype(jnp.float32) for g in self.gate_heads))
         return SelfModifyingParams(memories, gates)
 
