@@ -50,7 +50,8 @@ class OptimizerCase:
 OPTIMIZERS = {
     "gd": OptimizerCase("gd", lambda: core.gd(), retention=True),
     "gd_plain": OptimizerCase("gd_plain", lambda: core.gd(retention=False)),
-    "momentum": OptimizerCase("momentum", lambda: core.momentum_gd(), momentum=True, retention=True),
+    "momentum": OptimizerCase("momentum", lambda: core.momentum_gd(), momentum=True,
+                              retention=True),
     "momentum_norm": OptimizerCase("momentum_norm", lambda: core.momentum_gd(normalize=True),
                                    normalize=True, momentum=True, retention=True),
     "dgd": OptimizerCase("dgd", lambda: core.dgd(), normalize=True, momentum=True, retention=True,
@@ -84,7 +85,8 @@ OBJECTIVES = {"l2": core.l2, "dot": core.dot_product}
 
 
 def make_level(memory: str, objective: str, optimizer: str, **kw) -> core.Level:
-    return core.Level(MEMORIES[memory](), OBJECTIVES[objective](), OPTIMIZERS[optimizer].make(), **kw)
+    return core.Level(MEMORIES[memory](), OBJECTIVES[objective](), OPTIMIZERS[optimizer].make(),
+                      **kw)
 
 
 def gates_for(case: OptimizerCase, inputs: dict) -> dict:
@@ -196,7 +198,8 @@ def outputs_and_grads(scan_fn, level: core.Level, params, inputs: dict, gates: d
         y, state = scan_fn(level, level.init_state(params, b), **kw)
         probe = jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))
         total = jnp.sum(jnp.sin(y) * probe)
-        total = total + sum(jnp.sum(jnp.tanh(w)) for w in jax.tree.leaves((state.memory, state.opt_state)))
+        total = total + sum(jnp.sum(jnp.tanh(w))
+                            for w in jax.tree.leaves((state.memory, state.opt_state)))
         return total, (y, state.memory, state.opt_state)
 
     fn = jax.jit(jax.value_and_grad(scalar, argnums=tuple(range(1 + len(names))), has_aux=True))
