@@ -79,7 +79,8 @@ def test_meta_gradients_match_finite_differences(x64):
         shift = lambda s: tuple(jax.tree.map(lambda a, u: a + s * u, args[j], direction) if j == i
                                 else args[j] for j in range(3))
         numeric = (f(shift(1e-6)) - f(shift(-1e-6))) / 2e-6
-        analytic = sum(jnp.sum(g * u) for g, u in zip(jax.tree.leaves(grads[i]), jax.tree.leaves(direction)))
+        analytic = sum(jnp.sum(g * u)
+                       for g, u in zip(jax.tree.leaves(grads[i]), jax.tree.leaves(direction)))
         assert abs(float(numeric - analytic)) <= 1e-6 * max(1.0, abs(float(numeric)))
         assert float(jnp.max(jnp.abs(jnp.asarray(jax.tree.leaves(grads[i])[0])))) > 0
 
