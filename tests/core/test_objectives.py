@@ -13,7 +13,8 @@ def _huber(y, v):
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("objective", [core.l2(), core.dot_product(), core.objectives.custom(_huber)])
+@pytest.mark.parametrize("objective",
+                         [core.l2(), core.dot_product(), core.objectives.custom(_huber)])
 def test_error_is_gradient_of_loss(x64, objective):
     """e(y, v) = ∂ℓ/∂y for each token (l2: y − v; dot: −v; custom: autodiff)."""
     y = 3 * jax.random.normal(jax.random.PRNGKey(0), (4, 6), jnp.float64)
