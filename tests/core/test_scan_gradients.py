@@ -56,7 +56,8 @@ def test_meta_gradient_reaches_initial_memory_through_writes(x64):
         level = make_level("mlp", "l2", "dgd", chunk_size=3, gradient=gradient)
         params = level.memory.init(jax.random.PRNGKey(1), h, d, d, jnp.float64)
         g_params, g_eta = jax.jit(jax.grad(
-            lambda p, e: _loss(level, p, x, dict(gates, eta=e)), argnums=(0, 1)))(params, gates["eta"])
+            lambda p, e: _loss(level, p, x, dict(gates, eta=e)), argnums=(0, 1)))(params,
+                                                                                 gates["eta"])
         assert all(float(jnp.max(jnp.abs(g))) > 0 for g in g_params)
         assert (float(jnp.max(jnp.abs(g_eta))) == 0.0) == expect_zero, gradient
 
@@ -74,6 +75,8 @@ def test_stop_gradient_mode_matches_reference(x64):
         y, state = scan(level, level.init_state(p, b), q, x["k"], x["v"], **gates)
         return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.tanh(w)) for w in state.memory)
 
-    got = jax.value_and_grad(lambda p, q: f(core.chunked_scan, p, q), argnums=(0, 1))(params, x["q"])
-    want = jax.value_and_grad(lambda p, q: f(core.reference_scan, p, q), argnums=(0, 1))(params, x["q"])
+    got = jax.value_and_grad(lambda p, q: f(core.chunked_scan, p, q),
+                             argnums=(0, 1))(params, x["q"])
+    want = jax.value_and_grad(lambda p, q: f(core.reference_scan, p, q),
+                              argnums=(0, 1))(params, x["q"])
     assert_close(got, want, 1e-10)
