@@ -51,7 +51,8 @@ def test_linear_attention(data, chunk):
                        chunk_size=chunk)
     ones = np.ones(x["eta"].shape)
     got = _run(level, m0, x, eta=jnp.asarray(ones))
-    want = _recurrence(lambda m, k, v, e, a: m + np.outer(v, k), m0, x["q"], x["k"], x["v"], ones, ones)
+    want = _recurrence(lambda m, k, v, e, a: m + np.outer(v, k), m0, x["q"], x["k"], x["v"], ones,
+                       ones)
     assert_close(got, want, 1e-12, "linear attention")
 
 
