@@ -7,7 +7,8 @@ from hope_jax import core
 from level_cases import OPTIMIZERS, assert_close, gates_for, make_level, random_inputs
 
 
-@pytest.mark.parametrize("memory, objective, optimizer", [("mlp", "l2", "dgd"), ("matrix", "dot", "gdn")])
+@pytest.mark.parametrize("memory, objective, optimizer",
+                         [("mlp", "l2", "dgd"), ("matrix", "dot", "gdn")])
 def test_bf16_inputs_stay_close_to_float32(memory, objective, optimizer):
     """bf16 q, k, v, gates with a float32 state: outputs and final state within 1e-2 relative."""
     b, t, h, d = 2, 33, 2, 16
@@ -26,7 +27,8 @@ def test_bf16_inputs_stay_close_to_float32(memory, objective, optimizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("memory, objective, optimizer", [("mlp", "l2", "dgd"), ("matrix", "dot", "gdn")])
+@pytest.mark.parametrize("memory, objective, optimizer",
+                         [("mlp", "l2", "dgd"), ("matrix", "dot", "gdn")])
 def test_no_nan_at_16k_tokens(memory, objective, optimizer):
     """T = 16384, C = 64, random inputs with D19-like gates: forward and gradients are finite."""
     b, t, h, d = 1, 16384, 1, 16
@@ -39,6 +41,7 @@ def test_no_nan_at_16k_tokens(memory, objective, optimizer):
         y, state = core.chunked_scan(level, level.init_state(p, b), x["q"], x["k"], v, **gates)
         return jnp.mean(jnp.square(y)), (y, state.memory)
 
-    (loss, (y, memory)), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(params, x["v"])
+    value_and_grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+    (loss, (y, memory)), grads = value_and_grad(params, x["v"])
     for leaf in jax.tree.leaves((loss, y, memory, grads)):
         assert bool(jnp.all(jnp.isfinite(leaf)))
