@@ -14,7 +14,8 @@ from level_cases import (OBJECTIVES, OPTIMIZERS, assert_close, gates_for, make_l
                          outputs_and_grads, random_inputs)
 
 GRID = [(m, o, p) for m in ("matrix", "mlp") for o in OBJECTIVES for p in OPTIMIZERS]
-GRID += [("residual_linear", "l2", "dgd"), ("mlp3_tanh", "l2", "dgd"), ("mlp3_tanh", "dot", "momentum")]
+GRID += [("residual_linear", "l2", "dgd"), ("mlp3_tanh", "l2", "dgd"),
+         ("mlp3_tanh", "dot", "momentum")]
 
 
 def _compare(memory, objective, optimizer, read, dtype, rtol, b=2, t=7, h=2, d=4, seed=0,
@@ -26,7 +27,8 @@ def _compare(memory, objective, optimizer, read, dtype, rtol, b=2, t=7, h=2, d=4
     got = outputs_and_grads(core.chunked_scan, level, params, inputs, gates)
     want = outputs_and_grads(core.reference_scan, level, params, inputs, gates)
     for key in ("y", "memory", "opt_state", "grads"):
-        assert_close(got[key], want[key], rtol, f"{level.path} {memory}/{objective}/{optimizer} {key}")
+        assert_close(got[key], want[key], rtol,
+                     f"{level.path} {memory}/{objective}/{optimizer} {key}")
 
 
 @pytest.mark.parametrize("memory, objective, optimizer", GRID)
