@@ -91,7 +91,8 @@ def explicit_loop(level, params, xq, xk, xv):
                     for s_ in range(start, min(start + level.chunk_other, xk.shape[0])):
                         other = grad_and_error(n, s_)
                         dot = sum(jnp.sum(a * b) for a, b in zip(mine[0], other[0]))
-                        r = r + jnp.abs(dot) / jnp.sqrt(jnp.sum(mine[1] ** 2) * jnp.sum(other[1] ** 2))
+                        r = r + jnp.abs(dot) / jnp.sqrt(jnp.sum(mine[1] ** 2)
+                                                        * jnp.sum(other[1] ** 2))
                     eta_n = eta / (1 + eta * r)
                 eta_g = eta_n * (1 - beta) if spec.momentum_dampening else eta_n
                 for l in range(len(w[n])):
@@ -106,7 +107,8 @@ def explicit_loop(level, params, xq, xk, xv):
                     if dgd and l == 0:
                         new = new - eta_n * jnp.outer(w[n][0] @ k, k)
                     w[n][l] = new
-        return jnp.stack(outs), {n: tuple(a) for n, a in w.items()}, {n: tuple(a) for n, a in s.items()}
+        return (jnp.stack(outs), {n: tuple(a) for n, a in w.items()},
+                {n: tuple(a) for n, a in s.items()})
 
     mv = lambda x: jnp.moveaxis(x, 2, 1)
     per_head = jax.vmap(one_head, in_axes=(0, 0, 0, 0, 0))
@@ -131,7 +133,8 @@ def test_chunked_equals_token_loop(x64, chunks, t, variant):
     level = SelfModifyingLevel(chunk_other=chunks[0], chunk_memory=chunks[1], **variant)
     params = _params(level)
     xs = _inputs(t)
-    o, state = jax.jit(lambda p, *x: self_modifying_scan(level, p, level.init_state(p, B), *x))(params, *xs)
+    scan = jax.jit(lambda p, *x: self_modifying_scan(level, p, level.init_state(p, B), *x))
+    o, state = scan(params, *xs)
     o_ref, w_ref, s_ref = explicit_loop(level, params, *xs)
     assert_close(o, o_ref, 1e-10, "outputs")
     assert_close(state.memories, w_ref, 1e-10, "memories")
@@ -157,7 +160,8 @@ def test_meta_gradients_equal_token_loop(x64, normalize_value, preset):
         return jnp.sum(jnp.sin(o)) + sum(jnp.sum(jnp.tanh(a)) for a in jax.tree.leaves(w))
 
     got = jax.jit(jax.grad(f_scan, argnums=(0, 1, 2, 3)))(params, *xs)
-    want = jax.grad(f_loop, argnums=(0, 1, 2, 3))(params, *xs)  # eager: compiling the unrolled loop costs more
+    # eager: compiling the unrolled loop costs more
+    want = jax.grad(f_loop, argnums=(0, 1, 2, 3))(params, *xs)
     assert_close(got, want, 1e-10)
     assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(got[0].memories))
 
@@ -170,7 +174,8 @@ def test_streaming_split_anywhere_equals_one_call(x64):
     xs = _inputs(13)
     o, s = self_modifying_scan(level, params, level.init_state(params, B), *xs)
     for cut in (4, 7):
-        o1, s1 = self_modifying_scan(level, params, level.init_state(params, B), *[x[:, :cut] for x in xs])
+        o1, s1 = self_modifying_scan(level, params, level.init_state(params, B),
+                                     *[x[:, :cut] for x in xs])
         o2, s2 = self_modifying_scan(level, params, s1, *[x[:, cut:] for x in xs])
         assert_close(jnp.concatenate([o1, o2], 1), o, 1e-10, f"outputs, cut {cut}")
         assert_close((s2.memories, s2.momenta, s2.snapshots), (s.memories, s.momenta, s.snapshots),
@@ -236,7 +241,8 @@ def test_normalize_value_makes_targets_scale_free(x64):
     xs = _inputs(7)
     big = [xs[0], xs[1], 5.0 * xs[2]]
     for nv in (True, False):
-        level = SelfModifyingLevel(chunk_other=2, chunk_memory=4, adaptive_v=False, normalize_value=nv)
+        level = SelfModifyingLevel(chunk_other=2, chunk_memory=4, adaptive_v=False,
+                                   normalize_value=nv)
         params = _params(level)
         o, s = self_modifying_scan(level, params, level.init_state(params, B), *xs)
         o5, s5 = self_modifying_scan(level, params, level.init_state(params, B), *big)
@@ -258,7 +264,8 @@ def test_normalize_value_keeps_memories_bounded():
         params = level.init_params(jax.random.PRNGKey(0), 2, 16)
         ks = jax.random.split(jax.random.PRNGKey(7), 3)
         xs = [jax.nn.silu(3.0 * jax.random.normal(k, (1, 256, 2, 16))) for k in ks]
-        o, s = jax.jit(lambda p, *x: self_modifying_scan(level, p, level.init_state(p, 1), *x))(params, *xs)
+        scan = jax.jit(lambda p, *x: self_modifying_scan(level, p, level.init_state(p, 1), *x))
+        o, s = scan(params, *xs)
         outs[nv] = (o, max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(s.memories)))
     assert not bool(jnp.all(jnp.isfinite(outs[False][0])))
     assert bool(jnp.all(jnp.isfinite(outs[True][0])))
