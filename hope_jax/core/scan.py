@@ -128,7 +128,8 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
         total = n * c
         offset = 0
         pad = [(0, 0), (0, 0), (0, total - t)]
-        q, k, v, eta, alpha, beta = (None if x is None else jnp.pad(x, pad + [(0, 0)] * (x.ndim - 3))
+        q, k, v, eta, alpha, beta = (None if x is None
+                                     else jnp.pad(x, pad + [(0, 0)] * (x.ndim - 3))
                                      for x in (q, k, v, eta, alpha, beta))
         mask = None if total == t else (jnp.arange(total) < t).reshape(n, c)
     else:
@@ -172,7 +173,8 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
         y, new_run, new_opt = per_batch(run, opt_state, snap_used, qc, kc, vc, ec, ac, bc, mc, prep)
         new_snap = None if snap is None else new_run
         if last_snap is not None:  # the snapshot of the last chunk holding a real token
-            last_snap = jax.tree.map(lambda a, b_: jnp.where(jnp.any(mc), a, b_), snap_used, last_snap)
+            last_snap = jax.tree.map(lambda a, b_: jnp.where(jnp.any(mc), a, b_), snap_used,
+                                     last_snap)
         return (new_run, new_opt, new_snap, last_snap), y
 
     if level.remat:
