@@ -7,12 +7,14 @@ REQS := requirements/py$(if $(filter 311,$(PYVER)),311,312).txt
 PYTEST_ARGS ?=
 # Tests are compile-bound and XLA compiles on one thread: two workers use both cores.
 PYTEST_WORKERS ?= 2
+# `make test` and `make test-fast` lint these first (ruff, configured in pyproject.toml).
+LINT_PATHS := hope_jax kernels tests experiments
 
 # `make train`: the embedded default (a tiny Hope on the pip-only English corpus, byte level, CPU).
 WORKDIR ?= workdirs/hope-tiny
 TRAIN_ARGS ?=
 
-.PHONY: train test test-fast bench bench-optimizers bench-kernels compare bench-models venv clean
+.PHONY: train lint test test-fast bench bench-optimizers bench-kernels compare bench-models venv clean
 
 venv: $(VENV)/.installed
 
@@ -29,11 +31,16 @@ train: venv
 	@echo ">> a sample from the trained model (hope-jax generate --workdir=$(WORKDIR)):"
 	$(PY) -m hope_jax.cli generate --workdir=$(WORKDIR) --max_tokens=300
 
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
 test: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=40 $(PYTEST_ARGS)
 
 # The subset that CI also runs under Python 3.12 / jax 0.12.
 test-fast: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m fast $(PYTEST_ARGS)
 
 bench: venv
