@@ -7,6 +7,8 @@
     hope-jax generate --workdir=DIR [--prompt=TEXT] [--max_tokens=N] [--temperature=T] [--top_k=K]
                       [--top_p=P]
     hope-jax data prepare --config=…    (download, tokenize and cache the corpus; runs once)
+    hope-jax data prepare --config=… --config.data.prepared_dir=DIR   (ArrayRecord shards in DIR,
+                                        tokenized in parallel, read by train on every host)
     hope-jax <command> --help           (that command's flags)
 
 Without --config the embedded default is used (`hope_jax.config.default_config()`: a tiny Hope on
@@ -334,6 +336,9 @@ def _check_train_inputs(config, workdir: str) -> None:
 def _check_data_files(data_config) -> None:
     """The user's data files: cheap checks always; when the corpus is not prepared yet, every
     document is read too (bad UTF-8, bad jsonl lines), so prepare() fails on nothing."""
+    if data_config.prepared_dir:  # train reads the shards there, not the corpus
+        _check_prepared(data_config.prepared_dir)
+        return
     if data_config.corpus != "files" or not data_config.files:
         return
     from hope_jax.data.cache_key import cache_key
@@ -346,6 +351,15 @@ def _check_data_files(data_config) -> None:
     if not os.path.exists(os.path.join(entry, "manifest.json")):
         for _ in read_user_documents(files, data_config.text_field):
             pass
+
+
+def _check_prepared(prepared_dir: str) -> None:
+    """config.data.prepared_dir must hold complete shards (index, shard sizes, tokenizer)."""
+    from hope_jax.data.shard_reader import open_prepared
+    try:
+        open_prepared(prepared_dir)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"config.data.prepared_dir={prepared_dir}: {_one_line(err)}") from None
 
 
 def cmd_train(fv: flags.FlagValues, positional: list[str]) -> None:
@@ -382,10 +396,16 @@ def cmd_data(fv: flags.FlagValues, positional: list[str]) -> None:
     if list(positional) != ["prepare"]:
         raise UsageError(f"usage: {PROG} data prepare --config=FILE[:ARG]")
     config = _validated(fv.config)
-    _check_data_files(config.data)
     from hope_jax import data
     t0 = time.perf_counter()
-    prepared = data.prepare(config.data, progress=True)
+    if config.data.prepared_dir:  # ArrayRecord shards, written once for every host
+        if config.data.corpus == "files" and config.data.files:
+            from hope_jax.data.user_files import check_files
+            check_files(list(config.data.files))  # cheap; a bad document fails the stream
+        prepared = data.prepare_shards(config.data, progress=True)
+    else:
+        _check_data_files(config.data)
+        prepared = data.prepare(config.data, progress=True)
     print(f"prepared {config.data.corpus} ({config.data.tokenizer} tokenizer, vocabulary "
           f"{prepared.tokenizer.vocab_size}) in {time.perf_counter() - t0:.1f} s: {prepared.root}")
     for name, split in prepared.splits.items():
@@ -417,12 +437,7 @@ def cmd_generate(fv: flags.FlagValues, positional: list[str]) -> None:
 # ------------------------------------------------------------------------------- eval
 def _documents(prepared, split: str, limit: int):
     """The first `limit` documents of a split as token arrays (from the shard's offsets)."""
-    import numpy as np
-    with open(os.path.join(prepared.root, f"{split}.json")) as f:
-        offsets = json.load(f)["offsets"]
-    tokens = prepared.tokens(split)
-    ends = list(offsets[1:]) + [len(tokens)]
-    return [np.asarray(tokens[a:b]) for a, b in list(zip(offsets, ends))[:limit]]
+    return prepared.documents(split, limit)
 
 
 def _eval_plan(fv: flags.FlagValues) -> dict:
@@ -636,7 +651,8 @@ register("generate", Command("sample text from a trained run",
                              f"{PROG} generate --workdir=DIR [--prompt=TEXT] [flags]",
                              ("workdir", "prompt", "max_tokens", "temperature", "top_k",
                               "top_p", "seed"), cmd_generate))
-register("data", Command("download, tokenize and cache the corpus of a config (once)",
+register("data", Command("download, tokenize and cache the corpus of a config (once); with "
+                         "--config.data.prepared_dir=DIR: ArrayRecord shards in DIR for every host",
                          f"{PROG} data prepare [--config=FILE[:ARG]] [--config.GROUP.KEY=VALUE …]",
                          ("config",), cmd_data))
 

@@ -60,6 +60,11 @@ def default_config() -> ConfigDict:
         shuffle_seed=0,
         worker_count=0,           # grain worker processes (0 = in-process)
         max_bytes=4_000_000,      # python_stdlib only: cap on the text taken from the stdlib
+        tokenizer_path="",        # bpe: an existing sentencepiece tokenizer.model, used instead of
+                                  # training one (vocab_size is then the model's)
+        prepared_dir="",          # ArrayRecord shards written by `hope-jax data prepare` (local or
+                                  # gs://…): train / eval / generate read them (docs/data.md)
+        prepare_workers=-1,       # `data prepare` tokenizer processes (-1 = auto, 0 = in-process)
     ))
 
     c.optim = ConfigDict(dict(

@@ -113,6 +113,11 @@ def _value_errors(c: Any) -> list[str]:
     need(d.seq_len >= 2, "data.seq_len", "must be ≥ 2")
     need(0.0 <= d.held_out_fraction < 1.0, "data.held_out_fraction", "must be in [0, 1)")
     need(d.worker_count >= 0, "data.worker_count", "must be ≥ 0")
+    need(d.prepare_workers >= -1, "data.prepare_workers", "must be ≥ -1 (-1 = auto)")
+    need(not d.tokenizer_path or d.tokenizer == "bpe", "data.tokenizer_path",
+         "a sentencepiece model needs data.tokenizer='bpe'")
+    if d.tokenizer_path and d.tokenizer == "bpe":
+        e.extend(_tokenizer_path_errors(d.tokenizer_path))
 
     o = c.optim
     need(o.name in OPTIMIZERS, "optim.name", f"expected one of {OPTIMIZERS}")
@@ -148,6 +153,16 @@ def _value_errors(c: Any) -> list[str]:
     need(s.top_k >= 0, "sample.top_k", "must be ≥ 0 (0 = off)")
     need(0.0 < s.top_p <= 1.0, "sample.top_p", "must be in (0, 1]")
     return e
+
+
+def _tokenizer_path_errors(path: str) -> list[str]:
+    """data.tokenizer_path must be a readable sentencepiece model."""
+    from hope_jax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+    try:
+        SentencePieceTokenizer.from_file(path)
+    except (OSError, ValueError) as err:
+        return [f"config.data.tokenizer_path: {err}"]
+    return []
 
 
 def _shape_errors(c: Any) -> list[str]:

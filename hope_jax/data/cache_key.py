@@ -31,7 +31,11 @@ def key_fields(config: Any) -> dict[str, Any]:
         raise ValueError(f"unknown data.corpus {corpus!r}: expected one of {CORPORA}")
     tokenizer = config_value(config, "tokenizer", "byte")
     fields: dict[str, Any] = dict(format=FORMAT_VERSION, corpus=corpus, tokenizer=tokenizer)
-    if tokenizer == "bpe":
+    tokenizer_path = str(config_value(config, "tokenizer_path", "") or "")
+    if tokenizer == "bpe" and tokenizer_path:   # an existing model: its bytes are its identity
+        from .sentencepiece_tokenizer import SentencePieceTokenizer
+        fields["tokenizer_model"] = SentencePieceTokenizer.from_file(tokenizer_path).proto_sha256()
+    elif tokenizer == "bpe":
         import sentencepiece
         fields.update(vocab_size=int(config_value(config, "vocab_size", 8192)),
                       sentencepiece=sentencepiece.__version__)

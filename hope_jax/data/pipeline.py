@@ -47,7 +47,11 @@ def train_dataset(prepared: PreparedData, *, seq_len: int, batch_size: int, seed
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} is outside "
                          f"[0, process_count={process_count})")
-    reader = WindowReader(info.path, info.tokens, prepared.tokenizer.vocab_size, seq_len)
+    if hasattr(prepared, "index"):        # PreparedShards: windows read from ArrayRecord shards
+        from .shard_reader import ShardWindowReader
+        reader = ShardWindowReader(prepared.tokens("train"), seq_len)
+    else:
+        reader = WindowReader(info.path, info.tokens, prepared.tokenizer.vocab_size, seq_len)
     per_process = reader.windows // process_count
     if per_process < batch_size:
         raise ValueError(

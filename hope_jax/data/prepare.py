@@ -18,6 +18,7 @@ import numpy as np
 from .cache_key import cache_key, config_value, key_fields
 from .documents import Document
 from .progress import stage
+from .sentencepiece_tokenizer import SentencePieceTokenizer
 from .shards import SplitInfo, open_tokens, write_split
 from .tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
@@ -37,6 +38,14 @@ class PreparedData:
         if split not in self.splits:
             raise KeyError(f"no split {split!r} in {self.root} (has {sorted(self.splits)})")
         return open_tokens(self.splits[split], self.tokenizer.vocab_size)
+
+    def documents(self, split: str, limit: int) -> list[np.ndarray]:
+        """The first `limit` documents of a split as token arrays (each ending with eos)."""
+        with open(os.path.join(self.root, f"{split}.json")) as f:
+            offsets = json.load(f)["offsets"]
+        tokens = self.tokens(split)
+        ends = list(offsets[1:]) + [len(tokens)]
+        return [np.asarray(tokens[a:b]) for a, b in list(zip(offsets, ends))[:limit]]
 
 
 def _corpus_documents(config: Any, cache_dir: str, progress: bool) -> dict[str, list[Document]]:
@@ -85,10 +94,15 @@ def _build(tmp: str, config: Any, key: str, cache_dir: str, progress: bool) -> N
                              "documents (need at least 2 documents, or a larger held_out_fraction)")
     kind = config_value(config, "tokenizer", "byte")
     vocab_size = int(config_value(config, "vocab_size", 8192))
-    if kind == "bpe":
+    if kind == "bpe" and not config_value(config, "tokenizer_path", ""):
         stage(f"training a {vocab_size}-piece BPE tokenizer on {len(docs['train'])} documents",
               progress)
-    tokenizer = train_tokenizer(kind, (d.text for d in docs["train"]), vocab_size, tmp)
+    tokenizer_path = str(config_value(config, "tokenizer_path", "") or "")
+    if kind == "bpe" and tokenizer_path:
+        tokenizer = SentencePieceTokenizer.from_file(tokenizer_path)
+        tokenizer.save(tmp)
+    else:
+        tokenizer = train_tokenizer(kind, (d.text for d in docs["train"]), vocab_size, tmp)
     splits = {}
     for split, split_docs in docs.items():
         info = write_split(tmp, split, split_docs, tokenizer, progress=progress)
@@ -104,7 +118,14 @@ def _build(tmp: str, config: Any, key: str, cache_dir: str, progress: bool) -> N
 
 def prepare(data_config: Any, *, progress: bool = True) -> PreparedData:
     """Builds (once) and returns the tokenized train/valid splits for `data_config` (the config's
-    `data` group). A second call with the same config reads the cache and does no work."""
+    `data` group). A second call with the same config reads the cache and does no work.
+
+    With data.prepared_dir set it only opens the shards `hope-jax data prepare` wrote there
+    (a `PreparedShards`, used the same way; hope_jax/data/shard_reader.py) and builds nothing."""
+    prepared_dir = str(config_value(data_config, "prepared_dir", "") or "")
+    if prepared_dir:
+        from .shard_reader import open_prepared
+        return open_prepared(prepared_dir)
     cache_dir = os.path.abspath(os.path.expanduser(config_value(data_config, "cache_dir",
                                                                 "~/.cache/hope_jax")))
     key = cache_key(data_config)

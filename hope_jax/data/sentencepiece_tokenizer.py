@@ -52,12 +52,30 @@ class SentencePieceTokenizer:
         self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         self.vocab_size: int = int(self._sp.get_piece_size())
-        self.pad_id: int = int(self._sp.pad_id())
-        self.bos_id: int = int(self._sp.bos_id())
-        self.eos_id: int = int(self._sp.eos_id())
         self.unk_id: int = int(self._sp.unk_id())
+        self.eos_id: int = int(self._sp.eos_id())
+        if self.eos_id < 0:
+            raise ValueError("the sentencepiece model has no eos piece (eos_id=-1): documents "
+                             "are separated by eos, so the model needs one")
+        # a model made elsewhere may lack pad / bos (id -1): pad with unk (always masked),
+        # start with eos
+        self.pad_id: int = int(self._sp.pad_id()) if self._sp.pad_id() >= 0 else self.unk_id
+        self.bos_id: int = int(self._sp.bos_id()) if self._sp.bos_id() >= 0 else self.eos_id
         self._newline_id: int = int(self._sp.piece_to_id("<0x0A>"))
+        self._by_line = self._line_encoding_exact()
         self._specials = np.array([self.pad_id, self.bos_id, self.eos_id], dtype=np.int64)
+        self.encode_threads: int | None = None   # sentencepiece threads (None: every CPU)
+
+    def _line_encoding_exact(self) -> bool:
+        """Whether encoding line by line, joined by the newline byte piece, gives the ids of
+        encoding the whole text (true of the models `train` makes; a model made elsewhere, e.g.
+        with a dummy prefix, is encoded whole)."""
+        if not self._sp.is_byte(self._newline_id):
+            return False
+        probe = "ab c\n d\n\nef 12\n"
+        lines = [self._sp.encode(line) for line in probe.split("\n")]
+        joined = [i for j, ids in enumerate(lines) for i in ([self._newline_id] if j else []) + ids]
+        return joined == self._sp.encode(probe)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, *, num_threads: int | None = None
@@ -91,8 +109,30 @@ class SentencePieceTokenizer:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SentencePieceTokenizer:
         """Reads `tokenizer.model` from `directory`."""
-        with open(os.path.join(directory, MODEL_FILE), "rb") as f:
-            return cls(f.read())
+        return cls.from_file(os.path.join(os.fspath(directory), MODEL_FILE))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
+        """An existing sentencepiece model file (a local path or an etils.epath location such as
+        gs://…); an unreadable or invalid file is an error naming it."""
+        from etils import epath
+        try:
+            proto = epath.Path(path).read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"cannot read the sentencepiece model {os.fspath(path)!r}: "
+                                    f"{e.strerror or e}") from e
+        try:
+            return cls(proto)
+        except RuntimeError as e:
+            raise ValueError(f"{os.fspath(path)!r} is not a sentencepiece model "
+                             f"({str(e).strip()[:200]})") from None
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)!r}: {e}") from None
+
+    def proto_sha256(self) -> str:
+        """sha256 hex of the serialised model (the tokenizer's identity)."""
+        import hashlib
+        return hashlib.sha256(self._proto).hexdigest()
 
     def encode(self, text: str) -> np.ndarray:
         """text → int32 [n] ids (no bos/eos added)."""
@@ -101,9 +141,12 @@ class SentencePieceTokenizer:
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         """Encodes several texts at once. No piece holds a newline (training saw single lines), so
         encoding line by line and joining with the newline byte piece gives the same ids, faster."""
+        threads = self.encode_threads or max(1, os.cpu_count() or 1)
+        if not self._by_line:
+            return [np.asarray(ids, dtype=np.int32)
+                    for ids in self._sp.encode(list(texts), num_threads=threads)]
         lines = [text.split("\n") for text in texts]
-        flat = self._sp.encode([line for doc in lines for line in doc],
-                               num_threads=max(1, os.cpu_count() or 1))
+        flat = self._sp.encode([line for doc in lines for line in doc], num_threads=threads)
         out, i = [], 0
         for doc in lines:
             ids: list[int] = []

@@ -78,9 +78,32 @@ def _txt(path: str) -> Iterator[tuple[str, str]]:
     yield path, _read_text(path)
 
 
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a file read one line at a time (only \\n ends a line: not
+    splitlines(), which also breaks at \\x1c, \\u2028 … and shifts the line numbers); bytes
+    that are not UTF-8 are an error naming the file, the offset and the line, as in
+    `_read_text`."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise OSError(f"cannot read data file {path!r}: {e.strerror or e}") from e
+    with f:
+        offset = 0
+        for n, raw in enumerate(f, start=1):
+            skip = 3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0   # a BOM
+            try:
+                line = raw[skip:].decode("utf-8").rstrip("\n")
+            except UnicodeDecodeError as e:
+                at = skip + e.start
+                raise ValueError(f"data file {path!r} is not UTF-8 text: byte 0x{raw[at]:02x} at "
+                                 f"offset {offset + at} (line {n}); convert it to UTF-8 or remove "
+                                 f"it") from None
+            yield n, line
+            offset += len(raw)
+
+
 def _jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
-    for n, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines():
-        # it also breaks at \x1c, \u2028 … inside a line, which shifts the line numbers
+    for n, line in _lines(path):   # streamed: a large .jsonl is never held whole
         if not line.strip():
             continue
         try:
