@@ -27,8 +27,7 @@ from jax.scipy.linalg import solve_triangular
 from hope_jax.core.coefficients import ChunkCoefficients, chunk_coefficients
 from typing import NamedTuple
 
-from hope_jax.core.inner_optimizers import (RecurrenceSpec, chunk_curvature_from_gram,
-                                            normalized_step_size)
+from hope_jax.core.inner_optimizers import RecurrenceSpec, normalized_step_size
 from hope_jax.core.memories import MLPMemory
 from hope_jax.core.objectives import Objective
 
@@ -75,8 +74,7 @@ class ChunkPrep(NamedTuple):
     kk: [C, C] key Gram matrix k_t · k_i (DGD only, else None).
     system_inverse: (I + L)⁻¹ [C, C] of the DGD predictions' triangular system, or None.
     curvature_eta: [C] the raw η_t of the curvature-normalised step (`spec.step_curvature`), else
-      None: each memory scales its token gradients by 1/(1 + η_t r_t) with its own r_t.
-    curvature_live: [C] the tokens that write (padding excluded from r_t), or None for all.
+      None: each memory scales its token gradients by 1/(1 + η_t ρ_t) with its own ρ_t.
     """
 
     coeffs: ChunkCoefficients
@@ -84,7 +82,6 @@ class ChunkPrep(NamedTuple):
     kk: Array | None
     system_inverse: Array | None
     curvature_eta: Array | None = None
-    curvature_live: Array | None = None
 
 
 def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, eta: Array,
@@ -107,18 +104,17 @@ def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, e
         eye = jnp.eye(c, dtype=k.dtype)
         inverse = solve_triangular(eye + strict, eye, lower=True, unit_diagonal=True)
     curvature = spec.step_curvature or (spec.dgd and spec.dgd_curvature)
-    return ChunkPrep(co, q @ k.T, kk, inverse, eta if curvature else None,
-                     mask if curvature and mask is not None else None)
+    return ChunkPrep(co, q @ k.T, kk, inverse, eta if curvature else None)
 
 
-def curvature_scale(deltas: tuple, inputs: tuple, eta: Array, live: Array | None = None) -> Array:
-    """1/(1 + η_t r_t) per token [C], r_t = Σ_s |g_t·g_s| / (‖e_t‖‖e_s‖) over the chunk's live
-    tokens (`inner_optimizers.chunk_curvature_from_gram`). The gradients are outer products
-    G_l = δ_l a_lᵀ, so g_t·g_s = Σ_l (δ_l,t·δ_l,s)(a_l,t·a_l,s): one [C, C] Gram per layer; the
-    last layer's δ is the output error e_t."""
-    gram = sum((d @ d.T) * (a @ a.T) for d, a in zip(deltas, inputs))
-    r = chunk_curvature_from_gram(gram, jnp.sum(jnp.square(deltas[-1]), -1), live)
-    return 1.0 / (1.0 + eta * r)
+def curvature_scale(deltas: tuple, inputs: tuple, eta: Array) -> Array:
+    """1/(1 + η_t ρ_t) per token, ρ_t = Σ_l ‖δ_l‖² ‖a_l‖² / ‖e_t‖² (`gradient_curvature` of the
+    outer-product gradients G_l = δ_l a_lᵀ; the last layer's δ is the output error e_t). [C]."""
+    g2 = sum(jnp.sum(jnp.square(d), -1) * jnp.sum(jnp.square(a), -1)
+             for d, a in zip(deltas, inputs))
+    e2 = jnp.sum(jnp.square(deltas[-1]), -1)
+    rho = jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0)
+    return 1.0 / (1.0 + eta * rho)
 
 
 def _rescale_preconditioner(prep: ChunkPrep, scale: Array, c: int) -> ChunkPrep:
@@ -174,8 +170,8 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     y_k, cache = memory.forward_cached(snap, k)
     deltas = memory.backward(snap, cache, objective.error(y_k, v))
     inputs = cache.inputs
-    if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t r_t) with this memory's r_t
-        scale = curvature_scale(deltas, inputs, prep.curvature_eta, prep.curvature_live)
+    if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t ρ_t) with this memory's ρ_t
+        scale = curvature_scale(deltas, inputs, prep.curvature_eta)
         if spec.dgd and spec.dgd_curvature:  # the DGD term's p (its system is per memory)
             prep = _rescale_preconditioner(prep, scale, c)
         if spec.step_curvature:  # the gradient step: fold the factor into δ_t

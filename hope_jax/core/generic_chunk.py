@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hope_jax.core.inner_optimizers import InnerTransform, chunk_curvature
+from hope_jax.core.inner_optimizers import InnerTransform, gradient_curvature
 from hope_jax.core.memories import MLPMemory
 from hope_jax.core.objectives import Objective
 
@@ -46,9 +46,9 @@ def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTrans
     c = k.shape[0]
     grads = snapshot_gradients(memory, objective, snap, k, v)
     errors = objective.error(memory.apply(snap, k), v)
+    curvature = jax.vmap(gradient_curvature)(grads, errors)  # ρ_t at the snapshot, like G_t
     ones = jnp.ones((c,), k.dtype)
     mask = jnp.ones((c,), bool) if mask is None else mask
-    curvature = chunk_curvature(grads, errors, mask)  # r_t over the chunk's snapshot gradients
 
     def readable(params):
         if not stop_writes:

@@ -9,9 +9,7 @@ per-token hyperparameters as extra arguments, as optax's extra-args transforms d
 
 `eta`, `alpha`, `beta` are scalars and `key` is the memory's input vector `k_t` [d_in];
 `curvature` is the scalar ρ_t = ‖∇_W ℓ‖² / ‖∂ℓ/∂M(k)‖² of the token's gradient (see
-`gradient_curvature`), or, when a chunk's gradients share one snapshot, its chunk-aware bound
-r_t = Σ_s |g_t·g_s| / (‖e_t‖‖e_s‖) (`chunk_curvature`); it is read only by the
-curvature-normalised step. Memory parameters are tuples
+`gradient_curvature`), read only by the curvature-normalised step. Memory parameters are tuples
 of layer matrices, input side first (see `memories.py`).
 
 The building blocks, chained in this canonical order:
@@ -51,8 +49,8 @@ class RecurrenceSpec:
       stage: how far along the canonical order the chain is (0 nothing, 1 step, 2 momentum,
         3 retention / preconditioner); used to reject non-canonical chains.
       normalize_step: η_e = η/(1+η‖k‖²) instead of η.
-      step_curvature: η_e = η/(1+η r_t), r_t the curvature of the token's gradient counted with
-        every gradient of its chunk (`chunk_curvature`; ρ_t at one token; docs/hope.md).
+      step_curvature: η_e = η/(1+η ρ_t), ρ_t the curvature of the token's own gradient
+        (`gradient_curvature`; docs/hope.md, "Curvature-normalised step").
       momentum_slot: index in the chain state of the momentum buffer S (None: no momentum, β ≡ 0).
       momentum_dampening: S_t = β S_{t−1} + (1 − β) u_t, i.e. η_e is further scaled by (1 − β_t).
       retention: α_t multiplies the old state (else α ≡ 1).
@@ -60,8 +58,7 @@ class RecurrenceSpec:
         anchor W_init (the old state's distance to it is what α_t multiplies), else None.
       dgd: the DGD preconditioner acts on the input-side layer with coefficient p.
       dgd_normalize: p = η/(1+η‖k‖²) instead of η.
-      dgd_curvature: p = η/(1+η r_t) (the curvature-normalised step's η'; overrides
-        dgd_normalize).
+      dgd_curvature: p = η/(1+ηρ_t) (the curvature-normalised step's η'; overrides dgd_normalize).
       dgd_gated: p is additionally multiplied by α (Gated DeltaNet: gradient at the decayed state).
     """
 
@@ -134,31 +131,6 @@ def gradient_curvature(grads: Params, error: Array) -> Array:
     g2 = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
     e2 = jnp.sum(jnp.square(error))
     return jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0)
-
-
-def chunk_curvature_from_gram(gram: Array, error_sq: Array, live: Array | None = None) -> Array:
-    """r_t = Σ_s |g_t · g_s| / (‖e_t‖ ‖e_s‖) over the chunk's live tokens s, from the Gram
-    matrix [C, C] of the tokens' gradients (taken at one snapshot) and their ‖e_s‖² [C].
-
-    The chunk's write −Σ_s η'_s g_s moves token t's output along e_t by Σ_s η'_s K_ts with
-    K_ts = g_t·g_s/(‖e_t‖‖e_s‖) (a PSD matrix, K_tt = ρ_t). With η'_t = η_t/(1 + η_t r_t) every
-    row of diag(η') |K| sums to η_t r_t/(1 + η_t r_t) < 1, so the eigenvalues of diag(η') K lie
-    in [0, 1): the chunk's writes together never correct past the targets, however aligned its
-    keys are (C near-identical keys would each take ~η/C). One token: r_t = ρ_t
-    (`gradient_curvature`); orthogonal gradients: r_t = ρ_t as well.
-    """
-    norm = jnp.sqrt(jnp.where(error_sq > 0, error_sq, 1.0))
-    inv = jnp.where(error_sq > 0, 1.0 / norm, 0.0)
-    if live is not None:
-        inv = inv * live.astype(inv.dtype)
-    k_abs = jnp.abs(gram) * inv[:, None] * inv[None, :]
-    return jnp.sum(k_abs, axis=-1)
-
-
-def chunk_curvature(grads: Params, errors: Array, live: Array | None = None) -> Array:
-    """`chunk_curvature_from_gram` of per-token gradients (leaves [C, ...]) and errors [C, d]."""
-    flat = jnp.concatenate([g.reshape(g.shape[0], -1) for g in jax.tree.leaves(grads)], axis=1)
-    return chunk_curvature_from_gram(flat @ flat.T, jnp.sum(jnp.square(errors), -1), live)
 
 
 def _tree_add(a, b):

@@ -42,7 +42,7 @@ class OptimizerCase:
     dgd: bool = False
     dgd_normalize: bool = True
     gated: bool = False
-    curvature: bool = False  # η' = η/(1 + η r), r summed over the chunk's snapshot gradients
+    curvature: bool = False  # η' = η/(1 + ηρ), ρ = ‖G‖²/‖e‖² at the snapshot, in both places
     dampening: bool = False  # S ← β S − (1 − β) η' G
     anchor: bool = False  # retention toward the initial memory: α W + (1 − α) W_init
 
@@ -118,19 +118,14 @@ def explicit_chunk_loop(memory: core.MLPMemory, objective: core.Objective, case:
         ys = []
         for start in range(0, t_len, chunk):
             snap = tuple(w)
-            span = range(start, min(start + chunk, t_len))
-            grads = {t: jax.grad(loss)(snap, k[t], v[t]) for t in span}
-            # r_t = Σ_s |G_t·G_s| / (‖e_t‖‖e_s‖) over the chunk (s = t alone: ρ_t = ‖G‖²/‖e‖²)
-            errs = {t: jax.grad(lambda y, t=t: objective.loss(y, v[t]))(memory.apply(snap, k[t]))
-                    for t in span}
-            for t in span:
-                g = grads[t]
+            for t in range(start, min(start + chunk, t_len)):
+                g = jax.grad(loss)(snap, k[t], v[t])
                 y_pre = memory.apply(tuple(w), q[t])
                 eta_n = eta[t] / (1.0 + eta[t] * jnp.sum(k[t] ** 2))
-                if case.curvature and memory.depth > 1:  # depth 1: ρ = ‖k‖², D3's step
-                    r = sum(jnp.abs(sum(jnp.sum(x * y) for x, y in zip(g, grads[s])))
-                            / jnp.sqrt(jnp.sum(errs[t] ** 2) * jnp.sum(errs[s] ** 2)) for s in span)
-                    eta_n = eta[t] / (1.0 + eta[t] * r)
+                if case.curvature:  # ρ = ‖G‖² / ‖∂ℓ/∂y‖² of this token at the snapshot
+                    e = jax.grad(lambda y: objective.loss(y, v[t]))(memory.apply(snap, k[t]))
+                    rho = sum(jnp.sum(x ** 2) for x in g) / jnp.sum(e ** 2)
+                    eta_n = eta[t] / (1.0 + eta[t] * rho)
                 eta_e = eta_n if (case.normalize or case.curvature) else eta[t]
                 if case.dampening:
                     eta_e = eta_e * (1.0 - beta[t])

@@ -59,22 +59,10 @@ def explicit_loop(level, params, xq, xk, xv):
                 if t % clock == 0:
                     snap[n] = tuple(w[n])
             ap = lambda n, x: arch[n].apply(snap[n], x)
-
-            def key_value(s):
-                k = l2n(ap("k", xk[s]) if level.adaptive_k else xk[s])
-                v = ap("v", xv[s]) if level.adaptive_v else xv[s]
-                if level.normalize_value:  # unit-norm target inputs (docs/hope.md)
-                    v = l2n(v)
-                return k, v
-
-            def grad_and_error(n, s):  # token s's gradient and output error at the snapshot
-                k, v = key_value(s)
-                target = v if (n == "out" and level.out_target == "value") else ap(n, v)
-                g = jax.grad(lambda p: loss(n, p, k, target))(snap[n])
-                e = jax.grad(lambda y: level.objective.loss(y, target))(arch[n].apply(snap[n], k))
-                return g, e
-
-            k, v = key_value(t)
+            k = l2n(ap("k", xk[t]) if level.adaptive_k else xk[t])
+            v = ap("v", xv[t]) if level.adaptive_v else xv[t]
+            if level.normalize_value:  # unit-norm target inputs (docs/hope.md)
+                v = l2n(v)
             q = l2n(ap("q", xq[t]) if level.adaptive_q else xq[t])
             eta = level.eta_max * jax.nn.sigmoid(ap("eta", xk[t]) @ gates.w_eta + gates.b_eta)
             alpha = jax.nn.sigmoid(ap("alpha", xk[t]) @ gates.w_alpha + gates.b_alpha)
@@ -84,16 +72,10 @@ def explicit_loop(level, params, xq, xk, xv):
                 target = v if (n == "out" and level.out_target == "value") else ap(n, v)
                 g = jax.grad(lambda p: loss(n, p, k, target))(snap[n])
                 eta_n = eta / (1 + eta * jnp.sum(k * k))
-                if spec.step_curvature:  # η' = η/(1 + η r), r = Σ_s |G_t·G_s|/(‖e_t‖‖e_s‖)
-                    start = t - t % level.chunk_other  # over this C_oth sub-chunk
-                    mine = grad_and_error(n, t)
-                    r = 0.0
-                    for s_ in range(start, min(start + level.chunk_other, xk.shape[0])):
-                        other = grad_and_error(n, s_)
-                        dot = sum(jnp.sum(a * b) for a, b in zip(mine[0], other[0]))
-                        r = r + jnp.abs(dot) / jnp.sqrt(jnp.sum(mine[1] ** 2)
-                                                        * jnp.sum(other[1] ** 2))
-                    eta_n = eta / (1 + eta * r)
+                if spec.step_curvature:  # η' = η/(1 + ηρ), ρ = ‖G‖²/‖e‖² at the snapshot
+                    e = jax.grad(lambda y: level.objective.loss(y, target))(
+                        arch[n].apply(snap[n], k))
+                    eta_n = eta / (1 + eta * sum(jnp.sum(x * x) for x in g) / jnp.sum(e * e))
                 eta_g = eta_n * (1 - beta) if spec.momentum_dampening else eta_n
                 for l in range(len(w[n])):
                     if momentum:  # S ← β S − η' G; M ← M(α I − η' k kᵀ) + S (Eq. 88, D5)
