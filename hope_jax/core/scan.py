@@ -12,6 +12,8 @@ snapshot and the position.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,28 +28,56 @@ from hope_jax.core.validation import check_level_inputs
 Array = jax.Array
 
 
-def _vmap_batch_heads(fn, n_args: int, shared: tuple[int, ...] = ()):
-    """vmaps a per-head function over [B, H] leading axes; args at `shared` are not mapped."""
-    axes = tuple(None if i in shared else 0 for i in range(n_args))
-    return jax.vmap(jax.vmap(fn, in_axes=axes), in_axes=axes)
+class ChunkInputs(NamedTuple):
+    """One chunk's inputs for one head of one sequence (the scan maps them over [B, H]).
+
+    q, k: [C, d_k]; v: [C, d_v]; eta, alpha, beta: [C] gates (alpha / beta None when the
+    optimizer has no retention / momentum); mask: [C] tokens that write, shared by every batch
+    row and head (None when all do).
+    """
+
+    q: Array
+    k: Array
+    v: Array
+    eta: Array
+    alpha: Array | None
+    beta: Array | None
+    mask: Array | None
 
 
-def _chunk_step(level: Level, dynamic: bool):
-    """(prepare, step) for the level's path.
+class MemoryCarry(NamedTuple):
+    """The state one chunk reads and writes: running memory, optimizer state and the snapshot its
+    gradients are taken at (D2)."""
 
-    prepare(q, k, v, eta, alpha, beta, mask) → the state-independent part of one chunk, for one
-    head of one sequence (run for all chunks in parallel before the scan, or inside the scan step
-    on the linear path with remat);
-    step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep) → (y, run, opt_state).
+    run: tuple
+    opt_state: tuple
+    snap: tuple
+
+
+# vmap axes of a per-head function over [B, H]: everything is mapped except the shared mask.
+_INPUT_AXES = ChunkInputs(0, 0, 0, 0, 0, 0, None)
+
+
+def _vmap_batch_heads(fn: Callable, *in_axes) -> Callable:
+    """vmaps a per-head function over the [B, H] leading axes of its arguments."""
+    return jax.vmap(jax.vmap(fn, in_axes=in_axes), in_axes=in_axes)
+
+
+def _chunk_step(level: Level, dynamic: bool) -> tuple[Callable | None, Callable]:
+    """(prepare, step) for the level's path, per head of one sequence.
+
+    prepare(x: ChunkInputs) → the state-independent part of one chunk (run for all chunks in
+    parallel before the scan, or inside the scan step on the linear path with remat), or None;
+    step(carry: MemoryCarry, x: ChunkInputs, prep) → (y, new run, new opt_state).
     """
     spec = level.spec
     stop = level.gradient == "stop"
-    path = level.path
-    if path == "generic":
-        def step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep):
+    if level.path == "generic":
+        def generic_step(carry: MemoryCarry, x: ChunkInputs, prep):
             return generic_chunk(level.memory, level.objective, level.optimizer, level.read, stop,
-                                 run, opt_state, snap, q, k, v, eta, alpha, beta, mask)
-        return None, step
+                                 carry.run, carry.opt_state, carry.snap, x.q, x.k, x.v, x.eta,
+                                 x.alpha, x.beta, x.mask)
+        return None, generic_step
 
     slot = spec.momentum_slot
 
@@ -59,36 +89,115 @@ def _chunk_step(level: Level, dynamic: bool):
             return opt_state
         return opt_state[:slot] + (MomentumState(momentum),) + opt_state[slot + 1:]
 
-    if path == "linear":
-        def prepare(q, k, v, eta, alpha, beta, mask):
+    if level.path == "linear":
+        def linear_prepare(x: ChunkInputs):
             return prepare_linear_chunk(spec, level.objective.affine, level.memory.residual,
-                                        level.read, stop, dynamic, q, k, v, eta, alpha, beta, mask)
+                                        level.read, stop, dynamic, x.q, x.k, x.v, x.eta, x.alpha,
+                                        x.beta, x.mask)
 
-        def step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep):
-            momentum = get_momentum(opt_state)
-            y, w, s = linear_chunk(prep, stop, q, run[0], None if momentum is None else momentum[0],
-                                   snap[0] if dynamic else None)
-            return y, (w,), set_momentum(opt_state, None if s is None else (s,))
-        return prepare, step
+        def linear_step(carry: MemoryCarry, x: ChunkInputs, prep):
+            momentum = get_momentum(carry.opt_state)
+            y, w, s = linear_chunk(prep, stop, x.q, carry.run[0],
+                                   None if momentum is None else momentum[0],
+                                   carry.snap[0] if dynamic else None)
+            return y, (w,), set_momentum(carry.opt_state, None if s is None else (s,))
+        return linear_prepare, linear_step
 
-    def prepare(q, k, v, eta, alpha, beta, mask):
-        return prepare_chunk(spec, stop, q, k, eta, alpha, beta, mask)
+    def closed_prepare(x: ChunkInputs):
+        return prepare_chunk(spec, stop, x.q, x.k, x.eta, x.alpha, x.beta, x.mask)
 
-    def step(run, opt_state, snap, q, k, v, eta, alpha, beta, mask, prep):
+    def closed_step(carry: MemoryCarry, x: ChunkInputs, prep):
+        opt_state = carry.opt_state
         anchor = None if spec.anchor_slot is None else opt_state[spec.anchor_slot].anchor
         y, new_run, momentum = closed_form_chunk(level.memory, level.objective, spec, level.read,
-                                                 stop, run, get_momentum(opt_state), snap, q, k,
-                                                 v, prep, anchor)
+                                                 stop, carry.run, get_momentum(opt_state),
+                                                 carry.snap, x.q, x.k, x.v, prep, anchor)
         if stop:  # the optimizer state is written like the memory: a constant (D8)
             opt_state = jax.lax.stop_gradient(opt_state)
         return y, new_run, set_momentum(opt_state, momentum)
-    return prepare, step
+    return closed_prepare, closed_step
 
 
-def _to_chunks(x: Array, n: int, c: int) -> Array:
-    """[B, H, n·c, ...] → [n, B, H, c, ...]."""
-    b, h = x.shape[:2]
-    return jnp.moveaxis(x.reshape(b, h, n, c, *x.shape[3:]), 2, 0)
+class _Layout(NamedTuple):
+    """Where a call's T tokens sit in the scanned buffer of `n` chunks of `c_buf` tokens.
+
+    offset: the first token's place (the carried position modulo C when streaming, else 0);
+    mask: [n, c_buf] the buffer slots holding real tokens, or None when all do;
+    single: a decode step (one token against a carried state: one chunk of length 1).
+    """
+
+    n: int
+    c_buf: int
+    total: int
+    offset: Array | int
+    mask: Array | None
+    single: bool
+
+
+def _layout(state: LevelState, t: int, c: int) -> _Layout:
+    """The buffer layout of a call (right padding, D35; mid-chunk start when streaming)."""
+    dynamic = state.position is not None
+    if dynamic and t == 1:
+        # A decode step runs a chunk of length 1 against the carried snapshot: the same chunk
+        # math (gradient at M_ξ(t), D2; running write), O(1) in C and in T.
+        return _Layout(1, 1, 1, 0, None, True)
+    if not dynamic:
+        n = math.ceil(t / c)
+        mask = None if n * c == t else (jnp.arange(n * c) < t).reshape(n, c)
+        return _Layout(n, c, n * c, 0, mask, False)
+    n = math.ceil((t + c - 1) / c)
+    offset = (state.position % c).astype(jnp.int32)
+    pos = jnp.arange(n * c)
+    return _Layout(n, c, n * c, offset, ((pos >= offset) & (pos < offset + t)).reshape(n, c),
+                   False)
+
+
+def _place(x: Array | None, layout: _Layout) -> Array | None:
+    """[B, H, T, ...] → the layout's buffer [B, H, total, ...], zeros outside the tokens."""
+    if x is None or layout.single:
+        return x
+    if isinstance(layout.offset, int):  # a fresh state: right padding only
+        pad = [(0, 0), (0, 0), (0, layout.total - x.shape[2])] + [(0, 0)] * (x.ndim - 3)
+        return jnp.pad(x, pad)
+    buf = jnp.zeros(x.shape[:2] + (layout.total,) + x.shape[3:], x.dtype)
+    zero = jnp.zeros((), jnp.int32)
+    start = (zero, zero, layout.offset) + (zero,) * (x.ndim - 3)
+    return jax.lax.dynamic_update_slice(buf, x, start)
+
+
+def _scan_chunks(level: Level, dynamic: bool, carry0: MemoryCarry, xs: ChunkInputs,
+                 track_last_snapshot: bool):
+    """lax.scan of the level's chunk step over xs (leaves [n, B, H, C, ...]; mask [n, C]).
+
+    Returns (final carry, the snapshot of the last chunk holding a real token, ys [n, B, H, C, ·]).
+    """
+    prepare, step = _chunk_step(level, dynamic)
+    per_batch = _vmap_batch_heads(step, 0, _INPUT_AXES, 0)
+    # The state-independent work of a chunk runs before the scan for every chunk in parallel,
+    # except on the linear path with remat, where it runs inside the checkpointed step (and again
+    # in its backward): its [C, C] and [C, d] intermediates then stay chunk-sized instead of being
+    # stored for the whole sequence (docs/core.md, "Linear path speed").
+    prep_in_step = prepare is not None and level.path == "linear" and level.remat
+    per_chunk = None if prepare is None else _vmap_batch_heads(prepare, _INPUT_AXES)
+    preps = None if prepare is None or prep_in_step else jax.vmap(per_chunk)(xs)
+    fresh = carry0.snap is None  # a fresh state: each chunk's snapshot is its start state
+
+    def body(carry, inputs):
+        state, last_snap = carry
+        x, prep = inputs
+        if prep_in_step:
+            prep = per_chunk(x)
+        snap = state.run if fresh else state.snap
+        y, run, opt_state = per_batch(state._replace(snap=snap), x, prep)
+        if last_snap is not None:  # the snapshot of the last chunk holding a real token
+            last_snap = jax.tree.map(lambda a, b: jnp.where(jnp.any(x.mask), a, b), snap, last_snap)
+        return (MemoryCarry(run, opt_state, None if fresh else run), last_snap), y
+
+    if level.remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    last0 = carry0.run if track_last_snapshot else None
+    (final, last_snap), ys = jax.lax.scan(body, (carry0, last0), (xs, preps))
+    return final, last_snap, ys
 
 
 def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, eta: Array,
@@ -108,96 +217,39 @@ def chunked_scan(level: Level, state: LevelState, q: Array, k: Array, v: Array, 
     """
     check_level_inputs(level, state, q, k, v, eta, alpha, beta)
     dtype = state.memory[0].dtype
-    out_dtype = q.dtype
     b, t, h, _ = k.shape
     c = level.chunk_size
-
-    def prep(x):  # [B, T, H, ...] → [B, H, T, ...] in the state's dtype
-        return None if x is None else jnp.moveaxis(x.astype(dtype), 2, 1)
-
-    q, k, v, eta, alpha, beta = map(prep, (q, k, v, eta, alpha, beta))
     dynamic = state.position is not None
-    # A decode step (one token, carried state) runs a chunk of length 1 against the carried
-    # snapshot: the same chunk math (gradient at M_ξ(t), D2; running write), O(1) in C and in T.
-    single = dynamic and t == 1
-    c_buf = 1 if single else c  # the length of one scanned chunk of the buffer
-    if single:
-        n, total, offset, mask = 1, 1, 0, None
-    elif not dynamic:
-        n = math.ceil(t / c)
-        total = n * c
-        offset = 0
-        pad = [(0, 0), (0, 0), (0, total - t)]
-        q, k, v, eta, alpha, beta = (None if x is None
-                                     else jnp.pad(x, pad + [(0, 0)] * (x.ndim - 3))
-                                     for x in (q, k, v, eta, alpha, beta))
-        mask = None if total == t else (jnp.arange(total) < t).reshape(n, c)
-    else:
-        n = math.ceil((t + c - 1) / c)
-        total = n * c
-        offset = (state.position % c).astype(jnp.int32)
+    layout = _layout(state, t, c)
 
-        def place(x):
-            if x is None:
-                return None
-            buf = jnp.zeros(x.shape[:2] + (total,) + x.shape[3:], x.dtype)
-            zero = jnp.zeros((), jnp.int32)
-            start = (zero, zero, offset) + (zero,) * (x.ndim - 3)
-            return jax.lax.dynamic_update_slice(buf, x, start)
+    def chunks(x):  # [B, T, H, ...] → [n, B, H, c_buf, ...] in the state's dtype
+        if x is None:
+            return None
+        x = _place(jnp.moveaxis(x.astype(dtype), 2, 1), layout)
+        return jnp.moveaxis(x.reshape(b, h, layout.n, layout.c_buf, *x.shape[3:]), 2, 0)
 
-        q, k, v, eta, alpha, beta = map(place, (q, k, v, eta, alpha, beta))
-        pos = jnp.arange(total)
-        mask = ((pos >= offset) & (pos < offset + t)).reshape(n, c)
-    track_last_snapshot = mask is not None
+    xs = ChunkInputs(*map(chunks, (q, k, v, eta, alpha, beta)), layout.mask)
+    carry0 = MemoryCarry(tuple(w.astype(dtype) for w in state.memory), state.opt_state,
+                         tuple(w.astype(dtype) for w in state.snapshot) if dynamic else None)
+    track_last = layout.mask is not None
+    final, last_snap, ys = _scan_chunks(level, dynamic, carry0, xs, track_last)
 
-    xs = tuple(None if x is None else _to_chunks(x, n, c_buf) for x in (q, k, v, eta, alpha, beta))
-    prepare, step = _chunk_step(level, dynamic)
-    # The state-independent work of a chunk runs before the scan for every chunk in parallel,
-    # except on the linear path with remat, where it runs inside the checkpointed step (and again
-    # in its backward): its [C, C] and [C, d] intermediates then stay chunk-sized instead of being
-    # stored for the whole sequence (docs/core.md, "Linear path speed").
-    prep_in_step = prepare is not None and level.path == "linear" and level.remat
-    preps = None
-    if prepare is not None:
-        per_chunk = _vmap_batch_heads(prepare, 7, shared=(6,))
-        if not prep_in_step:
-            preps = jax.vmap(per_chunk)(*xs, mask)
-    per_batch = _vmap_batch_heads(step, 11, shared=(9,))
-
-    def body(carry, inputs):
-        run, opt_state, snap, last_snap = carry
-        (qc, kc, vc, ec, ac, bc), mc, prep = inputs
-        if prep_in_step:
-            prep = per_chunk(qc, kc, vc, ec, ac, bc, mc)
-        snap_used = run if snap is None else snap
-        y, new_run, new_opt = per_batch(run, opt_state, snap_used, qc, kc, vc, ec, ac, bc, mc, prep)
-        new_snap = None if snap is None else new_run
-        if last_snap is not None:  # the snapshot of the last chunk holding a real token
-            last_snap = jax.tree.map(lambda a, b_: jnp.where(jnp.any(mc), a, b_), snap_used,
-                                     last_snap)
-        return (new_run, new_opt, new_snap, last_snap), y
-
-    if level.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
-    memory = tuple(w.astype(dtype) for w in state.memory)
-    snap0 = tuple(w.astype(dtype) for w in state.snapshot) if dynamic else None
-    last0 = memory if track_last_snapshot else None
-    carry = (memory, state.opt_state, snap0, last0)
-    (run, opt_state, _, last_snap), ys = jax.lax.scan(body, carry, (xs, mask, preps))
-
-    y = jnp.moveaxis(ys, 0, 2).reshape(b, h, total, -1)  # [B, H, N·C, d_v] (N·C = 1 when single)
-    y = jax.lax.dynamic_slice_in_dim(y, offset, t, axis=2) if dynamic else y[:, :, :t]
-    y = jnp.moveaxis(y, 1, 2).astype(out_dtype)
-
+    y = jnp.moveaxis(ys, 0, 2).reshape(b, h, layout.total, -1)  # [B, H, N·C, d_v]
+    y = jax.lax.dynamic_slice_in_dim(y, layout.offset, t, axis=2) if dynamic else y[:, :, :t]
     position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)
-    if single:  # the snapshot moves only when this token ends a chunk (D2)
-        aligned = position % c == 0
-        snapshot = jax.tree.map(lambda r, s: jnp.where(aligned, r, s.astype(r.dtype)), run,
-                                state.snapshot)
-    elif not track_last_snapshot:
-        snapshot = run
-    else:
-        aligned = position % c == 0
-        snapshot = jax.tree.map(lambda r, s: jnp.where(aligned, r, s), run, last_snap)
-    return y, LevelState(memory=run, opt_state=opt_state, snapshot=snapshot,
-                         position=position.astype(jnp.int32))
+    return jnp.moveaxis(y, 1, 2).astype(q.dtype), LevelState(
+        memory=final.run, opt_state=final.opt_state,
+        snapshot=_next_snapshot(layout, position, c, final.run, last_snap, state.snapshot),
+        position=position.astype(jnp.int32))
+
+
+def _next_snapshot(layout: _Layout, position: Array, c: int, run: tuple, last_snap,
+                   carried: tuple) -> tuple:
+    """The snapshot the next call's current chunk uses: the final memory at a chunk boundary,
+    else the snapshot of the last chunk this call touched (D2)."""
+    aligned = position % c == 0
+    if layout.single:  # the snapshot moves only when this token ends a chunk
+        return jax.tree.map(lambda r, s: jnp.where(aligned, r, s.astype(r.dtype)), run, carried)
+    if last_snap is None:
+        return run
+    return jax.tree.map(lambda r, s: jnp.where(aligned, r, s), run, last_snap)
