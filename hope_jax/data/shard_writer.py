@@ -60,6 +60,9 @@ def _hash_split(documents: Callable[[], Iterator[Document]], fraction: float) ->
         count, held = count + 1, held + (key[0] < fraction)
         lo = key if lo is None or key < lo else lo
         hi = key if hi is None or key > hi else hi
+    if count < 2:
+        raise ValueError(f"the corpus has {count} document(s): the held-out split needs at least "
+                         "2 (one is held out)")
     force_valid = lo[1] if count >= 2 and held == 0 else None
     force_train = hi[1] if count >= 2 and held == count else None
 
@@ -181,17 +184,29 @@ def _encoded(units: Iterator[tuple[str, list[str]]], tokenizer: Tokenizer, worke
         for split, texts in units:
             yield split, encode_documents(tokenizer, texts)
         return
-    ctx = multiprocessing.get_context("spawn")   # no fork of a process that may run jax threads
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(_spec(tokenizer),)) as pool:
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: no fork of a process that may run jax threads. An executor, not a Pool: a worker
+    # that dies breaks it (an error) where a Pool would start new ones forever.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(_spec(tokenizer),))
+    try:
         pending: collections.deque = collections.deque()
         for split, texts in units:
-            pending.append((split, pool.apply_async(_encode_unit, (texts,))))
+            pending.append((split, pool.submit(_encode_unit, texts)))
             if len(pending) >= 2 * workers:
                 split, result = pending.popleft()
-                yield split, result.get()
+                yield split, result.result()
         while pending:
             split, result = pending.popleft()
-            yield split, result.get()
+            yield split, result.result()
+    except BrokenProcessPool as e:
+        raise RuntimeError("a tokenizer worker process died (out of memory, or a script calling "
+                           "prepare_shards with workers lacks an `if __name__ == \"__main__\":` "
+                           "guard); try data.prepare_workers=0 to tokenize in-process") from e
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- writing

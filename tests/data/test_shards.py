@@ -40,6 +40,7 @@ def corpus(tmp_path_factory):
                 model=str(model / "tokenizer.model"))
 
 
+@pytest.mark.fast
 def test_workers_give_identical_bytes_and_tokenizer_path_is_used(corpus, monkeypatch):
     """1 and 2 tokenizer processes (bpe from an existing model, several work units) write
     byte-identical directories; the model is saved beside the shards and read back."""
@@ -81,6 +82,7 @@ def test_stream_and_batches_equal_prepare(corpus):
         np.testing.assert_array_equal(x["tokens"], y["tokens"])
 
 
+@pytest.mark.fast
 def test_two_hosts_partition_the_windows_and_resume_exactly(corpus):
     """Hosts 0 and 1 of 2 read disjoint halves of an epoch that miss fewer than 2 windows; a
     fresh iterator given a saved (JSON) state continues exactly where the first stopped."""
