@@ -402,7 +402,12 @@ def cmd_data(fv: flags.FlagValues, positional: list[str]) -> None:
         if config.data.corpus == "files" and config.data.files:
             from hope_jax.data.user_files import check_files
             check_files(list(config.data.files))  # cheap; a bad document fails the stream
-        prepared = data.prepare_shards(config.data, progress=True)
+        from hope_jax.data.shard_reader import PreparedDirError
+        try:
+            prepared = data.prepare_shards(config.data, progress=True)
+        except PreparedDirError as err:
+            raise UsageError(f"config.data.prepared_dir={config.data.prepared_dir}: "
+                             f"{_one_line(err)}") from None
     else:
         _check_data_files(config.data)
         prepared = data.prepare(config.data, progress=True)

@@ -22,6 +22,11 @@ VERSION = 1
 INDEX = "index.json"
 
 
+class PreparedDirError(ValueError):
+    """The prepared-data directory itself is wrong (foreign files, another config's shards, a
+    damaged index or shard); the message names it."""
+
+
 def read_index(root: Any) -> dict | None:
     """The index of a complete prepared directory, None when it has none; raises ValueError for
     an index that is not one of ours."""
@@ -32,12 +37,12 @@ def read_index(root: Any) -> dict | None:
     try:
         index = json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path}: unreadable index ({e})") from None
+        raise PreparedDirError(f"{path}: unreadable index ({e})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise ValueError(f"{path} is not the index of prepared shards (format {FORMAT!r})")
+        raise PreparedDirError(f"{path} is not the index of prepared shards (format {FORMAT!r})")
     if index.get("version") != VERSION:
-        raise ValueError(f"{path}: prepared-shards version {index.get('version')!r}, this "
-                         f"hope_jax reads version {VERSION}: prepare the data again")
+        raise PreparedDirError(f"{path}: prepared-shards version {index.get('version')!r}, "
+                               f"this hope_jax reads version {VERSION}: prepare the data again")
     return index
 
 
@@ -169,8 +174,9 @@ def open_prepared(root: str | os.PathLike) -> PreparedShards:
                 raise FileNotFoundError(f"{root}: shard {shard['file']} listed in {INDEX} is "
                                         "missing")
             if "://" not in root and os.path.getsize(f) != shard["size"]:
-                raise ValueError(f"{root}: shard {shard['file']} has {os.path.getsize(f)} bytes, "
-                                 f"{INDEX} says {shard['size']} (damaged or partly copied)")
+                raise PreparedDirError(f"{root}: shard {shard['file']} has "
+                                       f"{os.path.getsize(f)} bytes, {INDEX} says "
+                                       f"{shard['size']} (damaged or partly copied)")
         splits[name] = SplitInfo(path=root, documents=int(s["documents"]),
                                  tokens=int(s["tokens"]), bytes=int(s["bytes"]))
     return PreparedShards(root=root, tokenizer=_read_tokenizer(root), splits=splits, index=index)
@@ -186,8 +192,8 @@ def verify_prepared(root: str | os.PathLike) -> None:
         for shard in s["shards"]:
             digest = hashlib.sha256((epath.Path(prepared.root) / shard["file"]).read_bytes())
             if digest.hexdigest() != shard["sha256"]:
-                raise ValueError(f"{prepared.root}: shard {shard['file']} does not match its "
-                                 f"sha256 in {INDEX}")
+                raise PreparedDirError(f"{prepared.root}: shard {shard['file']} does not match "
+                                       f"its sha256 in {INDEX}")
 
 
 class ShardWindowReader:
@@ -204,5 +210,5 @@ class ShardWindowReader:
         return np.asarray(self.stream[start:start + self.seq_len + 1], dtype=np.int32)
 
 
-__all__ = ["INDEX", "PreparedShards", "ShardWindowReader", "TokenStream", "open_prepared",
-           "read_index", "verify_prepared"]
+__all__ = ["INDEX", "PreparedDirError", "PreparedShards", "ShardWindowReader", "TokenStream",
+           "open_prepared", "read_index", "verify_prepared"]

@@ -31,7 +31,7 @@ from .cache_key import config_value, key_fields
 from .documents import Document, _unit_hash
 from .progress import bar, stage
 from .sentencepiece_tokenizer import SentencePieceTokenizer
-from .shard_reader import FORMAT, INDEX, VERSION, open_prepared, read_index
+from .shard_reader import FORMAT, INDEX, VERSION, PreparedDirError, open_prepared, read_index
 from .shards import shard_dtype
 from .tokenizers import Tokenizer
 from .validation import check_token_ids
@@ -364,12 +364,12 @@ def prepare_shards(data_config: Any, out_dir: str | os.PathLike | None = None, *
         if index.get("config_checksum") == config_checksum(fields):
             stage(f"{out} already holds these shards", progress)
             return open_prepared(out)
-        raise ValueError(f"{out} holds the shards of another data config "
-                         f"({_differences(index.get('fields', {}), fields)}); choose another "
-                         "data.prepared_dir or delete that directory")
+        raise PreparedDirError(f"{out} holds the shards of another data config "
+                               f"({_differences(index.get('fields', {}), fields)}); choose "
+                               "another data.prepared_dir or delete that directory")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ValueError(f"{out} exists and is not a prepared-shards directory (no {INDEX}); "
-                         "choose a new or empty directory")
+        raise PreparedDirError(f"{out} exists and is not a prepared-shards directory (no "
+                               f"{INDEX}); choose a new or empty directory")
     cache_dir = os.path.abspath(os.path.expanduser(config_value(data_config, "cache_dir",
                                                                 "~/.cache/hope_jax")))
     if _is_local(out):

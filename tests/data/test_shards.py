@@ -145,7 +145,8 @@ def _cli(argv, capsys) -> tuple[int, str, str]:
 
 def test_cli_prepare_then_bad_paths_fail_early(corpus, tmp_path, capsys):
     """`data prepare` with data.prepared_dir writes the shards; train with a missing directory,
-    a bad tokenizer_path or a misspelt key fails in one line naming the key, creating nothing."""
+    a bad tokenizer_path or a misspelt key, and `data prepare` into a folder of other files,
+    fail in one line naming the key, creating or changing nothing."""
     from hope_jax import cli
     out_dir = tmp_path / "prepared"
     files = os.path.join(os.path.dirname(corpus["files"][0]), "*.txt")   # the same, in order
@@ -170,3 +171,10 @@ def test_cli_prepare_then_bad_paths_fail_early(corpus, tmp_path, capsys):
                             + args, capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not workdir.exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    args = [a if "prepared_dir" not in a else f"--config.data.prepared_dir={foreign}" for a in data]
+    code, _, err = _cli(["data", "prepare"] + args, capsys)
+    assert code == 2 and f"config.data.prepared_dir={foreign}: " in err, err
+    assert "not a prepared-shards directory" in err and os.listdir(foreign) == ["notes.txt"]
