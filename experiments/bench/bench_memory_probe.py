@@ -30,10 +30,7 @@ def probe_run(workdir: str, a: argparse.Namespace) -> dict:
     model, tok, config = load_for_inference(workdir)
     prepared = data.prepare(config.data, progress=False)
     stream = np.asarray(prepared.tokens("valid"))
-    with open(os.path.join(prepared.root, "valid.json")) as f:
-        offsets = json.load(f)["offsets"]
-    ends = list(offsets[1:]) + [len(stream)]
-    docs = [stream[s:e] for s, e in list(zip(offsets, ends))[:a.documents]]
+    docs = prepared.documents("valid", a.documents)   # cache or prepared shards alike
     t0 = time.perf_counter()
     r = memory_probe(model, stream, np.asarray(tok.token_bytes()), int(config.data.seq_len),
                      documents=docs, model_config=decoder_config(config, 128),
