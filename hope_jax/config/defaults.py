@@ -64,7 +64,8 @@ def default_config() -> ConfigDict:
                                   # training one (vocab_size is then the model's)
         prepared_dir="",          # ArrayRecord shards written by `hope-jax data prepare` (local or
                                   # gs://…): train / eval / generate read them (docs/data.md)
-        prepare_workers=-1,       # `data prepare` tokenizer processes (-1 = auto, 0 = in-process)
+        prepare_workers=-1,       # `data prepare` tokenizer processes (-1 = auto: CPUs ≤ 8 for
+                                  # bpe, in-process for byte; 0 = in-process)
     ))
 
     c.optim = ConfigDict(dict(

@@ -43,6 +43,7 @@ WRITER_OPTIONS = "group_size:1,zstd:3"
 UNIT_BYTES = 1 << 20            # text per work unit sent to a worker
 UNIT_DOCUMENTS = 1024
 TOKENIZER_SAMPLE_BYTES = 50_000_000   # bpe trained on the train split's first 50 MB of text
+MAX_AUTO_WORKERS = 8            # data.prepare_workers=-1: at most this many (≈ 60 MB each)
 
 DocumentStream = Callable[[], Iterator[tuple[str, Document]]]
 
@@ -63,8 +64,8 @@ def _hash_split(documents: Callable[[], Iterator[Document]], fraction: float) ->
     if count < 2:
         raise ValueError(f"the corpus has {count} document(s): the held-out split needs at least "
                          "2 (one is held out)")
-    force_valid = lo[1] if count >= 2 and held == 0 else None
-    force_train = hi[1] if count >= 2 and held == count else None
+    force_valid = lo[1] if held == 0 else None
+    force_train = hi[1] if held == count else None
 
     def stream() -> Iterator[tuple[str, Document]]:
         for i, doc in enumerate(documents()):
@@ -114,7 +115,9 @@ def make_tokenizer(config: Any, stream: DocumentStream, progress: bool) -> Token
     def sample() -> Iterator[str]:
         taken = 0
         for split, doc in stream():
-            if split == "train" and taken < TOKENIZER_SAMPLE_BYTES:
+            if taken >= TOKENIZER_SAMPLE_BYTES:
+                return
+            if split == "train":
                 taken += len(doc.text.encode("utf-8"))
                 yield doc.text
     return SentencePieceTokenizer.train(sample(), vocab_size)
@@ -173,8 +176,13 @@ def _units(stream: DocumentStream) -> Iterator[tuple[str, list[str]]]:
 
 
 def default_workers(tokenizer: Tokenizer) -> int:
-    """-1 (auto): every CPU for bpe; in-process for byte (cheaper than sending the text away)."""
-    return 0 if isinstance(tokenizer, ByteTokenizer) else max(1, os.cpu_count() or 1)
+    """-1 (auto): for bpe the CPUs this process may use, at most MAX_AUTO_WORKERS (beyond that
+    the main process, which reads and writes, is the limit); in-process for byte (encoding bytes
+    is cheaper than sending the text away)."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_AUTO_WORKERS, cpus or 1))
 
 
 def _encoded(units: Iterator[tuple[str, list[str]]], tokenizer: Tokenizer, workers: int
@@ -345,8 +353,8 @@ def prepare_shards(data_config: Any, out_dir: str | os.PathLike | None = None, *
     returns it opened (`PreparedShards`). A directory already holding the shards of this config
     is returned as it is; one holding another config's shards, or other files, is an error.
 
-    num_workers: tokenizer processes (default data.prepare_workers; -1 = auto: every CPU for
-    bpe, in-process for byte; 0 = in-process). The shards are identical for every count."""
+    num_workers: tokenizer processes (default data.prepare_workers; -1 = auto: the CPUs, at most
+    8, for bpe, in-process for byte; 0 = in-process). The shards are identical for every count."""
     from etils import epath
     out = out_dir if out_dir is not None else config_value(data_config, "prepared_dir", "")
     if not out:
