@@ -201,16 +201,43 @@ def _generate(level: SelfModifyingLevel, snaps: dict, gates: GateHeads, xq, xk, 
     return q, k, v, eta, alpha, beta
 
 
-def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, anchors: dict, running: dict,
-               momenta: dict, snaps: dict, xq, xk, xv, mask):
+class SubChunkInputs(NamedTuple):
+    """One sub-chunk's inputs for one head of one sequence (the scan maps them over [B, H]).
+
+    xq, xk, xv: [C, d_h] the q-, k- and v-paths; mask: [C] tokens that write, shared by every
+    batch row and head (None when all do).
+    """
+
+    xq: Array
+    xk: Array
+    xv: Array
+    mask: Array | None
+
+
+class MemoryCarry(NamedTuple):
+    """The state one sub-chunk reads and writes, per memory name: running states `M_□`, momenta
+    `S_□` (empty without momentum) and the snapshots the gradients are taken at (D2)."""
+
+    running: dict
+    momenta: dict
+    snaps: dict
+
+
+# vmap axes over [B, H]: everything is mapped except the shared mask.
+_INPUT_AXES = SubChunkInputs(0, 0, 0, None)
+
+
+def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, anchors: dict, carry: MemoryCarry,
+               x: SubChunkInputs):
     """One sub-chunk of `chunk_other` tokens for one head: (o [C, d], running', momenta').
 
     anchors: the initial memories retention decays toward (`retain_to_init`), or {}."""
     spec = level.spec
     stop = level.gradient == "stop"
-    q, k, v, eta, alpha, beta = _generate(level, snaps, gates, xq, xk, xv)
+    snaps = carry.snaps
+    q, k, v, eta, alpha, beta = _generate(level, snaps, gates, x.xq, x.xk, x.xv)
     prep = prepare_chunk(spec, stop, q, k, eta, alpha if spec.retention or spec.dgd_gated else None,
-                         beta if spec.momentum_slot is not None else None, mask)
+                         beta if spec.momentum_slot is not None else None, x.mask)
     new_running, new_momenta, out = {}, {}, None
     for name in level.memory_names:
         arch = level._arch(name)
@@ -221,8 +248,8 @@ def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, anchors: dict, runni
         if level.stop_target:
             target = sg(target)
         read = level.read if name == "out" else "none"
-        y, w, s = closed_form_chunk(arch, level.objective, spec, read, stop, running[name],
-                                    momenta.get(name), snaps[name], q, k, target, prep,
+        y, w, s = closed_form_chunk(arch, level.objective, spec, read, stop, carry.running[name],
+                                    carry.momenta.get(name), snaps[name], q, k, target, prep,
                                     anchors.get(name))
         new_running[name] = w
         if s is not None:
@@ -230,6 +257,112 @@ def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, anchors: dict, runni
         if name == "out":
             out = y
     return out, new_running, new_momenta
+
+
+class _Layout(NamedTuple):
+    """Where a call's T tokens sit in the scanned buffer of `n_sub` sub-chunks of `c_sub` tokens,
+    aligned to the output memory's chunks.
+
+    offset: the first token's place (the carried position modulo C_mem when streaming, else 0);
+    mask: [n_sub, c_sub] the buffer slots holding real tokens; all_real: every slot does;
+    ends_real: [n_sub] the sub-chunk really ends (the small memories' snapshots move, D2);
+    ends_memory: [n_sub] it also ends an output memory chunk (M_out's snapshot may move).
+    """
+
+    total: int
+    c_sub: int
+    n_sub: int
+    offset: Array | int
+    mask: Array
+    all_real: bool
+    ends_real: Array
+    ends_memory: Array
+
+
+def _layout(level: SelfModifyingLevel, state: SelfModifyingState, t: int) -> _Layout:
+    """The buffer layout of a call: tokens at their absolute offsets, the padding around them does
+    not write (D35)."""
+    c_oth, c_mem = level.chunk_other, level.chunk_memory
+    dynamic = state.position is not None
+    # A decode step (one token, carried state) is a sub-chunk of length 1 against the carried
+    # snapshots: O(1) in C_oth, C_mem and T.
+    single = dynamic and t == 1
+    if single:
+        total, offset, c_sub = 1, 0, 1
+    else:
+        n_mem = math.ceil((t + (c_mem - 1 if dynamic else 0)) / c_mem)
+        total = n_mem * c_mem
+        offset = (state.position % c_mem).astype(jnp.int32) if dynamic else 0
+        c_sub = c_oth
+    n_sub = total // c_sub
+    pos = jnp.arange(total)
+    real = (pos >= offset) & (pos < offset + t)
+    mask = real.reshape(n_sub, c_sub)
+    if single:  # the snapshots move only when this token ends their chunk (D2)
+        end = state.position + 1
+        ends_real = (end % c_oth == 0)[None]
+        ends_memory = (end % c_mem == 0)[None]
+    else:
+        ratio = c_mem // c_oth
+        ends_real = mask[:, -1]  # a snapshot moves only when a chunk really ends (D2)
+        ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
+    all_real = single or (not dynamic and total == t)
+    return _Layout(total, c_sub, n_sub, offset, mask, all_real, ends_real, ends_memory)
+
+
+def _place(x: Array, layout: _Layout, dtype) -> Array:
+    """[B, T, H, d] → the layout's sub-chunks [n_sub, B, H, c_sub, d], zeros outside the tokens."""
+    b, _, h, d = x.shape
+    x = jnp.moveaxis(x.astype(dtype), 2, 1)  # [B, H, T, d]
+    buf = jnp.zeros((b, h, layout.total, d), dtype)
+    zero = jnp.zeros((), jnp.int32)
+    buf = jax.lax.dynamic_update_slice(buf, x,
+                                       (zero, zero, jnp.asarray(layout.offset, jnp.int32), zero))
+    return jnp.moveaxis(buf.reshape(b, h, layout.n_sub, layout.c_sub, d), 2, 0)
+
+
+def _scan_sub_chunks(level: SelfModifyingLevel, params: SelfModifyingParams, carry0: MemoryCarry,
+                     xs: SubChunkInputs, layout: _Layout, dtype):
+    """lax.scan of `_sub_chunk` over xs (leaves [n_sub, B, H, c_sub, d]; mask [n_sub, c_sub]).
+
+    Returns (final carry, o [n_sub, B, H, c_sub, d])."""
+    gates = jax.tree.map(lambda g: g.astype(dtype), params.gates)
+    anchors = {}
+    if level.spec.anchor_slot is not None:  # retention toward the initial memories M_□,0
+        anchors = jax.tree.map(lambda w: w.astype(dtype), params.memories)
+
+    # Gate heads and anchors are per head: mapped over the head axis, shared across the batch.
+    per_head = jax.vmap(lambda g, a0, c, x: _sub_chunk(level, g, a0, c, x),
+                        in_axes=(0, 0, 0, _INPUT_AXES))
+    per_batch = jax.vmap(per_head, in_axes=(None, None, 0, _INPUT_AXES))
+
+    def body(carry: MemoryCarry, inputs):
+        x, end_real, end_mem = inputs
+        o, new_running, new_momenta = per_batch(gates, anchors, carry, x)
+        keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)
+        new_snaps = {}
+        for name in level.memory_names:
+            when = end_real & (end_mem if name == "out" else True)
+            new_snaps[name] = keep(new_running[name], carry.snaps[name], when)
+        return MemoryCarry(new_running, new_momenta, new_snaps), o
+
+    if level.remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    return jax.lax.scan(body, carry0, (xs, layout.ends_real, layout.ends_memory))
+
+
+def _check_inputs(state: SelfModifyingState, xq: Array, xk: Array, xv: Array) -> None:
+    for name, x in (("xq", xq), ("xk", xk), ("xv", xv)):
+        if getattr(x, "ndim", 0) != 4 or x.shape != xk.shape:
+            raise ValueError(f"{name} must have shape [B, T, H, d_h] like xk {tuple(xk.shape)}, "
+                             f"got {tuple(getattr(x, 'shape', ()))}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    b, _, h, _ = xk.shape
+    first = state.memories["out"][0]
+    if first.shape[:2] != (b, h):
+        raise ValueError(f"state memories have leading dims {first.shape[:2]}, expected [B, H] = "
+                         f"{(b, h)} from xk {tuple(xk.shape)}; build the state with init_state")
 
 
 def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
@@ -245,84 +378,20 @@ def self_modifying_scan(level: SelfModifyingLevel, params: SelfModifyingParams,
     Returns:
       (o [B, T, H, d_h], new state): o = M_out read at q (before the output norm and gate).
     """
-    for name, x in (("xq", xq), ("xk", xk), ("xv", xv)):
-        if getattr(x, "ndim", 0) != 4 or x.shape != xk.shape:
-            raise ValueError(f"{name} must have shape [B, T, H, d_h] like xk {tuple(xk.shape)}, "
-                             f"got {tuple(getattr(x, 'shape', ()))}")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    _check_inputs(state, xq, xk, xv)
     b, t, h, d = xk.shape
-    first = state.memories["out"][0]
-    if first.shape[:2] != (b, h):
-        raise ValueError(f"state memories have leading dims {first.shape[:2]}, expected [B, H] = "
-                         f"{(b, h)} from xk {tuple(xk.shape)}; build the state with init_state")
-    dtype = first.dtype
-    c_oth, c_mem = level.chunk_other, level.chunk_memory
-    ratio = c_mem // c_oth
+    dtype = state.memories["out"][0].dtype
     dynamic = state.position is not None
-
-    # Buffer aligned to the output memory's chunks; tokens sit at their absolute offsets and the
-    # padding around them does not write (D35). A decode step (one token, carried state) is a
-    # sub-chunk of length 1 against the carried snapshots: O(1) in C_oth, C_mem and T.
-    single = dynamic and t == 1
-    if single:
-        total, offset, c_sub = 1, 0, 1
-    else:
-        n_mem = math.ceil((t + (c_mem - 1 if dynamic else 0)) / c_mem)
-        total = n_mem * c_mem
-        offset = (state.position % c_mem).astype(jnp.int32) if dynamic else 0
-        c_sub = c_oth
-
-    def place(x):
-        x = jnp.moveaxis(x.astype(dtype), 2, 1)  # [B, H, T, d]
-        buf = jnp.zeros((b, h, total, d), dtype)
-        zero = jnp.zeros((), jnp.int32)
-        return jax.lax.dynamic_update_slice(buf, x,
-                                            (zero, zero, jnp.asarray(offset, jnp.int32), zero))
-
-    n_sub = total // c_sub
-    chunks = lambda x: jnp.moveaxis(x.reshape(b, h, n_sub, c_sub, d), 2, 0)
-    xs = tuple(chunks(place(x)) for x in (xq, xk, xv))
-    pos = jnp.arange(total)
-    real = (pos >= offset) & (pos < offset + t)
-    mask = real.reshape(n_sub, c_sub)
-    if single:  # the snapshots move only when this token ends their chunk (D2)
-        end = state.position + 1
-        ends_real = (end % c_oth == 0)[None]
-        ends_memory = (end % c_mem == 0)[None]
-    else:
-        ends_real = mask[:, -1]  # a snapshot moves only when a chunk really ends (D2)
-        ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
-    all_real = single or (not dynamic and total == t)
-    gates = jax.tree.map(lambda g: g.astype(dtype), params.gates)
-    anchors = {}
-    if level.spec.anchor_slot is not None:  # retention toward the initial memories M_□,0
-        anchors = jax.tree.map(lambda w: w.astype(dtype), params.memories)
-
-    # Gate heads and anchors are per head: mapped over the head axis, shared across the batch.
-    axes = (0, 0, 0, 0, 0, 0, None)
-    per_head = jax.vmap(lambda g, a0, *a: _sub_chunk(level, g, a0, *a), in_axes=(0, 0) + axes)
-    per_batch = jax.vmap(per_head, in_axes=(None, None) + axes)
-
-    def body(carry, inputs):
-        running, momenta, snaps = carry
-        (xq_c, xk_c, xv_c), m, end_real, end_mem = inputs
-        o, new_running, new_momenta = per_batch(gates, anchors, running, momenta, snaps, xq_c,
-                                                xk_c, xv_c, None if all_real else m)
-        keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)
-        new_snaps = {}
-        for name in level.memory_names:
-            when = end_real & (end_mem if name == "out" else True)
-            new_snaps[name] = keep(new_running[name], snaps[name], when)
-        return (new_running, new_momenta, new_snaps), o
-
-    if level.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
+    layout = _layout(level, state, t)
+    xs = SubChunkInputs(*(_place(x, layout, dtype) for x in (xq, xk, xv)),
+                        None if layout.all_real else layout.mask)
     cast = lambda tree: jax.tree.map(lambda w: w.astype(dtype), tree)
-    carry = (cast(state.memories), cast(state.momenta), cast(state.snapshots))
-    (running, momenta, snaps), o = jax.lax.scan(body, carry, (xs, mask, ends_real, ends_memory))
-    o = jnp.moveaxis(o, 0, 2).reshape(b, h, total, d)
-    o = jax.lax.dynamic_slice_in_dim(o, offset, t, axis=2) if dynamic else o[:, :, :t]
+    carry0 = MemoryCarry(cast(state.memories), cast(state.momenta), cast(state.snapshots))
+    final, o = _scan_sub_chunks(level, params, carry0, xs, layout, dtype)
+
+    o = jnp.moveaxis(o, 0, 2).reshape(b, h, layout.total, d)
+    o = jax.lax.dynamic_slice_in_dim(o, layout.offset, t, axis=2) if dynamic else o[:, :, :t]
     position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)
-    new_state = SelfModifyingState(running, momenta, snaps, position.astype(jnp.int32))
+    new_state = SelfModifyingState(final.running, final.momenta, final.snaps,
+                                   position.astype(jnp.int32))
     return jnp.moveaxis(o, 1, 2).astype(xq.dtype), new_state
