@@ -142,6 +142,101 @@ def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: Chu
     return prep.system_inverse @ rhs
 
 
+class _ChunkTerms(NamedTuple):
+    """The terms of one chunk's reads and writes (one head), per layer l (None where absent).
+
+    run, s, a: running memory, momentum and retention anchor at the chunk start;
+    deltas, inputs: δ_l and a_l of the snapshot forward/backward on the keys;
+    u: the DGD predictions U of the input-side layer, or None;
+    live_run: the running memory before D8's stop-gradient (differs from `run` only then).
+    """
+
+    run: tuple
+    s: tuple
+    a: tuple
+    deltas: tuple
+    inputs: tuple
+    u: Array | None
+    live_run: tuple
+    stop_writes: bool
+
+
+def _snapshot_errors(memory: MLPMemory, objective: Objective, spec: RecurrenceSpec, snap: tuple,
+                     k: Array, v: Array, prep: ChunkPrep):
+    """(δ_l, a_l, prep) at the snapshot; with the curvature-normalised step, the δ_l (and the DGD
+    system in prep) carry this memory's 1/(1 + η_t ρ_t)."""
+    # Snapshot forward/backward on the keys: a_l (layer inputs) and δ_l (output-side errors).
+    y_k, cache = memory.forward_cached(snap, k)
+    deltas = memory.backward(snap, cache, objective.error(y_k, v))
+    if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t ρ_t) with this memory's ρ_t
+        scale = curvature_scale(deltas, cache.inputs, prep.curvature_eta)
+        if spec.dgd and spec.dgd_curvature:  # the DGD term's p (its system is per memory)
+            prep = _rescale_preconditioner(prep, scale, k.shape[0])
+        if spec.step_curvature:  # the gradient step: fold the factor into δ_t
+            deltas = tuple(d * scale[:, None] for d in deltas)
+    return deltas, cache.inputs, prep
+
+
+def _read_layer(terms: _ChunkTerms, prep: ChunkPrep, l: int, x: Array, rows: slice) -> Array:
+    """W_t x_t of layer l in dual form for the rows' running states (module docstring)."""
+    co = prep.coeffs
+    run, s, a = terms.run, terms.s, terms.a
+    z = co.decay[rows, None] * (x @ run[l].T)
+    if a[l] is not None:
+        z = z + (1.0 - co.decay[rows, None]) * (x @ a[l].T)
+    if s[l] is not None:
+        z = z + co.carry[rows, None] * (x @ s[l].T)
+    scores = prep.qk if l == 0 else x @ terms.inputs[l].T
+    z = z - (co.grad_weights[rows] * scores) @ terms.deltas[l]
+    if terms.u is not None and l == 0:
+        z = z - (co.precond_weights[rows] * scores) @ terms.u
+    if terms.stop_writes:
+        z = z + x @ (terms.live_run[l] - run[l]).T  # zero value; gradient of the read w.r.t. W_0
+    return z
+
+
+def _read(memory: MLPMemory, read: str, terms: _ChunkTerms, prep: ChunkPrep, snap: tuple,
+          q: Array) -> Array | None:
+    """The chunk's outputs y [C, d_out] for the read mode (None for "none")."""
+    if read == "none":  # a write-only level (e.g. the k/v/η/α memories of self-modifying Titans)
+        return None
+    if read == "snapshot":
+        base = (snap if not terms.stop_writes
+                else tuple(w + (lw - sg(lw)) for w, lw in zip(snap, terms.live_run)))
+        return memory.apply(base, q)
+    c = q.shape[0]
+    n_layers = len(terms.run)
+    rows = slice(1, c + 1) if read == "post" else slice(0, c)
+    x = q
+    for l in range(n_layers):
+        z = _read_layer(terms, prep, l, x, rows)
+        x = memory.activation(z) if l < n_layers - 1 else z
+    return q + x if memory.residual else x
+
+
+def _end_of_chunk(terms: _ChunkTerms, prep: ChunkPrep, k: Array) -> tuple[tuple, tuple]:
+    """The running memory and momentum after the chunk (row C of the coefficients)."""
+    co = prep.coeffs
+    c = k.shape[0]
+    run, s, a, deltas, inputs, u = (terms.run, terms.s, terms.a, terms.deltas, terms.inputs,
+                                    terms.u)
+    new_run, new_mom = [], []
+    for l in range(len(run)):
+        w = co.decay[c] * run[l] - (deltas[l] * co.grad_weights[c][:, None]).T @ inputs[l]
+        if a[l] is not None:
+            w = w + (1.0 - co.decay[c]) * a[l]
+        if s[l] is not None:
+            w = w + co.carry[c] * s[l]
+            new_mom.append(co.momentum_decay * s[l]
+                           - (deltas[l] * co.momentum_grad_weights[:, None]).T @ inputs[l])
+        if u is not None and l == 0:
+            w = w - (u * co.precond_weights[c][:, None]).T @ k
+        if terms.stop_writes:
+            w = w + (terms.live_run[l] - run[l])  # gradient identity to W_0 through the state
+        new_run.append(w)
+    return tuple(new_run), tuple(new_mom)
+
+
 def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceSpec, read: str,
                       stop_writes: bool, run: tuple, momentum: tuple | None, snap: tuple,
                       q: Array, k: Array, v: Array, prep: ChunkPrep, anchor: tuple | None = None):
@@ -164,65 +259,12 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
         run, snap, k, v = sg(run), sg(snap), sg(k), sg(v)
         momentum = None if momentum is None else sg(momentum)
         anchor = None if anchor is None else sg(anchor)
-    c = k.shape[0]
-
-    # Snapshot forward/backward on the keys: a_l (layer inputs) and δ_l (output-side errors).
-    y_k, cache = memory.forward_cached(snap, k)
-    deltas = memory.backward(snap, cache, objective.error(y_k, v))
-    inputs = cache.inputs
-    if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t ρ_t) with this memory's ρ_t
-        scale = curvature_scale(deltas, inputs, prep.curvature_eta)
-        if spec.dgd and spec.dgd_curvature:  # the DGD term's p (its system is per memory)
-            prep = _rescale_preconditioner(prep, scale, c)
-        if spec.step_curvature:  # the gradient step: fold the factor into δ_t
-            deltas = tuple(d * scale[:, None] for d in deltas)
-    co = prep.coeffs
+    deltas, inputs, prep = _snapshot_errors(memory, objective, spec, snap, k, v, prep)
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
     a = anchor if anchor is not None else (None,) * n_layers
     u = _dgd_predictions(run[0], s[0], k, deltas[0], prep, a[0]) if spec.dgd else None
-
-    def read_layer(l: int, x: Array, rows: slice) -> Array:
-        z = co.decay[rows, None] * (x @ run[l].T)
-        if a[l] is not None:
-            z = z + (1.0 - co.decay[rows, None]) * (x @ a[l].T)
-        if s[l] is not None:
-            z = z + co.carry[rows, None] * (x @ s[l].T)
-        scores = prep.qk if l == 0 else x @ inputs[l].T
-        z = z - (co.grad_weights[rows] * scores) @ deltas[l]
-        if u is not None and l == 0:
-            z = z - (co.precond_weights[rows] * scores) @ u
-        if stop_writes:
-            z = z + x @ (live_run[l] - run[l]).T  # zero value; gradient of the read w.r.t. W_0
-        return z
-
-    if read == "none":  # a write-only level (e.g. the k/v/η/α memories of self-modifying Titans)
-        y = None
-    elif read == "snapshot":
-        base = (snap if not stop_writes
-                else tuple(w + (lw - sg(lw)) for w, lw in zip(snap, live_run)))
-        y = memory.apply(base, q)
-    else:
-        rows = slice(1, c + 1) if read == "post" else slice(0, c)
-        x = q
-        for l in range(n_layers):
-            z = read_layer(l, x, rows)
-            x = memory.activation(z) if l < n_layers - 1 else z
-        y = q + x if memory.residual else x
-
-    # End-of-chunk state (row C).
-    new_run, new_mom = [], []
-    for l in range(n_layers):
-        w = co.decay[c] * run[l] - (deltas[l] * co.grad_weights[c][:, None]).T @ inputs[l]
-        if a[l] is not None:
-            w = w + (1.0 - co.decay[c]) * a[l]
-        if s[l] is not None:
-            w = w + co.carry[c] * s[l]
-            new_mom.append(co.momentum_decay * s[l]
-                           - (deltas[l] * co.momentum_grad_weights[:, None]).T @ inputs[l])
-        if u is not None and l == 0:
-            w = w - (u * co.precond_weights[c][:, None]).T @ k
-        if stop_writes:
-            w = w + (live_run[l] - run[l])  # gradient identity to W_0 through the carried state
-        new_run.append(w)
-    return y, tuple(new_run), (tuple(new_mom) if momentum is not None else None)
+    terms = _ChunkTerms(run, s, a, deltas, inputs, u, live_run, stop_writes)
+    y = _read(memory, read, terms, prep, snap, q)
+    new_run, new_mom = _end_of_chunk(terms, prep, k)
+    return y, new_run, (new_mom if momentum is not None else None)
