@@ -92,6 +92,91 @@ def init_in_context_state(params: SwiGLUParams, batch_size: int) -> InContextSta
     return InContextState(theta, jax.tree.map(jnp.zeros_like, theta), None)
 
 
+def _check_level_args(params: SwiGLUParams, z: Array, chunk: int, reset_every: int | None,
+                      retention: float) -> None:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    if z.ndim != 3 or z.shape[-1] != params.w_gate.shape[0]:
+        raise ValueError(f"z must have shape [B, T, d] with d = {params.w_gate.shape[0]} "
+                         f"(the level's width), got {tuple(z.shape)}")
+    if not 0.0 <= retention <= 1.0:
+        raise ValueError(f"retention must be in [0, 1], got {retention!r}")
+    if reset_every is not None and (isinstance(reset_every, bool)
+                                    or not isinstance(reset_every, int)
+                                    or reset_every < 1 or reset_every % chunk):
+        raise ValueError(f"reset_every must be a positive multiple of chunk ({chunk}), got "
+                         f"{reset_every!r}")
+
+
+class _Schedule(NamedTuple):
+    """A call's tokens in a buffer of n chunks of c_buf tokens, and when each chunk writes.
+
+    chunks: [n, B, c_buf, d] the buffer (zeros outside the tokens); real: [n, c_buf] the slots
+    holding tokens (as z's dtype); ends: [n] the chunk really ends, so it writes (D35);
+    resets: [n] θ ← θ_0 after its write (nested CMS, D24); offset: the first token's slot.
+    """
+
+    chunks: Array
+    real: Array
+    ends: Array
+    resets: Array
+    total: int
+    offset: Array | int
+
+
+def _schedule(state: InContextState, z: Array, chunk: int, reset_every: int | None) -> _Schedule:
+    b, t, d = z.shape
+    dynamic = state.position is not None
+    # A decode step (one token, carried state) is a buffer of length 1 that writes iff it ends
+    # its chunk: O(1) in C and in T.
+    single = dynamic and t == 1
+    c_buf = 1 if single else chunk
+    n = 1 if single else math.ceil((t + (chunk - 1 if dynamic else 0)) / chunk)
+    total = n * c_buf
+    offset = (state.position % chunk).astype(jnp.int32) if dynamic and not single else 0
+    zero = jnp.zeros((), jnp.int32)
+    zp = jax.lax.dynamic_update_slice(jnp.zeros((b, total, d), z.dtype), z,
+                                      (zero, jnp.asarray(offset, jnp.int32), zero))
+    pos = jnp.arange(total)
+    real = ((pos >= offset) & (pos < offset + t)).astype(z.dtype).reshape(n, c_buf)
+    # a chunk writes only when it really ends (D35)
+    ends = ((state.position + 1) % chunk == 0).astype(z.dtype)[None] if single else real[:, -1]
+    chunks = jnp.moveaxis(zp.reshape(b, n, c_buf, d), 1, 0)  # [n, B, C, d]
+    # absolute position after each buffer chunk (nested resets, D24)
+    start = (state.position - offset) if dynamic else jnp.zeros((), jnp.int32)
+    chunk_ends = start + (jnp.arange(n, dtype=jnp.int32) + 1) * c_buf
+    resets = (jnp.zeros((n,), z.dtype) if reset_every is None else
+              ends * (chunk_ends % reset_every == 0).astype(z.dtype))
+    return _Schedule(chunks, real, ends, resets, total, offset)
+
+
+def _scan_writes(params: SwiGLUParams, w_target: Array, grad_loss, eta: Array, chunk: int,
+                 retention: float, state: InContextState, sched: _Schedule):
+    """lax.scan over the schedule's chunks: ((θ, Σ∇ℓ) after the last, ys [n, B, c_buf, d])."""
+
+    def one_sequence(theta, acc, zc, w, writes, reset):
+        y = swiglu(theta, zc)  # reads at the snapshot θ_j
+        acc = jax.tree.map(jnp.add, acc, grad_loss(theta, w_target, zc, w))
+        # at the chunk end: write the mean (Eq. 71, D22) and start afresh
+        theta = jax.tree.map(lambda p, g, p0: p - writes * ((1.0 - retention) * (p - p0)
+                                                          + eta * g / chunk),
+                             theta, acc, params)
+        acc = jax.tree.map(lambda g: (1 - writes) * g, acc)
+        # nested (Eq. 72, D24): back to θ_0 when the slower level starts a new chunk
+        theta = jax.tree.map(lambda p, p0: jnp.where(reset > 0, p0.astype(p.dtype), p), theta,
+                             params)
+        return y, theta, acc
+
+    def body(carry, inputs):
+        zc, w, writes, reset = inputs
+        y, theta, acc = jax.vmap(one_sequence, in_axes=(0, 0, 0, None, None, None))(
+            *carry, zc, w, writes, reset)
+        return (theta, acc), y
+
+    return jax.lax.scan(body, (state.theta, state.grad_sum),
+                        (sched.chunks, sched.real, sched.ends, sched.resets))
+
+
 def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,
                      eta_max: float = 0.1, state: InContextState | None = None,
                      reset_every: int | None = None, normalize: bool = False,
@@ -119,70 +204,20 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
       (F_θ(z) [B, T, d], each token read at its chunk's snapshot; the new state). The caller adds
       the residual.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    if z.ndim != 3 or z.shape[-1] != params.w_gate.shape[0]:
-        raise ValueError(f"z must have shape [B, T, d] with d = {params.w_gate.shape[0]} "
-                         f"(the level's width), got {tuple(z.shape)}")
-    if not 0.0 <= retention <= 1.0:
-        raise ValueError(f"retention must be in [0, 1], got {retention!r}")
-    if reset_every is not None and (isinstance(reset_every, bool)
-                                    or not isinstance(reset_every, int)
-                                    or reset_every < 1 or reset_every % chunk):
-        raise ValueError(f"reset_every must be a positive multiple of chunk ({chunk}), got "
-                         f"{reset_every!r}")
+    _check_level_args(params, z, chunk, reset_every, retention)
     b, t, d = z.shape
     if state is None:
         state = init_in_context_state(params, b)
     dynamic = state.position is not None
-    # A decode step (one token, carried state) is a buffer of length 1 that writes iff it ends
-    # its chunk: O(1) in C and in T.
-    single = dynamic and t == 1
-    c_buf = 1 if single else chunk
-    n = 1 if single else math.ceil((t + (chunk - 1 if dynamic else 0)) / chunk)
-    total = n * c_buf
-    offset = (state.position % chunk).astype(jnp.int32) if dynamic and not single else 0
-    zero = jnp.zeros((), jnp.int32)
-    zp = jax.lax.dynamic_update_slice(jnp.zeros((b, total, d), z.dtype), z,
-                                      (zero, jnp.asarray(offset, jnp.int32), zero))
-    pos = jnp.arange(total)
-    real = ((pos >= offset) & (pos < offset + t)).astype(z.dtype).reshape(n, c_buf)
-    # a chunk writes only when it really ends (D35)
-    ends = ((state.position + 1) % chunk == 0).astype(z.dtype)[None] if single else real[:, -1]
-    chunks = jnp.moveaxis(zp.reshape(b, n, c_buf, d), 1, 0)  # [n, B, C, d]
-    # absolute position after each buffer chunk (nested resets, D24)
-    start = (state.position - offset) if dynamic else jnp.zeros((), jnp.int32)
-    chunk_ends = start + (jnp.arange(n, dtype=jnp.int32) + 1) * c_buf
-    resets = (jnp.zeros((n,), z.dtype) if reset_every is None else
-              ends * (chunk_ends % reset_every == 0).astype(z.dtype))
+    sched = _schedule(state, z, chunk, reset_every)
     eta = eta_max * jax.nn.sigmoid(rho)
     if normalize:
         grad_loss = lambda th, wt, zc, w: normalized_local_grad(th, wt, zc, w, eta)
     else:
         grad_loss = jax.grad(local_loss)
-
-    def one_sequence(theta, acc, zc, w, writes, reset):
-        y = swiglu(theta, zc)  # reads at the snapshot θ_j
-        acc = jax.tree.map(jnp.add, acc, grad_loss(theta, w_target, zc, w))
-        # at the chunk end: write the mean (Eq. 71, D22) and start afresh
-        theta = jax.tree.map(lambda p, g, p0: p - writes * ((1.0 - retention) * (p - p0)
-                                                          + eta * g / chunk),
-                             theta, acc, params)
-        acc = jax.tree.map(lambda g: (1 - writes) * g, acc)
-        # nested (Eq. 72, D24): back to θ_0 when the slower level starts a new chunk
-        theta = jax.tree.map(lambda p, p0: jnp.where(reset > 0, p0.astype(p.dtype), p), theta,
-                             params)
-        return y, theta, acc
-
-    def body(carry, inputs):
-        zc, w, writes, reset = inputs
-        y, theta, acc = jax.vmap(one_sequence, in_axes=(0, 0, 0, None, None, None))(
-            *carry, zc, w, writes, reset)
-        return (theta, acc), y
-
-    (theta, acc), ys = jax.lax.scan(body, (state.theta, state.grad_sum),
-                                    (chunks, real, ends, resets))
-    y = jnp.moveaxis(ys, 0, 1).reshape(b, total, d)
-    y = jax.lax.dynamic_slice_in_dim(y, offset, t, axis=1) if dynamic else y[:, :t]
+    (theta, acc), ys = _scan_writes(params, w_target, grad_loss, eta, chunk, retention, state,
+                                    sched)
+    y = jnp.moveaxis(ys, 0, 1).reshape(b, sched.total, d)
+    y = jax.lax.dynamic_slice_in_dim(y, sched.offset, t, axis=1) if dynamic else y[:, :t]
     position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)
     return y, InContextState(theta, acc, position.astype(jnp.int32))
