@@ -20,6 +20,8 @@ import ml_collections
 ConfigDict = ml_collections.ConfigDict
 
 
+# Kept as one function (issue 20): it is the config table, one documented field a line; splitting
+# it by section would scatter the defaults, which read top to bottom as one table.
 def default_config() -> ConfigDict:
     c = ConfigDict()
 

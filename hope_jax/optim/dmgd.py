@@ -60,6 +60,8 @@ def _memory(u: jax.Array, w2: jax.Array, act) -> tuple[jax.Array, jax.Array]:
     return jax.jvp(act, (z,), (jnp.ones_like(z),))
 
 
+# Kept as one function (issue 20): its length is the nested init/update closures of the optax
+# transform, which read NL Eq. 50's memory update and its descent direction in order.
 def scale_by_dmgd(
     beta: float = 0.9,
     inner_lr: float = 1.0,

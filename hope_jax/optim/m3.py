@@ -47,6 +47,8 @@ class M3State(NamedTuple):
     g_sum: optax.Updates  # G: gradients summed since the last slow update
 
 
+# Kept as one function (issue 20): its length is the nested init/update closures of the optax
+# transform, which read the M3 equations (fast/slow momenta, NS_T, the slow period) in order.
 def scale_by_m3(
     beta1: float = 0.9,
     beta2: float = 0.95,

@@ -54,6 +54,8 @@ def _kernel(q_ref, k_ref, v_ref, gc_ref, gr_ref, w0_ref, *refs, config: LinearUp
         w_end_ref[...] = w_new
 
 
+# Kept as one function (issue 20): its length is the pallas_call's BlockSpec table, one line per
+# operand next to its shape; split, the specs would sit away from the kernel's argument order.
 def linear_forward_tpu(config: LinearUpdateConfig, block: LinearBlockSizes, q: Array, k: Array,
                        v: Array, eta: Array, alpha: Array, w0: Array, mask, *,
                        interpret: bool = False, poison: bool = False
