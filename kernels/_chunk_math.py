@@ -250,6 +250,77 @@ def linear_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Ar
     return y, w_new
 
 
+def _mlp_snapshot(k: Array, v: Array, w_in: Array, w_out: Array, affine: float,
+                  activation: Callable[[Array], Array]):
+    """Snapshot forward / backward on the keys (design §3.1): (z = W_in k [C, h], a = σ(z),
+    δ_out = e [C, d], δ_in [C, h])."""
+    z = mm(k, w_in, trans_b=True)  # [C, h]
+    act, dact = jax.jvp(activation, (z,), (jnp.ones_like(z),))
+    y_k = k + mm(act, w_out, trans_b=True)
+    e = affine * y_k - v if affine else -v  # δ_out [C, d]
+    d_in = dact * mm(e, w_out)  # δ_in [C, h]
+    return z, act, e, d_in
+
+
+def _mlp_weights(d_alpha: Array, bt: Decay, eta_r: Array, m_r: Array) -> tuple[Array, Array]:
+    """(c_G [C, C], κ [C, 1]) of the reads whose retention products are `d_alpha`."""
+    masked = d_alpha * m_r
+    return mm(masked, bt.post) * eta_r, jnp.sum(masked * bt.lead_row, axis=1, keepdims=True)
+
+
+def _mlp_dgd_predictions(k: Array, z: Array, s_in: Array, d_in: Array, a: Decay, bt: Decay,
+                         eta_r: Array, m_r: Array, p: tuple[Array, Array],
+                         differentiable: bool) -> Array:
+    """DGD predictions u_t = W_in,{t−1} k_t (WY/UT form) [C, h]."""
+    p_c, p_r = p
+    kk = mm(k, k, trans_b=True)
+    c_pre, kappa_pre = _mlp_weights(a.pre, bt, eta_r, m_r)
+    b = a.lead_pre * z + kappa_pre * mm(k, s_in, trans_b=True) - mm(c_pre * kk, d_in)
+    l_t = a.pre_t * p_c * kk
+    if differentiable:
+        return unit_lower_solve_diff(a.pre * p_r * kk, l_t, b)
+    return unit_lower_solve(l_t, b)
+
+
+def _mlp_read(q: Array, k: Array, state: tuple, act: Array, e: Array, d_in: Array,
+              u: Array | None, a: Decay, bt: Decay, eta_r: Array, m_r: Array,
+              p_r: Array | None, read: str, activation: Callable[[Array], Array]) -> Array:
+    """y [C, d]: the snapshot, or the running pre-/post-write states in dual form (D2)."""
+    w_in, w_out, s_in, s_out = state
+    if read == "snapshot":
+        return q + mm(activation(mm(q, w_in, trans_b=True)), w_out, trans_b=True)
+    d, lead = (a.post, a.lead_post) if read == "post" else (a.pre, a.lead_pre)
+    c_g, kappa = _mlp_weights(d, bt, eta_r, m_r)
+    qk = mm(q, k, trans_b=True)
+    z_in = lead * mm(q, w_in, trans_b=True) + kappa * mm(q, s_in, trans_b=True)
+    z_in = z_in - mm(c_g * qk, d_in)
+    if u is not None:
+        z_in = z_in - mm(d * p_r * qk, u)
+    h = activation(z_in)
+    ha = mm(h, act, trans_b=True)  # [C, C] scores h_t · a_i of the output layer
+    z_out = lead * mm(h, w_out, trans_b=True) + kappa * mm(h, s_out, trans_b=True)
+    return q + z_out - mm(c_g * ha, e)
+
+
+def _mlp_end_state(k: Array, state: tuple, act: Array, e: Array, d_in: Array, u: Array | None,
+                   a: Decay, bt: Decay, eta_c: Array, p_c: Array | None, c_end: Array,
+                   kappa_row: Array) -> tuple[Array, Array, Array, Array]:
+    """(W_in, W_out, S_in, S_out) at the chunk end."""
+    w_in, w_out, s_in, s_out = state
+    upd_in = d_in * c_end
+    if u is not None:
+        upd_in = upd_in + u * (p_c * a.end_col)
+    mg = eta_c * bt.end_col  # η_i P_β[C, i] [C, 1]
+    n_h, n_d = w_in.shape
+    new_w_in = (a.total(n_h) * w_in + row_sum(kappa_row, n_h) * s_in
+                - mm(upd_in, k, trans_a=True))
+    new_w_out = (a.total(n_d) * w_out + row_sum(kappa_row, n_d) * s_out
+                 - mm(e * c_end, act, trans_a=True))
+    new_s_in = bt.total(n_h) * s_in - mm(d_in * mg, k, trans_a=True)
+    new_s_out = bt.total(n_d) * s_out - mm(e * mg, act, trans_a=True)
+    return new_w_in, new_w_out, new_s_in, new_s_out
+
+
 def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array],
                      log_beta: tuple[Array, Array], eta: tuple[Array, Array],
                      p: tuple[Array, Array] | None, mask: tuple[Array, Array],
@@ -282,59 +353,16 @@ def mlp_chunk_values(q: Array, k: Array, v: Array, log_alpha: tuple[Array, Array
     bt = decay_factors(*log_beta)
     eta_c, eta_r = eta
     m_c, m_r = mask
+    z, act, e, d_in = _mlp_snapshot(k, v, w_in, w_out, affine, activation)
 
-    # Snapshot forward / backward on the keys (design §3.1).
-    z = mm(k, w_in, trans_b=True)  # [C, h]
-    act, dact = jax.jvp(activation, (z,), (jnp.ones_like(z),))
-    y_k = k + mm(act, w_out, trans_b=True)
-    e = affine * y_k - v if affine else -v  # δ_out [C, d]
-    d_in = dact * mm(e, w_out)  # δ_in [C, h]
-
-    # Scalar coefficients of the writes.
-    def weights(d_alpha):
-        masked = d_alpha * m_r
-        return mm(masked, bt.post) * eta_r, jnp.sum(masked * bt.lead_row, axis=1, keepdims=True)
-
+    # Scalar coefficients of the chunk-end writes.
     x_end = a.end_row * m_r  # [1, C]
     c_end = eta_c * jnp.sum(bt.post_t * x_end, axis=1, keepdims=True)  # c_G[C, i] [C, 1]
     kappa_row = x_end * bt.lead_row  # κ_C = Σ_s of this [1, C]
 
+    p_c, p_r = p if p is not None else (None, None)
     u = None
-    if p is not None:  # DGD predictions u_t = W_in,{t−1} k_t (WY/UT form)
-        p_c, p_r = p
-        kk = mm(k, k, trans_b=True)
-        c_pre, kappa_pre = weights(a.pre)
-        b = a.lead_pre * z + kappa_pre * mm(k, s_in, trans_b=True) - mm(c_pre * kk, d_in)
-        l_t = a.pre_t * p_c * kk
-        if differentiable:
-            u = unit_lower_solve_diff(a.pre * p_r * kk, l_t, b)
-        else:
-            u = unit_lower_solve(l_t, b)
-
-    if read == "snapshot":
-        y = q + mm(activation(mm(q, w_in, trans_b=True)), w_out, trans_b=True)
-    else:
-        d, lead = (a.post, a.lead_post) if read == "post" else (a.pre, a.lead_pre)
-        c_g, kappa = weights(d)
-        qk = mm(q, k, trans_b=True)
-        z_in = lead * mm(q, w_in, trans_b=True) + kappa * mm(q, s_in, trans_b=True)
-        z_in = z_in - mm(c_g * qk, d_in)
-        if u is not None:
-            z_in = z_in - mm(d * p_r * qk, u)
-        h = activation(z_in)
-        ha = mm(h, act, trans_b=True)  # [C, C] scores h_t · a_i of the output layer
-        z_out = lead * mm(h, w_out, trans_b=True) + kappa * mm(h, s_out, trans_b=True)
-        y = q + z_out - mm(c_g * ha, e)
-
-    upd_in = d_in * c_end
-    if u is not None:
-        upd_in = upd_in + u * (p_c * a.end_col)
-    mg = eta_c * bt.end_col  # η_i P_β[C, i] [C, 1]
-    n_h, n_d = w_in.shape
-    new_w_in = (a.total(n_h) * w_in + row_sum(kappa_row, n_h) * s_in
-                - mm(upd_in, k, trans_a=True))
-    new_w_out = (a.total(n_d) * w_out + row_sum(kappa_row, n_d) * s_out
-                 - mm(e * c_end, act, trans_a=True))
-    new_s_in = bt.total(n_h) * s_in - mm(d_in * mg, k, trans_a=True)
-    new_s_out = bt.total(n_d) * s_out - mm(e * mg, act, trans_a=True)
-    return y, (new_w_in, new_w_out, new_s_in, new_s_out)
+    if p is not None:
+        u = _mlp_dgd_predictions(k, z, s_in, d_in, a, bt, eta_r, m_r, p, differentiable)
+    y = _mlp_read(q, k, state, act, e, d_in, u, a, bt, eta_r, m_r, p_r, read, activation)
+    return y, _mlp_end_state(k, state, act, e, d_in, u, a, bt, eta_c, p_c, c_end, kappa_row)
