@@ -188,6 +188,60 @@ def _dgd_delta_form(prep: ChunkPrep, base: Array, eta_e: Array, gain: Array | No
                           base[c][:, None] * k, co.decay[c], q if residual else None)
 
 
+def _read_maps(prep: ChunkPrep, read: str, residual: bool, cy: float, has_mom: bool, dgd: bool,
+               u_parts: list | None, q: Array, k: Array, v_eff: Array) -> tuple:
+    """(read_w, read_s, read_n, read_c): the maps of the chunk's reads from W_0, S_0, W_ξ and the
+    constant (None where zero)."""
+    co = prep.coeffs
+    c = k.shape[0]
+    if read == "snapshot":
+        read_w, read_s, read_n = jnp.zeros_like(q), None, q
+        read_c = q if residual else jnp.zeros_like(v_eff)
+        return read_w, read_s, read_n, read_c
+    rows = slice(1, c + 1) if read == "post" else slice(0, c)
+    gw_r = co.grad_weights[rows] * prep.qk
+    read_w = co.decay[rows, None] * q
+    read_s = co.carry[rows, None] * q if has_mom else None
+    r_k, read_c = _left_matmul(gw_r, [k if cy else None, v_eff])
+    read_n = -cy * r_k if cy else None
+    if residual:
+        read_c = read_c + q
+    if dgd:
+        cu_r = co.precond_weights[rows] * prep.qk
+        d_w, d_s, d_n, d_c = _left_matmul(cu_r, u_parts)
+        read_w, read_c = read_w - d_w, read_c - d_c
+        read_s = None if d_s is None else read_s - d_s
+        read_n = None if d_n is None else read_n - d_n
+    return read_w, read_s, read_n, read_c
+
+
+def _end_maps(prep: ChunkPrep, cy: float, has_mom: bool, dgd: bool, u_parts: list | None,
+              eye: Array, k: Array, v_eff: Array) -> tuple:
+    """Chunk end (row C) and momentum end: (end_decay, end_w, end_s, end_n, end_c, mom_decay,
+    mom_n, mom_c); W_0's map is end_decay·I + end_w."""
+    co = prep.coeffs
+    c = k.shape[0]
+    gk = co.grad_weights[c][:, None] * k  # diag(c_G[C]) K
+    end_decay = co.decay[c]
+    end_w = None  # W_0's map is end_decay·I + end_w
+    end_s = co.carry[c] * eye if has_mom else None
+    e_k, end_c = _right_matmul([k if cy else None, v_eff], gk)
+    end_n = -cy * e_k if cy else None
+    if dgd:
+        dk = co.precond_weights[c][:, None] * k  # diag(c_U[C]) K
+        f_w, f_s, f_n, f_c = _right_matmul(u_parts, dk)
+        end_w, end_c = -f_w, end_c - f_c
+        end_s = None if f_s is None else end_s - f_s
+        end_n = None if f_n is None else end_n - f_n
+    mom_decay = mom_n = mom_c = None
+    if has_mom:
+        mk = co.momentum_grad_weights[:, None] * k
+        mom_decay = co.momentum_decay
+        m_k, mom_c = _right_matmul([k if cy else None, v_eff], mk)
+        mom_n = -cy * m_k if cy else None
+    return end_decay, end_w, end_s, end_n, end_c, mom_decay, mom_n, mom_c
+
+
 def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, read: str,
                          stop_writes: bool, separate_snapshot: bool, q: Array, k: Array,
                          v: Array, eta: Array, alpha: Array | None, beta: Array | None,
@@ -208,6 +262,7 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
         return _dgd_delta_form(prep, base, eta_e, gain, strict, cy, residual, read,
                                separate_snapshot, q, k, v_eff)
     # DGD predictions U = P_w W_0ᵀ + P_s S_0ᵀ + P_n W_ξᵀ + U_c (terms with c = 0 are skipped).
+    u_parts = None
     if spec.dgd:
         gw_in = co.grad_weights[:c] * prep.kk  # rows t−1: weights of δ_i in B_t
         k_n, v_n = _left_matmul(gw_in, [k if cy else None, v_eff])
@@ -216,48 +271,9 @@ def prepare_linear_chunk(spec: RecurrenceSpec, affine: float, residual: bool, re
             -cy * k_n if cy else None, v_n])
         u_parts = [p_w, p_s, p_n, u_c]
 
-    # Reads.
-    if read == "snapshot":
-        read_w, read_s, read_n = jnp.zeros_like(q), None, q
-        read_c = q if residual else jnp.zeros_like(v)
-    else:
-        rows = slice(1, c + 1) if read == "post" else slice(0, c)
-        gw_r = co.grad_weights[rows] * prep.qk
-        read_w = co.decay[rows, None] * q
-        read_s = co.carry[rows, None] * q if has_mom else None
-        r_k, read_c = _left_matmul(gw_r, [k if cy else None, v_eff])
-        read_n = -cy * r_k if cy else None
-        if residual:
-            read_c = read_c + q
-        if spec.dgd:
-            cu_r = co.precond_weights[rows] * prep.qk
-            d_w, d_s, d_n, d_c = _left_matmul(cu_r, u_parts)
-            read_w, read_c = read_w - d_w, read_c - d_c
-            read_s = None if d_s is None else read_s - d_s
-            read_n = None if d_n is None else read_n - d_n
-
-    # Chunk end (row C) and momentum end.
-    gk = co.grad_weights[c][:, None] * k  # diag(c_G[C]) K
-    end_decay = co.decay[c]
-    end_w = None  # W_0's map is end_decay·I + end_w
-    end_s = co.carry[c] * eye if has_mom else None
-    e_k, end_c = _right_matmul([k if cy else None, v_eff], gk)
-    end_n = -cy * e_k if cy else None
-    if spec.dgd:
-        dk = co.precond_weights[c][:, None] * k  # diag(c_U[C]) K
-        f_w, f_s, f_n, f_c = _right_matmul(u_parts, dk)
-        end_w, end_c = -f_w, end_c - f_c
-        end_s = None if f_s is None else end_s - f_s
-        end_n = None if f_n is None else end_n - f_n
-    mom_decay = mom_n = mom_c = None
-    if has_mom:
-        mk = co.momentum_grad_weights[:, None] * k
-        mom_decay = co.momentum_decay
-        m_k, mom_c = _right_matmul([k if cy else None, v_eff], mk)
-        mom_n = -cy * m_k if cy else None
-
-    return _fold(separate_snapshot, q, eye, read_w, read_s, read_n, read_c, end_decay, end_w,
-                 end_s, end_n, end_c, mom_decay, mom_n, mom_c)
+    read_maps = _read_maps(prep, read, residual, cy, has_mom, spec.dgd, u_parts, q, k, v_eff)
+    end_maps = _end_maps(prep, cy, has_mom, spec.dgd, u_parts, eye, k, v_eff)
+    return _fold(separate_snapshot, q, eye, *read_maps, *end_maps)
 
 
 def _fold(separate_snapshot, q, eye, read_w, read_s, read_n, read_c, end_decay, end_w, end_s,
