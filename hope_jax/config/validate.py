@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from hope_jax.config.build import decoder_config
@@ -80,15 +81,19 @@ def resolve_mesh(mesh: Any, device_count: int) -> dict[str, int]:
 
 
 def _value_errors(c: Any) -> list[str]:
-    # data/ imports grain and sentencepiece: only when a config is checked
-    from hope_jax.data.cache_key import CORPORA
-    from hope_jax.data.tokenizers import TOKENIZER_KINDS
+    """Every out-of-range value of the config, section by section (one message each)."""
     e = []
 
     def need(ok: bool, key: str, msg: str):
         if not ok:
             e.append(f"config.{key}: {msg}, got {c[key.split('.')[0]][key.split('.')[1]]!r}")
 
+    for section in (_model_errors, _data_errors, _optim_errors, _train_sample_errors):
+        section(c, need, e)
+    return e
+
+
+def _model_errors(c: Any, need: Callable, e: list[str]) -> None:
     need(c.model.arch in ARCH_NAMES, "model.arch", f"expected one of {list(ARCH_NAMES)}")
     need(c.model.size in SIZES, "model.size", f"expected one of {sorted(SIZES)}")
     need(c.model.dtype in DTYPES, "model.dtype", f"expected one of {DTYPES}")
@@ -101,6 +106,11 @@ def _value_errors(c: Any) -> list[str]:
     except ValueError as err:
         e.append(f"config.model.switches.objective: {err}")
 
+
+def _data_errors(c: Any, need: Callable, e: list[str]) -> None:
+    # data/ imports grain and sentencepiece: only when a config is checked
+    from hope_jax.data.cache_key import CORPORA
+    from hope_jax.data.tokenizers import TOKENIZER_KINDS
     d = c.data
     need(d.corpus in CORPORA, "data.corpus", f"expected one of {CORPORA}")
     need(d.corpus != "hf_dataset" or bool(d.hf_dataset), "data.hf_dataset",
@@ -119,6 +129,8 @@ def _value_errors(c: Any) -> list[str]:
     if d.tokenizer_path and d.tokenizer == "bpe":
         e.extend(_tokenizer_path_errors(d.tokenizer_path))
 
+
+def _optim_errors(c: Any, need: Callable, e: list[str]) -> None:
     o = c.optim
     need(o.name in OPTIMIZERS, "optim.name", f"expected one of {OPTIMIZERS}")
     need(o.fallback in FALLBACKS, "optim.fallback", f"expected one of {FALLBACKS}")
@@ -137,6 +149,8 @@ def _value_errors(c: Any) -> list[str]:
     need(o.clip_norm >= 0, "optim.clip_norm", "must be ≥ 0 (0 = off)")
     need(o.grad_accum >= 1, "optim.grad_accum", "must be ≥ 1")
 
+
+def _train_sample_errors(c: Any, need: Callable, e: list[str]) -> None:
     t = c.train
     need(t.steps >= 1, "train.steps", "must be ≥ 1")
     need(t.global_batch >= 1, "train.global_batch", "must be ≥ 1")
@@ -152,7 +166,6 @@ def _value_errors(c: Any) -> list[str]:
     need(s.temperature >= 0, "sample.temperature", "must be ≥ 0 (0 = greedy)")
     need(s.top_k >= 0, "sample.top_k", "must be ≥ 0 (0 = off)")
     need(0.0 < s.top_p <= 1.0, "sample.top_p", "must be in (0, 1]")
-    return e
 
 
 def _tokenizer_path_errors(path: str) -> list[str]:
