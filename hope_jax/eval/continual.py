@@ -102,6 +102,61 @@ class _InProcessTrainer:
         return [float(_lm_step(self.model, self.opt, next(it)["tokens"])) for _ in range(steps)]
 
 
+class _PhaseRunner:
+    """train_fn / eval_fn of `continual_learning`, and what its phases share: the prepared
+    corpora, the current model and workdir, the workdirs written and the in-process losses."""
+
+    def __init__(self, config, workdir_root: str, steps_per_phase: int, eval_batches: int,
+                 hdata, htrain, bits_per_byte: Callable):
+        self.config, self.workdir_root = config, workdir_root
+        self.steps_per_phase, self.eval_batches = steps_per_phase, eval_batches
+        self.hdata, self.htrain, self.bits_per_byte = hdata, htrain, bits_per_byte
+        self.init_kw = _init_kwarg(htrain.train)
+        self.prepared: dict = {}
+        self.state: dict = dict(model=None, workdir=None)
+        self.workdirs: list[str] = []
+        self.losses: list[list[float]] = []
+        self.fallback: list = []  # the in-process trainer, built at the first phase (needs vocab)
+
+    def phase_config(self, corpus: str):
+        c = self.config.copy_and_resolve_references()
+        c.data.corpus = corpus
+        c.train.steps = self.steps_per_phase
+        return c
+
+    def prepare(self, corpus: str):
+        if corpus not in self.prepared:
+            self.prepared[corpus] = self.hdata.prepare(self.phase_config(corpus).data)
+        return self.prepared[corpus]
+
+    def train(self, p: int, corpus: str) -> None:
+        config, state = self.config, self.state
+        if self.init_kw is None:
+            prep = self.prepare(corpus)
+            if not self.fallback:
+                self.fallback.append(_InProcessTrainer(config, self.hdata,
+                                                       int(prep.tokenizer.vocab_size)))
+            seed = int(config.data.shuffle_seed) + p
+            self.losses.append(self.fallback[0].train(prep, self.steps_per_phase, seed))
+            state["model"] = self.fallback[0].model
+            return
+        workdir = os.path.join(self.workdir_root, f"phase{p}_{corpus}")
+        kwargs = {} if state["workdir"] is None else {self.init_kw: state["workdir"]}
+        self.htrain.train(self.phase_config(corpus), workdir, **kwargs)
+        self.workdirs.append(workdir)
+        state["model"] = self.htrain.load_for_inference(workdir)[0]
+        state["workdir"] = workdir
+
+    def eval(self, corpus: str) -> float:
+        config = self.config
+        prep = self.prepare(corpus)
+        batches = self.hdata.eval_batches(prep, "valid", seq_len=int(config.data.seq_len),
+                                          batch_size=int(config.train.global_batch),
+                                          max_batches=self.eval_batches)
+        return self.bits_per_byte(self.state["model"], batches,
+                                  prep.tokenizer.token_bytes())["bpb"]
+
+
 def continual_learning(config, workdir_root: str,
                        phases: Sequence[str] = DEFAULT_PHASES, steps_per_phase: int = 200,
                        eval_batches: int = 8, eval_unseen: bool = False) -> dict:
@@ -125,50 +180,11 @@ def continual_learning(config, workdir_root: str,
     if config.data.tokenizer != "byte":
         raise ValueError("continual_learning needs one tokenizer throughout: set "
                          "data.tokenizer='byte'")
-    init_kw = _init_kwarg(htrain.train)
-    prepared: dict = {}
-    state: dict = dict(model=None, workdir=None)
-    workdirs: list[str] = []
-    losses: list[list[float]] = []
-    fallback: list = []   # the in-process trainer, built at the first phase (needs the vocab)
-
-    def phase_config(corpus: str):
-        c = config.copy_and_resolve_references()
-        c.data.corpus = corpus
-        c.train.steps = steps_per_phase
-        return c
-
-    def prepare(corpus: str):
-        if corpus not in prepared:
-            prepared[corpus] = hdata.prepare(phase_config(corpus).data)
-        return prepared[corpus]
-
-    def train_fn(p: int, corpus: str) -> None:
-        if init_kw is None:
-            prep = prepare(corpus)
-            if not fallback:
-                fallback.append(_InProcessTrainer(config, hdata, int(prep.tokenizer.vocab_size)))
-            seed = int(config.data.shuffle_seed) + p
-            losses.append(fallback[0].train(prep, steps_per_phase, seed))
-            state["model"] = fallback[0].model
-            return
-        workdir = os.path.join(workdir_root, f"phase{p}_{corpus}")
-        kwargs = {} if state["workdir"] is None else {init_kw: state["workdir"]}
-        htrain.train(phase_config(corpus), workdir, **kwargs)
-        workdirs.append(workdir)
-        state["model"] = htrain.load_for_inference(workdir)[0]
-        state["workdir"] = workdir
-
-    def eval_fn(corpus: str) -> float:
-        prep = prepare(corpus)
-        batches = hdata.eval_batches(prep, "valid", seq_len=int(config.data.seq_len),
-                                     batch_size=int(config.train.global_batch),
-                                     max_batches=eval_batches)
-        return bits_per_byte(state["model"], batches, prep.tokenizer.token_bytes())["bpb"]
-
-    bpb = run_continual(train_fn, eval_fn, phases, eval_unseen)
-    return dict(domains=list(phases), bpb=bpb, forgetting=forgetting(bpb), workdirs=workdirs,
-                losses=losses)
+    run = _PhaseRunner(config, workdir_root, steps_per_phase, eval_batches, hdata, htrain,
+                       bits_per_byte)
+    bpb = run_continual(run.train, run.eval, phases, eval_unseen)
+    return dict(domains=list(phases), bpb=bpb, forgetting=forgetting(bpb),
+                workdirs=run.workdirs, losses=run.losses)
 
 
 __all__ = ["DEFAULT_PHASES", "continual_learning", "forgetting", "run_continual"]
