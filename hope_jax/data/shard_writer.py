@@ -380,33 +380,45 @@ def prepare_shards(data_config: Any, out_dir: str | os.PathLike | None = None, *
                                f"{INDEX}); choose a new or empty directory")
     cache_dir = os.path.abspath(os.path.expanduser(config_value(data_config, "cache_dir",
                                                                 "~/.cache/hope_jax")))
-    if _is_local(out):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(out), f".tmp-{os.path.basename(out)}-{os.getpid()}-"
-                                                  f"{uuid.uuid4().hex[:8]}")
-        os.makedirs(tmp)
-    else:
-        tmp = tempfile.mkdtemp(prefix="hope_jax-shards-")
+    tmp = _staging_dir(out)
     stage(f"preparing {config_value(data_config, 'corpus', 'en_pip')} into {out}", progress)
     try:
         _build(tmp, data_config, fields, cache_dir, num_workers, progress)
-        if _is_local(out):
-            if os.path.isdir(out):
-                os.rmdir(out)            # empty (checked above)
-            try:
-                os.replace(tmp, out)
-            except OSError:              # another process finished first: fine if the same
-                index = read_index(target)
-                if index is None or index.get("config_checksum") != config_checksum(fields):
-                    raise
-        else:                            # a remote location: the index is copied last
-            target.mkdir(parents=True, exist_ok=True)
-            names = sorted(os.listdir(tmp), key=lambda n: n == INDEX)
-            for name in names:
-                epath.Path(tmp, name).copy(target / name, overwrite=True)
+        _publish(tmp, out, target, fields)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return open_prepared(out)
+
+
+def _staging_dir(out: str) -> str:
+    """A fresh folder to build in: beside `out` when local (so the publish is one rename),
+    else a local temp folder."""
+    if not _is_local(out):
+        return tempfile.mkdtemp(prefix="hope_jax-shards-")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(out), f".tmp-{os.path.basename(out)}-{os.getpid()}-"
+                                              f"{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    return tmp
+
+
+def _publish(tmp: str, out: str, target, fields: dict) -> None:
+    """Moves the built shards into place atomically: one rename locally; remotely each file is
+    copied with the index last, so a reader never sees an index without its shards."""
+    from etils import epath
+    if not _is_local(out):
+        target.mkdir(parents=True, exist_ok=True)
+        for name in sorted(os.listdir(tmp), key=lambda n: n == INDEX):
+            epath.Path(tmp, name).copy(target / name, overwrite=True)
+        return
+    if os.path.isdir(out):
+        os.rmdir(out)            # empty (checked by the caller)
+    try:
+        os.replace(tmp, out)
+    except OSError:              # another process finished first: fine if the same
+        index = read_index(target)
+        if index is None or index.get("config_checksum") != config_checksum(fields):
+            raise
 
 
 __all__ = ["RECORDS_PER_SHARD", "RECORD_TOKENS", "config_checksum", "document_stream",
