@@ -19,10 +19,11 @@ import math
 import jax
 from flax import nnx
 
+from hope_jax.data.byte_tokenizer import ByteTokenizer
 from hope_jax.layers.attention import AttentionConfig
 from hope_jax.layers.mlp import SwiGLUConfig, swiglu_hidden
 
-BYTE_VOCAB = 256 + 4  # bytes + pad / bos / eos / unk
+BYTE_VOCAB = ByteTokenizer.vocab_size  # the byte tokenizer's table: 256 bytes + 4 specials
 
 
 @dataclasses.dataclass(frozen=True)
