@@ -35,12 +35,17 @@ def test_unit_lower_inverse_matches_triangular_solve(x64, n):
                                 unit_diagonal=True)
 
     w = jax.random.normal(jax.random.PRNGKey(7), s.shape, jnp.float64)
-    assert _rel(unit_lower_inverse(s), ref(s)) < 1e-12
     loss = lambda f: lambda s: jnp.sum(jnp.sin(f(s)) * w)
-    g, g_ref = jax.grad(loss(unit_lower_inverse))(s), jax.grad(loss(ref))(s)
+
+    @jax.jit  # one compile for all six (eager, each op compiles on its own)
+    def both(s):
+        return [(f(s), jax.grad(loss(f))(s), jax.jvp(f, (s,), (w,))[1])
+                for f in (unit_lower_inverse, ref)]
+
+    (z, g, t), (z_ref, g_ref, t_ref) = both(s)
+    assert _rel(z, z_ref) < 1e-12
     assert _rel(g, g_ref) < 1e-10
     assert float(jnp.max(jnp.abs(jnp.triu(g)))) == 0.0
-    t, t_ref = jax.jvp(unit_lower_inverse, (s,), (w,))[1], jax.jvp(ref, (s,), (w,))[1]
     assert _rel(t, t_ref) < 1e-10
 
 
@@ -59,23 +64,26 @@ def test_unit_lower_solve_matches_triangular_solve(x64, n, widths):
         return tuple(solve_triangular(eye + jnp.tril(s, -1), b, lower=True, unit_diagonal=True)
                      for b in rhs)
 
-    for z, z_ref in zip(unit_lower_solve(s, rhs), ref(s, rhs)):
-        assert _rel(z, z_ref) < 1e-12
     ws = tuple(jax.random.normal(jax.random.fold_in(key, 100 + i), b.shape, jnp.float64)
                for i, b in enumerate(rhs))
 
     def loss(f):
         return lambda s, rhs: sum(jnp.sum(jnp.sin(z) * w) for z, w in zip(f(s, rhs), ws))
 
-    g, g_ref = jax.grad(loss(unit_lower_solve), argnums=(0, 1))(s, rhs), \
-        jax.grad(loss(ref), argnums=(0, 1))(s, rhs)
+    tangents = (jax.random.normal(jax.random.fold_in(key, 999), s.shape, jnp.float64), ws)
+
+    @jax.jit  # one compile for all six (eager, each op compiles on its own)
+    def both(s, rhs):
+        return [(f(s, rhs), jax.grad(loss(f), argnums=(0, 1))(s, rhs),
+                 jax.jvp(f, (s, rhs), tangents)[1]) for f in (unit_lower_solve, ref)]
+
+    (zs, g, t), (zs_ref, g_ref, t_ref) = both(s, rhs)
+    for z, z_ref in zip(zs, zs_ref):
+        assert _rel(z, z_ref) < 1e-12
     assert _rel(g[0], g_ref[0]) < 1e-10
     assert float(jnp.max(jnp.abs(jnp.triu(g[0])))) == 0.0
     for gb, gb_ref in zip(g[1], g_ref[1]):
         assert _rel(gb, gb_ref) < 1e-10
-    tangents = (jax.random.normal(jax.random.fold_in(key, 999), s.shape, jnp.float64), ws)
-    t = jax.jvp(unit_lower_solve, (s, rhs), tangents)[1]
-    t_ref = jax.jvp(ref, (s, rhs), tangents)[1]
     for a, b in zip(t, t_ref):
         assert _rel(a, b) < 1e-10
 
@@ -94,13 +102,16 @@ def test_decay_matrix_products(x64):
                                    for s in range(c + 1)]))
         return jnp.stack(rows)
 
+    # jitted: one compile each instead of ~200 eager op compiles of the unrolled products
+    direct, jac, jac_direct = jax.jit(direct), jax.jit(jax.jacrev(decay_matrix)), \
+        jax.jit(jax.jacrev(direct))
     assert _rel(decay_matrix(g), direct(g)) < 1e-14
-    assert _rel(jax.jacrev(decay_matrix)(g), jax.jacrev(direct)(g)) < 1e-13
+    assert _rel(jac(g), jac_direct(g)) < 1e-13
     z = g.at[4].set(0.0)
     p = decay_matrix(z)
     assert _rel(p, direct(z)) < 1e-14
     assert float(p[6, 2]) == 0.0 and float(p[4, 2]) > 0 and float(p[6, 5]) > 0
-    assert bool(jnp.all(jnp.isfinite(jax.jacrev(decay_matrix)(z))))
+    assert bool(jnp.all(jnp.isfinite(jac(z))))
 
 
 CASES = [("matrix", "dot", "gdn"), ("matrix", "l2", "dgd_no_momentum"),
