@@ -24,7 +24,7 @@ from typing import Any
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import ConfigDict, default_config
 from hope_jax.core.objectives import by_name
-from hope_jax.models.decoder import DTYPES, REMAT_MODES
+from hope_jax.models.decoder import REMAT_MODES, TRAINING_DTYPES
 from hope_jax.models.presets import ARCH_NAMES, SIZES
 from hope_jax.optim.outer import FALLBACKS, OPTIMIZERS, SCHEDULES
 from hope_jax.sharding.rules import BATCH_AXES, check_batch, mesh_shape
@@ -96,8 +96,9 @@ def _value_errors(c: Any) -> list[str]:
 def _model_errors(c: Any, need: Callable, e: list[str]) -> None:
     need(c.model.arch in ARCH_NAMES, "model.arch", f"expected one of {list(ARCH_NAMES)}")
     need(c.model.size in SIZES, "model.size", f"expected one of {sorted(SIZES)}")
-    need(c.model.dtype in DTYPES, "model.dtype", f"expected one of {DTYPES}")
-    need(c.model.param_dtype in DTYPES, "model.param_dtype", f"expected one of {DTYPES}")
+    need(c.model.dtype in TRAINING_DTYPES, "model.dtype", f"expected one of {TRAINING_DTYPES}")
+    need(c.model.param_dtype in TRAINING_DTYPES, "model.param_dtype",
+         f"expected one of {TRAINING_DTYPES}")
     need(c.model.remat in REMAT_MODES, "model.remat", f"expected one of {REMAT_MODES}")
     for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory"):
         need(c.model[k] >= 0, f"model.{k}", "must be ≥ 0 (0 = the size preset's value)")

@@ -34,7 +34,10 @@ from hope_jax.sharding.rules import constrain
 
 Array = jax.Array
 # The values DecoderConfig takes (config validation reads these tables).
-DTYPES = ("float32", "bfloat16")
+# Compute / parameter dtypes: float64 serves the float64 reference checks (with jax_enable_x64);
+# a training config chooses from TRAINING_DTYPES.
+DTYPES = ("float32", "bfloat16", "float64")
+TRAINING_DTYPES = ("float32", "bfloat16")
 REMAT_MODES = ("none", "block")
 
 
@@ -48,7 +51,8 @@ class DecoderConfig:
       mlp: the MLP-slot config (SwiGLU by default; the CMS replaces it), or a tuple (cyclic).
       tie_embeddings: LM head = embeddingᵀ (default untied, D36).
       max_len: the training context T (also the default cache length of `prefill`).
-      dtype / param_dtype: compute and parameter dtypes (`DTYPES`: "float32", "bfloat16").
+      dtype / param_dtype: compute and parameter dtypes (`DTYPES`: "float32", "bfloat16", or
+        "float64" for reference checks).
       norm_eps: RMSNorm ε.
       remat: `REMAT_MODES`: "none", or "block" to recompute each block's activations in the
         backward pass (`nnx.remat` per block: activation memory O(blocks · B·T·d) instead of every

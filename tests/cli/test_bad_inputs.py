@@ -232,10 +232,15 @@ def test_ctrl_c_stops_like_sigterm_and_twice_aborts():
     """The first SIGINT only sets the flag (the loop then checkpoints and stops); the second
     goes to Python's handler (KeyboardInterrupt); the handlers are restored afterwards."""
     from hope_jax.train.loop import _StopFlag
-    previous = signal.getsignal(signal.SIGINT)
-    with _StopFlag(announce=False) as flag:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert flag.raised and flag.name == "sigint"
-        with pytest.raises(KeyboardInterrupt):
+    # Python's own handler as the one to fall back to: a test worker may inherit another
+    # (e.g. SIG_IGN after an earlier test's subprocess handling), which made this order-dependent.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _StopFlag(announce=False) as flag:
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is previous
+            assert flag.raised and flag.name == "sigint"
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)

@@ -117,7 +117,7 @@ def test_allowed_values_are_the_runtime_tables():
 
     v = importlib.import_module("hope_jax.config.validate")  # `validate` is also the function
     assert v.ARCH_NAMES is presets.ARCH_NAMES and v.SIZES is presets.SIZES
-    assert v.DTYPES is decoder.DTYPES and v.REMAT_MODES is decoder.REMAT_MODES
+    assert v.TRAINING_DTYPES is decoder.TRAINING_DTYPES and v.REMAT_MODES is decoder.REMAT_MODES
     assert v.OPTIMIZERS is outer.OPTIMIZERS and v.SCHEDULES is outer.SCHEDULES
     assert v.mesh_shape is rules.mesh_shape and v.check_batch is rules.check_batch
     assert presets.BYTE_VOCAB == ByteTokenizer.vocab_size  # the CPU sizes' default vocabulary
