@@ -3,6 +3,7 @@ for pure attention (its only state is context, which restarts at every document)
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from hope_jax.eval import memorization_bpb, reset_context
 from hope_jax.layers import titans_lmm
@@ -46,7 +47,7 @@ def test_off_equals_scoring_each_document_alone():
 def test_reset_context_keeps_memory_and_resets_kv():
     model = tiny_model("titans_mag")
     fresh = model.init_state(1, 32)
-    _, used = model.prefill(np.arange(20, dtype=np.int32)[None], 32)
+    _, used = nnx.jit(lambda m, t: m.prefill(t, 32))(model, np.arange(20, dtype=np.int32)[None])
     mixed = reset_context(used, fresh)
     kv = [x for x in jax.tree.leaves(mixed, is_leaf=lambda x: isinstance(x, KVCache))
           if isinstance(x, KVCache)]
