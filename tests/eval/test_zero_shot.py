@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from hope_jax.eval import evaluate_jsonl, load_jsonl, score_continuations
 from hope_jax.eval.zero_shot import detect_format
@@ -68,9 +69,10 @@ def test_loglik_equals_direct_log_softmax_sum(tok):
     model = tiny_model("transformer")
     pairs = [("The cat sat on the", " mat"), ("Hi", " there, friend"), ("x" * 40, " y")]
     logp, greedy, n = score_continuations(model, tok, pairs, batch_size=2)
+    forward = nnx.jit(lambda m, x: m(x))  # one compile per length, not one per op
     for (ctx, cont), lp, g, k in zip(pairs, logp, greedy, n):
         seq = np.concatenate([[tok.bos_id], tok.encode(ctx), tok.encode(cont)]).astype(np.int32)
-        logits = np.asarray(model(seq[None, :-1])[0], np.float64)    # unpadded, one row
+        logits = np.asarray(forward(model, seq[None, :-1])[0], np.float64)  # unpadded, one row
         ls = logits - logits.max(-1, keepdims=True)
         ls = ls - np.log(np.exp(ls).sum(-1, keepdims=True))
         k_cont = len(tok.encode(cont))
