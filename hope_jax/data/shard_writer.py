@@ -29,6 +29,7 @@ import numpy as np
 from .byte_tokenizer import ByteTokenizer
 from .cache_key import config_value, key_fields
 from .documents import Document, _unit_hash
+from .downloads import _sha256
 from .progress import bar, stage
 from .sentencepiece_tokenizer import SentencePieceTokenizer
 from .shard_reader import FORMAT, INDEX, VERSION, PreparedDirError, open_prepared, read_index
@@ -218,14 +219,6 @@ def _encoded(units: Iterator[tuple[str, list[str]]], tokenizer: Tokenizer, worke
 
 
 # ----------------------------------------------------------------------------- writing
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _SplitWriter:
     """One split's packed stream → fixed-size records → ArrayRecord files, plus the start offset
     of every document (`<split>-doc_starts.bin`, little-endian int64)."""
