@@ -163,18 +163,60 @@ class _ChunkTerms(NamedTuple):
 
 def _snapshot_errors(memory: MLPMemory, objective: Objective, spec: RecurrenceSpec, snap: tuple,
                      k: Array, v: Array, prep: ChunkPrep):
-    """(δ_l, a_l, prep) at the snapshot; with the curvature-normalised step, the δ_l (and the DGD
-    system in prep) carry this memory's 1/(1 + η_t ρ_t)."""
+    """(δ_l, a_l, prep, step) at the snapshot: the raw δ_l, and with the curvature-normalised
+    step its per-token factor 1/(1 + η_t ρ_t) for the gradient step (else None); the DGD system
+    in prep carries the same factor."""
     # Snapshot forward/backward on the keys: a_l (layer inputs) and δ_l (output-side errors).
     y_k, cache = memory.forward_cached(snap, k)
     deltas = memory.backward(snap, cache, objective.error(y_k, v))
+    step = None
     if prep.curvature_eta is not None:  # η_t → η_t/(1 + η_t ρ_t) with this memory's ρ_t
         scale = curvature_scale(deltas, cache.inputs, prep.curvature_eta)
         if spec.dgd and spec.dgd_curvature:  # the DGD term's p (its system is per memory)
             prep = _rescale_preconditioner(prep, scale, k.shape[0])
-        if spec.step_curvature:  # the gradient step: fold the factor into δ_t
-            deltas = tuple(d * scale[:, None] for d in deltas)
-    return deltas, cache.inputs, prep
+        if spec.step_curvature:
+            step = scale
+    return deltas, cache.inputs, prep, step
+
+
+def _remaining_error(run: tuple, s: tuple, a: tuple, snap: tuple, deltas: tuple, inputs: tuple,
+                     k: Array, prep: ChunkPrep, step: Array, dgd: bool) -> Array:
+    """μ_t = 1 + ⟨g_t, W_{t−1} − W_snap⟩/‖e_t‖² for every token of the chunk at once [C]
+    (`inner_optimizers.remaining_error_fraction`, docs/hope.md "Chunk-causal curvature step").
+
+    ⟨g_t, ΔW⟩ = Σ_l δ_l,tᵀ ΔW_l a_l,t, and W_{t−1} a_l,t is the pre-write dual-form read of layer l
+    at its own input. Its part that does not depend on the chunk's steps gives b_t; the steps
+    enter linearly, token s's gradient with weight step_s μ_s, directly (c_G) and through the DGD
+    predictions U (u_s = W_{s−1} k_s), both strictly causal: μ = 1 + b − M μ with M strictly lower
+    triangular, one triangular solve.
+    """
+    co = prep.coeffs
+    c = k.shape[0]
+    e2 = jnp.sum(jnp.square(deltas[-1]), -1)
+    b = jnp.zeros((c,), k.dtype)
+    m = jnp.zeros((c, c), k.dtype)
+    for l in range(len(run)):
+        x, d = inputs[l], deltas[l]
+        # (W_{t−1} − W_snap) x without the chunk's steps
+        rel = co.decay[:c, None] * (x @ run[l].T) - x @ snap[l].T
+        if a[l] is not None:
+            rel = rel + (1.0 - co.decay[:c, None]) * (x @ a[l].T)
+        if s[l] is not None:
+            rel = rel + co.carry[:c, None] * (x @ s[l].T)
+        b = b + jnp.sum(d * rel, -1)
+        m = m + co.grad_weights[:c] * (x @ x.T) * (d @ d.T)  # −Σ_s c_G[t−1, s] (a·a)(δ·δ) μ_s
+    if dgd:  # −Σ_r c_U[t−1, r] (k_t·k_r) δ_0,t·u_r with U = (I + L)⁻¹ (B⁰ − (c_G ∘ kkᵀ) Δ)
+        d0 = deltas[0]
+        reads = co.precond_weights[:c] * prep.kk
+        u0 = _dgd_predictions(run[0], s[0], k, jnp.zeros_like(d0), prep, a[0])
+        b = b - jnp.sum(reads * (d0 @ u0.T), -1)
+        through = reads @ (prep.system_inverse @ (co.grad_weights[:c] * prep.kk))
+        m = m - through * (d0 @ d0.T)
+    safe = jnp.where(e2 > 0, e2, 1.0)[:, None]
+    m = jnp.where(e2[:, None] > 0, m * step[None, :] / safe, 0.0)
+    b = jnp.where(e2 > 0, b / safe[:, 0], 0.0)
+    eye = jnp.eye(c, dtype=m.dtype)
+    return solve_triangular(eye + m, 1.0 + b, lower=True, unit_diagonal=True)
 
 
 def _read_layer(terms: _ChunkTerms, prep: ChunkPrep, l: int, x: Array, rows: slice) -> Array:
@@ -259,10 +301,15 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
         run, snap, k, v = sg(run), sg(snap), sg(k), sg(v)
         momentum = None if momentum is None else sg(momentum)
         anchor = None if anchor is None else sg(anchor)
-    deltas, inputs, prep = _snapshot_errors(memory, objective, spec, snap, k, v, prep)
+    deltas, inputs, prep, step = _snapshot_errors(memory, objective, spec, snap, k, v, prep)
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
     a = anchor if anchor is not None else (None,) * n_layers
+    if step is not None:  # the curvature step: fold η'_t/η_t (× μ_t, chunk-causal) into δ_t
+        if spec.step_chunk_causal:
+            step = step * _remaining_error(run, s, a, snap, deltas, inputs, k, prep, step,
+                                           spec.dgd)
+        deltas = tuple(d * step[:, None] for d in deltas)
     u = _dgd_predictions(run[0], s[0], k, deltas[0], prep, a[0]) if spec.dgd else None
     terms = _ChunkTerms(run, s, a, deltas, inputs, u, live_run, stop_writes)
     y = _read(memory, read, terms, prep, snap, q)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hope_jax.core.inner_optimizers import InnerTransform, gradient_curvature
+from hope_jax.core.inner_optimizers import (InnerTransform, RecurrenceSpec, gradient_curvature,
+                                            remaining_error_fraction)
 from hope_jax.core.memories import MLPMemory
 from hope_jax.core.objectives import Objective
 
@@ -32,9 +33,11 @@ def snapshot_gradients(memory: MLPMemory, objective: Objective, snap: tuple, k: 
 def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTransform, read: str,
                   stop_writes: bool, run: tuple, opt_state, snap: tuple, q: Array, k: Array,
                   v: Array, eta: Array, alpha: Array | None, beta: Array | None,
-                  mask: Array | None):
+                  mask: Array | None, spec: RecurrenceSpec | None = None):
     """Reads and writes of one chunk for one head of one sequence (shapes as `closed_form_chunk`).
 
+    spec: the level's canonical recurrence (`Level.spec`), read only for the chunk-causal factor
+    of the curvature step (`spec.step_chunk_causal`: μ_t from the running state before token t).
     Returns (y [C, d_out], new running memory, new optimizer state).
     """
     live_run = run
@@ -49,6 +52,7 @@ def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTrans
     curvature = jax.vmap(gradient_curvature)(grads, errors)  # ρ_t at the snapshot, like G_t
     ones = jnp.ones((c,), k.dtype)
     mask = jnp.ones((c,), bool) if mask is None else mask
+    causal = spec is not None and spec.step_curvature and spec.step_chunk_causal
 
     def readable(params):
         if not stop_writes:
@@ -57,9 +61,11 @@ def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTrans
 
     def token(carry, xs):
         params, state = carry
-        g, q_t, k_t, eta_t, alpha_t, beta_t, m_t, rho_t = xs
+        g, q_t, k_t, eta_t, alpha_t, beta_t, m_t, rho_t, e_t = xs
         y_pre = memory.apply(readable(params), q_t)
         hyper = dict(eta=eta_t, key=k_t, curvature=rho_t)
+        if causal:
+            hyper["chunk_scale"] = remaining_error_fraction(g, e_t, params, snap)
         if alpha is not None:
             hyper["alpha"] = alpha_t
         if beta is not None:
@@ -71,7 +77,7 @@ def generic_chunk(memory: MLPMemory, objective: Objective, optimizer: InnerTrans
         return (new_params, new_state), (y_pre, y_post)
 
     xs = (grads, q, k, eta, ones if alpha is None else alpha, ones if beta is None else beta, mask,
-          curvature)
+          curvature, errors)
     (new_run, new_state), (y_pre, y_post) = jax.lax.scan(token, (run, opt_state), xs)
     if read == "snapshot":
         y = memory.apply(readable(snap), q)

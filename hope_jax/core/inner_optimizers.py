@@ -51,6 +51,9 @@ class RecurrenceSpec:
       normalize_step: η_e = η/(1+η‖k‖²) instead of η.
       step_curvature: η_e = η/(1+η ρ_t), ρ_t the curvature of the token's own gradient
         (`gradient_curvature`; docs/hope.md, "Curvature-normalised step").
+      step_chunk_causal: with `step_curvature`, η_e is further scaled by the chunk-causal factor
+        μ_t of `remaining_error_fraction` (the share of token t's snapshot error that the running
+        state has not corrected yet); `normalize="curvature"` sets it, "curvature_token" not.
       momentum_slot: index in the chain state of the momentum buffer S (None: no momentum, β ≡ 0).
       momentum_dampening: S_t = β S_{t−1} + (1 − β) u_t, i.e. η_e is further scaled by (1 − β_t).
       retention: α_t multiplies the old state (else α ≡ 1).
@@ -65,6 +68,7 @@ class RecurrenceSpec:
     stage: int = 0
     normalize_step: bool = False
     step_curvature: bool = False
+    step_chunk_causal: bool = False
     momentum_slot: int | None = None
     momentum_dampening: bool = False
     retention: bool = False
@@ -133,39 +137,66 @@ def gradient_curvature(grads: Params, error: Array) -> Array:
     return jnp.where(e2 > 0, g2 / jnp.where(e2 > 0, e2, 1.0), 0.0)
 
 
+def remaining_error_fraction(grads: Params, error: Array, params: Params, snap: Params) -> Array:
+    """μ_t = 1 + ⟨g_t, W_{t−1} − W_snap⟩ / ‖e_t‖²: the chunk-causal factor of the curvature step
+    (docs/hope.md, "Chunk-causal curvature step").
+
+    A chunk's gradients g_t = J_tᵀ e_t are all taken at its snapshot W_snap (D2), but token t
+    writes into the running state W_{t−1}, which the chunk's earlier writes (and retention,
+    momentum, DGD) have already moved. To first order the output at k_t has moved by J_t ΔW, so
+    the error left along e_t is e_t + J_t ΔW projected on e_t: the fraction
+    1 + eᵀ J ΔW / ‖e‖² = 1 + ⟨g, ΔW⟩/‖e‖² of the snapshot's. Scaling the step by μ_t makes C
+    copies of one key/target pair in a chunk take the sequential steps f(1 − f)^{t−1} (f the
+    fraction one step corrects) instead of C full steps past the target (exact for a depth-1
+    memory and the ½‖·‖² objective). It reads only the running state, so a chunk streamed token
+    by token gives the same μ as the chunk at once. 1 when e = 0.
+    """
+    dot = sum(jnp.sum(g * (w - w0)) for g, w, w0 in
+              zip(jax.tree.leaves(grads), jax.tree.leaves(params), jax.tree.leaves(snap)))
+    e2 = jnp.sum(jnp.square(error))
+    return 1.0 + jnp.where(e2 > 0, dot / jnp.where(e2 > 0, e2, 1.0), 0.0)
+
+
 def _tree_add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
 # -- building blocks -------------------------------------------------------------------------
 
-STEP_NORMALIZATIONS = (False, True, "key", "curvature")
+STEP_NORMALIZATIONS = (False, True, "key", "curvature", "curvature_token")
+CURVATURE_NORMALIZATIONS = ("curvature", "curvature_token")
 
 
 def _check_normalize(normalize) -> None:
     if normalize not in STEP_NORMALIZATIONS:
-        raise ValueError(f"normalize must be False, True / 'key' (η/(1+η‖k‖²)) or 'curvature' "
-                         f"(η/(1+ηρ)), got {normalize!r}")
+        raise ValueError(f"normalize must be False, True / 'key' (η/(1+η‖k‖²)), 'curvature' "
+                         f"(η/(1+ηρ) with the chunk-causal factor) or 'curvature_token' "
+                         f"(η/(1+ηρ) per token), got {normalize!r}")
 
 
 def scale_by_step_size(normalize: bool | str = False) -> InnerTransform:
     """u = −η_t g: one plain GD step on the inner objective (design §2.1, Eq. 1).
 
     `normalize`: True or "key" reads η_t as η_t/(1+η_t‖k_t‖²) (the DGD step size of D3);
-    "curvature" reads it as η_t/(1+η_t ρ_t) with the gradient's own curvature ρ_t
-    (`curvature_step_size`; equal to "key" for a depth-1 memory).
+    "curvature_token" reads it as η_t/(1+η_t ρ_t) with the gradient's own curvature ρ_t
+    (`curvature_step_size`; equal to "key" for a depth-1 memory); "curvature" further multiplies
+    it by the chunk-causal factor μ_t (`remaining_error_fraction`, passed as `chunk_scale` by the
+    chunked paths; 1 at C = 1).
     """
     _check_normalize(normalize)
-    by_curvature = normalize == "curvature"
+    by_curvature = normalize in CURVATURE_NORMALIZATIONS
+    chunk_causal = normalize == "curvature"
     by_key = normalize is True or normalize == "key"
 
     def init(params):
         return EmptyState()
 
     def update(updates, state, params=None, *, eta, alpha=None, beta=None, key=None,
-               curvature=None):
+               curvature=None, chunk_scale=None):
         if by_curvature:
             step = curvature_step_size(eta, curvature)
+            if chunk_causal and chunk_scale is not None:
+                step = step * chunk_scale
         else:
             step = normalized_step_size(eta, key) if by_key else eta
         return jax.tree.map(lambda g: -step * g, updates), state
@@ -174,7 +205,7 @@ def scale_by_step_size(normalize: bool | str = False) -> InnerTransform:
         if spec is None or spec.stage != 0:
             return None
         return dataclasses.replace(spec, stage=1, normalize_step=by_key,
-                                   step_curvature=by_curvature)
+                                   step_curvature=by_curvature, step_chunk_causal=chunk_causal)
 
     return InnerTransform(init, update, describe)
 
@@ -191,7 +222,7 @@ def trace_momentum(dampening: bool = False) -> InnerTransform:
         return MomentumState(jax.tree.map(jnp.zeros_like, params))
 
     def update(updates, state, params=None, *, eta=None, alpha=None, beta, key=None,
-               curvature=None):
+               curvature=None, chunk_scale=None):
         gain = (1.0 - beta) if dampening else 1.0
         momentum = jax.tree.map(lambda s, u: beta * s + gain * u, state.momentum, updates)
         return momentum, MomentumState(momentum)
@@ -217,7 +248,7 @@ def add_retention(to_init: bool = False) -> InnerTransform:
         return AnchorState(params) if to_init else EmptyState()
 
     def update(updates, state, params=None, *, eta=None, alpha, beta=None, key=None,
-               curvature=None):
+               curvature=None, chunk_scale=None):
         if to_init:
             return jax.tree.map(lambda u, w, a: u + (alpha - 1.0) * (w - a), updates, params,
                                 state.anchor), state
@@ -236,18 +267,20 @@ def add_dgd_preconditioner(normalize: bool | str = True, gated: bool = False) ->
     """u[0] ← u[0] − p_t (W₀ k_t) k_tᵀ: the DGD term `W (α I − p k kᵀ)` on the input-side layer.
 
     Design §2.3 and D3 (NL Eq. 88): p = η' = η/(1+η‖k‖²) with `normalize` (default), else p = η;
-    `normalize="curvature"`: p = η/(1+ηρ), the same η' as the gradient step (D3's "η' in both
-    places"). `gated=True` multiplies p by α_t, which turns the L2 step at the decayed state `α M`
-    of Gated DeltaNet into this form (design §4). Other layers get only the plain decay α.
+    `normalize="curvature"` / "curvature_token": p = η/(1+ηρ), the per-token η' of the gradient
+    step (D3's "η' in both places"; the DGD term needs no chunk-causal factor, as its triangular
+    system already reads the running state). `gated=True` multiplies p by α_t, which turns the
+    L2 step at the decayed state `α M` of Gated DeltaNet into this form (design §4). Other
+    layers get only the plain decay α.
     """
     _check_normalize(normalize)
-    by_curvature = normalize == "curvature"
+    by_curvature = normalize in CURVATURE_NORMALIZATIONS
 
     def init(params):
         return EmptyState()
 
     def update(updates, state, params=None, *, eta, alpha=None, beta=None, key,
-               curvature=None):
+               curvature=None, chunk_scale=None):
         if by_curvature:
             p = curvature_step_size(eta, curvature)
         else:

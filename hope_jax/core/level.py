@@ -102,6 +102,7 @@ class Level:
         spec = inner_opt.recurrence_spec(self.optimizer)
         if spec is not None and spec.step_curvature and self.memory.depth == 1:
             spec = dataclasses.replace(spec, normalize_step=True, step_curvature=False,
+                                       step_chunk_causal=False,
                                        dgd_normalize=spec.dgd_normalize or spec.dgd_curvature,
                                        dgd_curvature=False)
         return spec

@@ -76,7 +76,7 @@ def _chunk_step(level: Level, dynamic: bool) -> tuple[Callable | None, Callable]
         def generic_step(carry: MemoryCarry, x: ChunkInputs, prep):
             return generic_chunk(level.memory, level.objective, level.optimizer, level.read, stop,
                                  carry.run, carry.opt_state, carry.snap, x.q, x.k, x.v, x.eta,
-                                 x.alpha, x.beta, x.mask)
+                                 x.alpha, x.beta, x.mask, spec=level.spec)
         return None, generic_step
 
     slot = spec.momentum_slot

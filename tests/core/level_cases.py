@@ -43,6 +43,7 @@ class OptimizerCase:
     dgd_normalize: bool = True
     gated: bool = False
     curvature: bool = False  # η' = η/(1 + ηρ), ρ = ‖G‖²/‖e‖² at the snapshot, in both places
+    chunk_causal: bool = False  # the step's η' × μ = 1 + ⟨G, W_{t−1} − W_snap⟩/‖e‖² (C > 1)
     dampening: bool = False  # S ← β S − (1 − β) η' G
     anchor: bool = False  # retention toward the initial memory: α W + (1 − α) W_init
 
@@ -61,15 +62,21 @@ OPTIMIZERS = {
     "dgd_curvature": OptimizerCase("dgd_curvature",
                                    lambda: core.dgd(normalize="curvature", dampening=True),
                                    momentum=True, retention=True, dgd=True, curvature=True,
-                                   dampening=True),
+                                   dampening=True, chunk_causal=True),
+    "dgd_curvature_token": OptimizerCase("dgd_curvature_token",
+                                         lambda: core.dgd(normalize="curvature_token",
+                                                          dampening=True),
+                                         momentum=True, retention=True, dgd=True, curvature=True,
+                                         dampening=True),
     "dgd_anchor": OptimizerCase("dgd_anchor",
                                 lambda: core.dgd(normalize="curvature", dampening=True,
                                                  retain_to_init=True),
                                 momentum=True, retention=True, dgd=True, curvature=True,
-                                dampening=True, anchor=True),
+                                dampening=True, anchor=True, chunk_causal=True),
     "momentum_curvature": OptimizerCase("momentum_curvature",
                                         lambda: core.momentum_gd(normalize="curvature"),
-                                        momentum=True, retention=True, curvature=True),
+                                        momentum=True, retention=True, curvature=True,
+                                        chunk_causal=True),
     "gdn": OptimizerCase("gdn", lambda: core.dgd(momentum=False, normalize=False, gated=True),
                          retention=True, dgd=True, dgd_normalize=False, gated=True),
 }
@@ -127,6 +134,10 @@ def explicit_chunk_loop(memory: core.MLPMemory, objective: core.Objective, case:
                     rho = sum(jnp.sum(x ** 2) for x in g) / jnp.sum(e ** 2)
                     eta_n = eta[t] / (1.0 + eta[t] * rho)
                 eta_e = eta_n if (case.normalize or case.curvature) else eta[t]
+                if case.chunk_causal and memory.depth > 1:  # what W_{t−1} left of e at the snap
+                    e = jax.grad(lambda y: objective.loss(y, v[t]))(memory.apply(snap, k[t]))
+                    moved = sum(jnp.sum(gl * (wl - sl)) for gl, wl, sl in zip(g, w, snap))
+                    eta_e = eta_e * (1.0 + moved / jnp.sum(e ** 2))
                 if case.dampening:
                     eta_e = eta_e * (1.0 - beta[t])
                 a = alpha[t] if case.retention else 1.0

@@ -77,6 +77,9 @@ def explicit_loop(level, params, xq, xk, xv):
                         arch[n].apply(snap[n], k))
                     eta_n = eta / (1 + eta * sum(jnp.sum(x * x) for x in g) / jnp.sum(e * e))
                 eta_g = eta_n * (1 - beta) if spec.momentum_dampening else eta_n
+                if spec.step_chunk_causal:  # × (1 + ⟨G, W_{t−1} − W_snap⟩/‖e‖²)
+                    moved = sum(jnp.sum(gl * (wl - sl)) for gl, wl, sl in zip(g, w[n], snap[n]))
+                    eta_g = eta_g * (1 + moved / jnp.sum(e * e))
                 for l in range(len(w[n])):
                     if momentum:  # S ← β S − η' G; M ← M(α I − η' k kᵀ) + S (Eq. 88, D5)
                         s[n][l] = beta * s[n][l] - eta_g * g[l]
