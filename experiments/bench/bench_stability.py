@@ -8,6 +8,7 @@ whether the output and the gradients are finite, the largest |output|, and the w
 
     python experiments/bench/bench_stability.py                    # T = 16384
     python experiments/bench/bench_stability.py --length 2048 --quick
+    python experiments/bench/bench_stability.py --vocab 8 --presets_only   # repeated keys
 """
 from __future__ import annotations
 
@@ -48,9 +49,19 @@ def mixers(d: int, heads: int) -> dict:
     }
 
 
-def run_one(config, d: int, length: int, dtype) -> dict:
+def stream(d: int, length: int, dtype, vocab: int) -> jax.Array:
+    """[1, T, d] random input: Gaussian at every token (vocab 0), or tokens drawn from `vocab`
+    fixed Gaussian vectors, so that a chunk holds many copies of the same key (the case where
+    snapshot gradients pile up; docs/hope.md, "Chunk-causal curvature step")."""
+    if vocab <= 0:
+        return jax.random.normal(jax.random.PRNGKey(1), (1, length, d), dtype)
+    table = jax.random.normal(jax.random.PRNGKey(1), (vocab, d), dtype)
+    return table[jax.random.randint(jax.random.PRNGKey(2), (1, length), 0, vocab)]
+
+
+def run_one(config, d: int, length: int, dtype, vocab: int = 0) -> dict:
     mixer = config.build(d, rngs=nnx.Rngs(0), dtype=dtype)
-    u = jax.random.normal(jax.random.PRNGKey(1), (1, length, d), dtype)
+    u = stream(d, length, dtype, vocab)
 
     @nnx.jit
     def loss_and_grad(m, u):
@@ -84,6 +95,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--chunks", default="1,16,64")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--vocab", type=int, default=0,
+                    help="draw the input from this many fixed vectors (0: Gaussian per token)")
     ap.add_argument("--quick", action="store_true", help="presets only, float32")
     ap.add_argument("--presets_only", action="store_true", help="skip the D19-as-printed rows")
     ap.add_argument("--out", default=os.path.join(RESULTS, "stability.json"))
@@ -96,8 +109,8 @@ def main() -> None:
         for c in (int(x) for x in a.chunks.split(",")):
             length = min(a.length, 2048) if c == 1 else a.length  # C = 1: the token recurrence
             for dt in dtypes:
-                r = run_one(make(c), a.d_model, length, jnp.dtype(dt))
-                r.update(mixer=name, chunk=c, dtype=dt, length=length)
+                r = run_one(make(c), a.d_model, length, jnp.dtype(dt), a.vocab)
+                r.update(mixer=name, chunk=c, dtype=dt, length=length, vocab=a.vocab)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,

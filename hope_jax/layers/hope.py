@@ -44,7 +44,8 @@ CMS_LEVELS = {
 # momentum multiplies every correction by 1/(1 − β) ≈ 8. The old cure, η_max = 0.01, left the
 # writes inert (switching them off changed held-out bpb by 0.1 %). The presets now keep D19's
 # η_max = 1 and instead (i) divide each token's step by 1 + ηρ with the gradient's own curvature
-# ρ = ‖G‖²/‖e‖² ("curvature": a token never corrects past its target, at any width), and
+# ρ = ‖G‖²/‖e‖² ("curvature": a token never corrects past its target, at any width; inside a
+# chunk the step is also scaled by the share of its error the running state has left, μ_t), and
 # (ii) dampen momentum, S = β S + (1 − β) u, so one token's correction adds up to at most 1× its
 # step instead of 1/(1 − β)×. Unit-norm values stay (PRESET_NORMALIZE_VALUE).
 PRESET_ETA_MAX = 1.0

@@ -56,7 +56,8 @@ class MemoryMixerConfig:
       delta: the DGD / delta-rule preconditioner `M (α I − η k kᵀ)` (design §2.3).
       momentum_dampening: S_t = β S_{t−1} − (1 − β) η ∇ℓ (momentum as an average, docs/hope.md).
       normalize: True / "key": η' = η/(1 + η‖k‖²) (design §2.3); "curvature": η' = η/(1 + ηρ)
-        with the gradient's own curvature ρ (equal to "key" for the matrix memory; docs/hope.md).
+        with the gradient's own curvature ρ (equal to "key" for the matrix memory), times the
+        chunk-causal μ_t inside a chunk; "curvature_token": without μ_t (docs/hope.md).
       gated: Gated DeltaNet's α on the k kᵀ term.
       chunk_size, read, remat, method: passed to `core.Level`.
     Block:
@@ -111,7 +112,8 @@ class MemoryMixerConfig:
         if self.memory_init not in ("default", "zeros"):
             raise ValueError(f"memory_init must be 'default' or 'zeros', got {self.memory_init!r}")
         if self.normalize not in core.inner_optimizers.STEP_NORMALIZATIONS:
-            raise ValueError(f"normalize must be False, True, 'key' or 'curvature', "
+            raise ValueError(f"normalize must be False, True, 'key', 'curvature' or "
+                             f"'curvature_token', "
                              f"got {self.normalize!r}")
         if self.eta_max <= 0:
             raise ValueError(f"eta_max must be > 0, got {self.eta_max}")
@@ -165,7 +167,7 @@ def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:
         return "linear", ""
     if config.memory_depth != 2:
         return None, f"mlp_chunk_update is the depth-2 MLP (memory_depth={config.memory_depth})"
-    if config.normalize == "curvature":
+    if config.normalize in core.inner_optimizers.CURVATURE_NORMALIZATIONS:
         return None, "mlp_chunk_update has no curvature-normalised step"
     if config.momentum and config.momentum_dampening:
         return None, "mlp_chunk_update has no dampened momentum"

@@ -36,7 +36,8 @@ class SelfModifyingConfig:
     num_heads, head_dim (default d / H); chunk_other / chunk_memory: C_oth, C_mem (D12);
     expansion / out_expansion: hidden width of M_k, M_v, M_η, M_α (and M_q) / of M_out (D11);
     dgd, momentum, retention, normalize: the inner optimizer (D3, D5; normalize True / "key" =
-    η/(1+η‖k‖²), "curvature" = η/(1+ηρ) with the gradient's own curvature ρ, docs/hope.md);
+    η/(1+η‖k‖²), "curvature" = η/(1+ηρ) with the gradient's own curvature ρ, times the
+    chunk-causal μ_t; "curvature_token" without μ_t; docs/hope.md);
     momentum_dampening: S = β S + (1 − β) u (momentum as an average; docs/hope.md);
     retain_to_init: α decays each memory toward its meta-learned M_□,0 instead of 0 (docs/hope.md);
     objective: "l2" or "dot";
