@@ -43,7 +43,11 @@ def mixers(d: int, heads: int) -> dict:
     return {
         "hope (preset)": lambda c: hope_at(max(c // 4, 1), c),
         "hope (D19 as printed)": lambda c: hope_at(max(c // 4, 1), c, **d19),
+        "hope (per-token curvature step)": lambda c: hope_at(max(c // 4, 1), c,
+                                                             normalize="curvature_token"),
         "titans_lmm (preset)": lambda c: titans_lmm(heads, chunk_size=c),
+        "titans_lmm (per-token curvature step)": lambda c: titans_lmm(
+            heads, chunk_size=c, normalize="curvature_token"),
         "titans_lmm (D19 as printed)": lambda c: titans_lmm(heads, chunk_size=c, normalize=False,
                                                             momentum_dampening=False, v_l2=False),
     }
@@ -98,13 +102,16 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=0,
                     help="draw the input from this many fixed vectors (0: Gaussian per token)")
     ap.add_argument("--quick", action="store_true", help="presets only, float32")
-    ap.add_argument("--presets_only", action="store_true", help="skip the D19-as-printed rows")
+    ap.add_argument("--presets_only", action="store_true", help="skip the contrast rows")
+    ap.add_argument("--only", default="", help="comma-separated substrings of mixer names to run")
     ap.add_argument("--out", default=os.path.join(RESULTS, "stability.json"))
     a = ap.parse_args()
     rows = []
     dtypes = ["float32"] if a.quick else a.dtypes.split(",")
     for name, make in mixers(a.d_model, a.heads).items():
         if (a.quick or a.presets_only) and "preset" not in name:
+            continue
+        if a.only and not any(s in name for s in a.only.split(",")):
             continue
         for c in (int(x) for x in a.chunks.split(",")):
             length = min(a.length, 2048) if c == 1 else a.length  # C = 1: the token recurrence
