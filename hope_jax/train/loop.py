@@ -328,69 +328,95 @@ class _Run:
 
     # ------------------------------------------------------------------ the step loop
     def step_loop(self, sig: _StopFlag) -> None:
-        """Steps until train.steps, train.stop_at or a signal; each step runs the hooks."""
+        """Steps until train.steps, train.stop_at or a signal; each step runs the hooks.
+
+        Metrics are read one step late: step N+1 is dispatched before step N's metrics are
+        pulled to the host, so the device never waits for the host's bookkeeping. Steps whose
+        hooks need the state (logging with memory norms, evaluation, checkpoints, the first
+        and last step, stop_at) are read at once, after the pending step."""
+        pending = None  # (step, device metrics) dispatched but not read yet
         while self.step < self.steps:
             if self.stop_at and self.step >= self.stop_at:
                 self.stopped = "stop_at"
-                return
-            m = self._train_step()
-            self._check_finite(m)
-            self._log(m)
-            self._maybe_eval()
-            self._maybe_checkpoint()
+                break
+            metrics = self._dispatch_step()
+            if pending is not None:
+                self._per_step_hooks(*pending)
+                pending = None
+            if self._reads_now(self.step):
+                self._per_step_hooks(self.step, metrics)
+                self._maybe_eval()
+                self._maybe_checkpoint()
+            else:
+                pending = (self.step, metrics)
             if _any_process(sig.raised):
                 self.stopped = sig.name or "sigterm"
                 if self.main:
                     print(f"{self.stopped.upper()}: checkpointing step {self.step} and stopping",
                           flush=True)
-                return
+                break
+        if pending is not None:
+            self._per_step_hooks(*pending)
 
-    def _train_step(self) -> dict[str, float]:
+    def _reads_now(self, step: int) -> bool:
+        """Whether step's metrics are read before the next step is dispatched."""
+        return (self.t_mark is None or step % self.log_every == 0 or step >= self.steps
+                or (self.eval_every and step % self.eval_every == 0)
+                or (self.ckpt_every and step % self.ckpt_every == 0)
+                or (self.stop_at and step >= self.stop_at))
+
+    def _dispatch_step(self) -> dict:
+        """Dispatches one training step; returns its metrics still on the device."""
         raw = np.asarray(next(self.it)["tokens"], np.int32)
         self.data.check_token_ids(raw, self.V)
         tokens = _global_batch(raw, self.trainer.batch_sharding, self.G)
         poison = jax.device_put(np.asarray((self.step + 1) in self.poison_steps), self.rep)
         self.state, m = self.trainer.train_step(self.state, tokens, poison)
         self.step += 1
-        m = {k: float(v) for k, v in to_host(m).items()}
-        if self.t_mark is None:  # the first step compiles: time from its end
-            self.t_mark, self.steps_mark = time.perf_counter(), self.step
         return m
 
-    def _check_finite(self, m: dict) -> None:
+    def _per_step_hooks(self, step: int, device_metrics: dict) -> None:
+        """Reads one step's metrics and runs the NaN policy and the logging for it."""
+        m = {k: float(v) for k, v in to_host(device_metrics).items()}
+        if self.t_mark is None:  # the first step compiles: time from its end
+            self.t_mark, self.steps_mark = time.perf_counter(), step
+        self._check_finite(step, m)
+        self._log(step, m)
+
+    def _check_finite(self, step: int, m: dict) -> None:
         """A skipped (non-finite) step warns; train.max_bad_steps of them in a row stop."""
         if m["finite"] >= 1:
             self.last = m
             return
-        msg = (f"step {self.step}: non-finite loss/gradient (loss={m['loss']}, "
+        msg = (f"step {step}: non-finite loss/gradient (loss={m['loss']}, "
                f"grad_norm={m['grad_norm']}); update skipped "
                f"({int(m['bad_steps'])}/{self.max_bad} consecutive)")
         warnings.warn(msg, RuntimeWarning, stacklevel=4)  # the caller of train()
         if m["bad_steps"] >= self.max_bad:
             raise NonFiniteTrainingError(
                 f"{int(m['bad_steps'])} consecutive non-finite steps (ending at step "
-                f"{self.step}) ≥ train.max_bad_steps={self.max_bad}: stopping. The last "
+                f"{step}) ≥ train.max_bad_steps={self.max_bad}: stopping. The last "
                 f"checkpoint in {self.ckpt.directory} holds finite parameters; lower "
                 "optim.lr or check the data.")
 
-    def _log(self, m: dict) -> None:
+    def _log(self, step: int, m: dict) -> None:
         """Every log_every steps: throughput, MFU, memory norms to TensorBoard and
         metrics.jsonl; every other step only its loss to metrics.jsonl (for loss.png)."""
-        if self.step % self.log_every == 0 or self.step == self.steps:
+        if step % self.log_every == 0 or step == self.steps:  # read at once: state is step's
             now = time.perf_counter()
-            if self.step > self.steps_mark:
-                self.tps = ((self.step - self.steps_mark) * self.G * self.T
+            if step > self.steps_mark:
+                self.tps = ((step - self.steps_mark) * self.G * self.T
                             / max(now - self.t_mark, 1e-9))
                 self.mfu = self.tps * self.flops_tok / self.peak
-            self.t_mark, self.steps_mark = now, self.step
-            row = dict(step=self.step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
+            self.t_mark, self.steps_mark = now, step
+            row = dict(step=step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
                        bad_steps=m["bad_steps"], tokens_per_s=self.tps, mfu=self.mfu)
             row.update({f"memory/{k}_norm": float(v)
                         for k, v in to_host(self.mem_norms(self.state.params)).items()})
             self.record(row)
         elif self.main:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(dict(step=self.step, loss=m["loss"])) + "\n")
+                f.write(json.dumps(dict(step=step, loss=m["loss"])) + "\n")
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{self.tps:,.0f}")
