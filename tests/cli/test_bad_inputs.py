@@ -142,6 +142,17 @@ CASES = [
     (["eval", "--workdir=" + W, "--niah_task=haystack"], "--niah_task=haystack"),
     (["eval", "--workdir=" + W, "--eval_batches=0"], "--eval_batches must be ≥ 1"),
     (["data", "prepar"], "usage: hope-jax data prepare"),
+    (["train", C, "--config.data.prepared_dir={root}/bad/missing"],
+     "prepared data directory {root}/bad/missing does not exist"),
+    (["train", C, "--config.data.prepared_dir={root}/bad/nockpt"], "holds no prepared shards"),
+    (["data", "prepare", C, "--config.data.prepared_dir={root}/bad"],
+     "exists and is not a prepared-shards directory"),
+    (["train", C, "--config.data.tokenizer=bpe", "--config.data.tokenizer_path={root}/none.model"],
+     "cannot read the sentencepiece model"),
+    (["train", C, "--config.data.tokenizer=bpe", "--config.data.tokenizer_path={root}/bad/a_file"],
+     "is not a sentencepiece model"),
+    (["train", C, "--config.data.tokenizer_path={root}/bad/a_file"],
+     "a sentencepiece model needs data.tokenizer='bpe'"),
 ]
 
 
@@ -158,6 +169,7 @@ def test_bad_inputs_one_line_exit_2_nothing_changed(run, capsys, monkeypatch):
         args = [a.format(root=root, workdir=run["workdir"]) for a in args]
         code, out, err = _main(args, capsys)
         lines = err.strip().splitlines()
+        fragment = fragment.format(root=root)
         ok = (code == 2 and len(lines) == 1 and lines[0].startswith("hope-jax: error: ")
               and fragment in lines[0] and "Traceback" not in err)
         if not ok:
