@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from hope_jax.layers.attention import configure_attention
 from hope_jax.models.decoder import DecoderConfig
 from hope_jax.models.presets import get_config
 
@@ -36,7 +37,8 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
 
     Hope's Table-6 switches (`config.model.switches`) apply to "hope" (all of them) and
     "hope_attention" (only `cms`); the shape keys d_model / num_blocks / num_heads / chunk sizes
-    override the size preset when non-zero.
+    override the size preset when non-zero; `attention` / `attention_block` set the kernel and
+    block of every softmax attention (`layers.attention.configure_attention`).
     """
     m = config.model
     overrides = dict(vocab_size=int(vocab_size), max_len=int(config.data.seq_len),
@@ -52,6 +54,13 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
     mixer = {k: int(m[k]) for k in MIXER_OVERRIDES if m[k]}
     if mixer:
         cfg = dataclasses.replace(cfg, mixers=replace_fields(cfg.mixers, **mixer))
+    attention = {}
+    if m.attention != "auto":  # the kernel of every softmax attention, nested ones included
+        attention["implementation"] = m.attention
+    if m.attention_block:
+        attention["block_size"] = int(m.attention_block)
+    if attention:
+        cfg = configure_attention(cfg, **attention)
     if shape:
         cfg = dataclasses.replace(cfg, **shape)
     return dataclasses.replace(cfg, name=f"{m.arch}-{m.size}")

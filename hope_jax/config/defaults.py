@@ -42,6 +42,9 @@ def default_config() -> ConfigDict:
         chunk_size=0,             # memory chunk C of Titans / the linear baselines
         chunk_other=0,            # Hope C_oth (k, v, η, α memories; D12)
         chunk_memory=0,           # Hope C_mem (output memory; D12: a multiple of C_oth)
+        # Softmax attention (Transformer++, Hope-Attention, the SWA of Titans MAG / MAL).
+        attention="auto",         # auto | dense | xla | cudnn | pallas (layers/attention.py)
+        attention_block=0,        # query / key block of the blockwise form (0 = 512)
         # Hope Table-6 switches (NL Table 6, D14); ignored by other architectures.
         switches=ConfigDict(dict(dgd=True, momentum=True, retention=True, cms=True,
                                  adaptive_k=True, adaptive_v=True, adaptive_q=False,

@@ -24,6 +24,7 @@ from typing import Any
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import ConfigDict, default_config
 from hope_jax.core.objectives import by_name
+from hope_jax.layers.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from hope_jax.models.decoder import REMAT_MODES, TRAINING_DTYPES
 from hope_jax.models.presets import ARCH_NAMES, SIZES
 from hope_jax.optim.outer import FALLBACKS, OPTIMIZERS, SCHEDULES
@@ -100,7 +101,10 @@ def _model_errors(c: Any, need: Callable, e: list[str]) -> None:
     need(c.model.param_dtype in TRAINING_DTYPES, "model.param_dtype",
          f"expected one of {TRAINING_DTYPES}")
     need(c.model.remat in REMAT_MODES, "model.remat", f"expected one of {REMAT_MODES}")
-    for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory"):
+    need(c.model.attention in ATTENTION_IMPLEMENTATIONS, "model.attention",
+         f"expected one of {ATTENTION_IMPLEMENTATIONS}")
+    for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory",
+              "attention_block"):
         need(c.model[k] >= 0, f"model.{k}", "must be ≥ 0 (0 = the size preset's value)")
     try:
         by_name(c.model.switches.objective)

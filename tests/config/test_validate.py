@@ -47,6 +47,8 @@ BAD = [  # (key, value, text the message must contain)
      "config.model.num_heads: SelfModifyingConfig has 3 heads, which do not divide d_model=64"),
     ("model.chunk_memory", 6, "config.model.chunk_memory: the model cannot be built"),
     ("model.chunk_other", -2, "config.model.chunk_other"),
+    ("model.attention", "flash", "config.model.attention: expected one of"),
+    ("model.attention_block", -1, "config.model.attention_block"),
     ("data.vocab_size", 10, None),  # only checked for BPE: valid with bytes
 ]
 
@@ -168,3 +170,22 @@ def test_shape_overrides_reach_the_mixers():
     assert cfg.d_model == 32
     assert mixer.memory.num_heads == mixer.attention.num_heads == 2
     assert mixer.memory.chunk_size == 4
+
+
+@pytest.mark.fast
+def test_attention_keys_reach_every_softmax_attention_only():
+    """model.attention / attention_block set the kernel of Titans MAG's nested SWA and of
+    Hope-Attention's attention, and leave the memory mixers' own `implementation` alone."""
+    config = default_config()
+    config.model.arch, config.model.attention, config.model.attention_block = "titans_mag", \
+        "dense", 64
+    (mixer,) = decoder_config(config, 260).mixers
+    assert (mixer.attention.implementation, mixer.attention.block_size) == ("dense", 64)
+    assert mixer.memory.implementation == "auto"
+    config.model.arch = "hope_attention"
+    cfg = decoder_config(config, 260)
+    kinds = {type(m).__name__: m.implementation for m in cfg.mixers}
+    assert kinds == {"AttentionConfig": "dense"}, kinds
+    config.model.attention = "auto"  # the preset's choice stays
+    assert decoder_config(config, 260).mixers[0].implementation == "auto"
+
