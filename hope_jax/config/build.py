@@ -9,7 +9,7 @@ from hope_jax.models.decoder import DecoderConfig
 from hope_jax.models.presets import get_config
 
 # config.model keys that override a field of the mixer configs (wherever such a field exists).
-MIXER_OVERRIDES = ("num_heads", "chunk_size", "chunk_other", "chunk_memory")
+MIXER_OVERRIDES = ("num_heads", "chunk_size", "chunk_other", "chunk_memory", "scan_group")
 
 
 def replace_fields(obj: Any, **fields) -> Any:

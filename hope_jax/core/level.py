@@ -58,6 +58,8 @@ class Level:
         writes as constants so outer gradients reach the initial memory only through reads.
       remat: rematerialise each chunk in the backward pass (`jax.checkpoint`), so saved
         activations are one memory state per chunk (D30).
+      scan_group: with remat, store that state only every `scan_group` chunks and recompute the
+        rest (`grouped_scan`; 1 = every chunk).
       method: "closed_form" (dual / WY form; needs an optimizer with a canonical recurrence),
         "linear" (affine chunk maps; also needs a depth-1 memory and an affine objective),
         "generic" (materialised per-token snapshot gradients, any optimizer), or "auto" (the
@@ -72,11 +74,15 @@ class Level:
     gradient: str = "full"
     remat: bool = True
     method: str = "auto"
+    scan_group: int = 1
 
     def __post_init__(self):
         c = self.chunk_size
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:
             raise ValueError(f"Level.chunk_size must be a positive int, got {c!r}")
+        g = self.scan_group
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ValueError(f"Level.scan_group must be a positive int, got {g!r}")
         if self.read not in READ_MODES:
             raise ValueError(f"Level.read must be one of {READ_MODES}, got {self.read!r}")
         if self.gradient not in GRADIENT_MODES:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from hope_jax.core.closed_form import closed_form_chunk, prepare_chunk
+from hope_jax.core.grouped_scan import grouped_scan
 from hope_jax.core.generic_chunk import generic_chunk
 from hope_jax.core.inner_optimizers import MomentumState
 from hope_jax.core.level import Level, LevelState
@@ -193,10 +194,9 @@ def _scan_chunks(level: Level, dynamic: bool, carry0: MemoryCarry, xs: ChunkInpu
             last_snap = jax.tree.map(lambda a, b: jnp.where(jnp.any(x.mask), a, b), snap, last_snap)
         return (MemoryCarry(run, opt_state, None if fresh else run), last_snap), y
 
-    if level.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
     last0 = carry0.run if track_last_snapshot else None
-    (final, last_snap), ys = jax.lax.scan(body, (carry0, last0), (xs, preps))
+    (final, last_snap), ys = grouped_scan(body, (carry0, last0), (xs, preps), remat=level.remat,
+                                          group=level.scan_group)
     return final, last_snap, ys
 
 

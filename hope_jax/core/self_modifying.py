@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from hope_jax.core import inner_optimizers as inner_opt
 from hope_jax.core.closed_form import closed_form_chunk, prepare_chunk
+from hope_jax.core.grouped_scan import grouped_scan
 from hope_jax.core.memories import MLPMemory, residual_mlp_memory
 from hope_jax.core.objectives import Objective, l2
 
@@ -93,6 +94,8 @@ class SelfModifyingLevel:
       gradient: "full" (meta-gradient through every write, D8) or "stop".
       stop_target: stop the outer gradient through the targets v̂ (D8 option).
       remat: rematerialise each sub-chunk in the backward pass (D30).
+      scan_group: with remat, store the memories' state for the backward only every
+        `scan_group` sub-chunks and recompute the rest (`grouped_scan`; 1 = every sub-chunk).
       writes: False freezes every memory at its initial state (η ≡ 0, α ≡ 1): the write
         ablation of the memory probe (`hope_jax.eval.memory_probe`); reads are unchanged.
     """
@@ -113,6 +116,7 @@ class SelfModifyingLevel:
     gradient: str = "full"
     stop_target: bool = False
     remat: bool = True
+    scan_group: int = 1
     writes: bool = True
 
     def __post_init__(self):
@@ -120,6 +124,9 @@ class SelfModifyingLevel:
             c = getattr(self, name)
             if isinstance(c, bool) or not isinstance(c, int) or c < 1:
                 raise ValueError(f"SelfModifyingLevel.{name} must be a positive int, got {c!r}")
+        g = self.scan_group
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ValueError(f"SelfModifyingLevel.scan_group must be a positive int, got {g!r}")
         if self.chunk_memory % self.chunk_other:
             raise ValueError(f"SelfModifyingLevel.chunk_memory ({self.chunk_memory}) must be a "
                              f"multiple of chunk_other ({self.chunk_other}) (D12)")
@@ -346,9 +353,8 @@ def _scan_sub_chunks(level: SelfModifyingLevel, params: SelfModifyingParams, car
             new_snaps[name] = keep(new_running[name], carry.snaps[name], when)
         return MemoryCarry(new_running, new_momenta, new_snaps), o
 
-    if level.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
-    return jax.lax.scan(body, carry0, (xs, layout.ends_real, layout.ends_memory))
+    return grouped_scan(body, carry0, (xs, layout.ends_real, layout.ends_memory),
+                        remat=level.remat, group=level.scan_group)
 
 
 def _check_inputs(state: SelfModifyingState, xq: Array, xk: Array, xv: Array) -> None:

@@ -59,7 +59,7 @@ class MemoryMixerConfig:
         with the gradient's own curvature ρ (equal to "key" for the matrix memory), times the
         chunk-causal μ_t inside a chunk; "curvature_token": without μ_t (docs/hope.md).
       gated: Gated DeltaNet's α on the k kᵀ term.
-      chunk_size, read, remat, method: passed to `core.Level`.
+      chunk_size, read, remat, method, scan_group: passed to `core.Level`.
     Block:
       num_heads, head_dim (default d / H); conv, conv_kernel: causal depthwise conv + SiLU on
       q, k, v; qk_l2: L2-normalise q and k per head; v_l2: L2-normalise v per head (unit-norm
@@ -89,6 +89,7 @@ class MemoryMixerConfig:
     read: str = "post"
     remat: bool = True
     method: str = "auto"
+    scan_group: int = 1
     conv: bool = True
     conv_kernel: int = 4
     qk_l2: bool = True
@@ -146,7 +147,7 @@ def build_level(config: MemoryMixerConfig) -> core.Level:
     else:
         opt = core.gd(retention=config.retention, normalize=config.normalize)
     return core.Level(memory, objective, opt, chunk_size=config.chunk_size, read=config.read,
-                      remat=config.remat, method=config.method)
+                      remat=config.remat, method=config.method, scan_group=config.scan_group)
 
 
 def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:

@@ -45,7 +45,8 @@ class SelfModifyingConfig:
     (D18); read: "pre" (Eq. 94) or "snapshot"; eta_max: η bound (D19); normalize_value:
     v = L2Norm(M_v(x̃_v)) (off = Eq. 84 as printed; on in the Hope presets, docs/hope.md);
     eta_bias, alpha_bias, beta_bias: initial gate biases (D19: −2, 5, 2); gradient: "full" /
-    "stop" (D8); conv_kernel: width of the causal convolutions.
+    "stop" (D8); remat, scan_group: the backward's rematerialisation (`core.grouped_scan`);
+    conv_kernel: width of the causal convolutions.
     """
 
     num_heads: int
@@ -73,6 +74,7 @@ class SelfModifyingConfig:
     beta_bias: float = 2.0
     gradient: str = "full"
     remat: bool = True
+    scan_group: int = 1
     conv_kernel: int = 4
 
     def __post_init__(self):
@@ -98,7 +100,7 @@ class SelfModifyingConfig:
             adaptive_k=self.adaptive_k, adaptive_v=self.adaptive_v, adaptive_q=self.adaptive_q,
             out_target=self.out_target, read=self.read, eta_max=self.eta_max,
             normalize_value=self.normalize_value,
-            gradient=self.gradient, remat=self.remat)
+            gradient=self.gradient, remat=self.remat, scan_group=self.scan_group)
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
               param_dtype=jnp.float32) -> SelfModifyingMixer:
