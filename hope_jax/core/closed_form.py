@@ -127,10 +127,10 @@ def _rescale_preconditioner(prep: ChunkPrep, scale: Array, c: int) -> ChunkPrep:
     return prep._replace(coeffs=co._replace(precond_weights=weights), system_inverse=inverse)
 
 
-def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: ChunkPrep,
-                     a0: Array | None = None) -> Array:
-    """U = [W_{t−1} k_t]_t for the input-side layer (whose inputs are the keys), from the
-    triangular system above; a0: the retention anchor of that layer, or None. [C, out]."""
+def _dgd_base(w0: Array, s0: Array | None, k: Array, prep: ChunkPrep,
+              a0: Array | None = None) -> Array:
+    """(I + L)⁻¹ B⁰: the part of the DGD predictions U that does not depend on the chunk's
+    gradient steps; a0: the retention anchor of the input-side layer, or None. [C, out]."""
     co = prep.coeffs
     c = k.shape[0]
     rhs = co.decay[:c, None] * (k @ w0.T)
@@ -138,8 +138,14 @@ def _dgd_predictions(w0: Array, s0: Array | None, k: Array, d0: Array, prep: Chu
         rhs = rhs + (1.0 - co.decay[:c, None]) * (k @ a0.T)
     if s0 is not None:
         rhs = rhs + co.carry[:c, None] * (k @ s0.T)
-    rhs = rhs - (co.grad_weights[:c] * prep.kk) @ d0
     return prep.system_inverse @ rhs
+
+
+def _dgd_predictions(base: Array, d0: Array, prep: ChunkPrep) -> Array:
+    """U = [W_{t−1} k_t]_t for the input-side layer (whose inputs are the keys), from the
+    triangular system above: `_dgd_base` minus the steps' part. [C, out]."""
+    c = d0.shape[0]
+    return base - prep.system_inverse @ ((prep.coeffs.grad_weights[:c] * prep.kk) @ d0)
 
 
 class _ChunkTerms(NamedTuple):
@@ -180,7 +186,7 @@ def _snapshot_errors(memory: MLPMemory, objective: Objective, spec: RecurrenceSp
 
 
 def _remaining_error(run: tuple, s: tuple, a: tuple, snap: tuple, deltas: tuple, inputs: tuple,
-                     k: Array, prep: ChunkPrep, step: Array, dgd: bool) -> Array:
+                     k: Array, prep: ChunkPrep, step: Array, dgd_base: Array | None) -> Array:
     """μ_t = 1 + ⟨g_t, W_{t−1} − W_snap⟩/‖e_t‖² for every token of the chunk at once [C]
     (`inner_optimizers.remaining_error_fraction`, docs/hope.md "Chunk-causal curvature step").
 
@@ -188,7 +194,7 @@ def _remaining_error(run: tuple, s: tuple, a: tuple, snap: tuple, deltas: tuple,
     at its own input. Its part that does not depend on the chunk's steps gives b_t; the steps
     enter linearly, token s's gradient with weight step_s μ_s, directly (c_G) and through the DGD
     predictions U (u_s = W_{s−1} k_s), both strictly causal: μ = 1 + b − M μ with M strictly lower
-    triangular, one triangular solve.
+    triangular, one triangular solve. dgd_base: `_dgd_base` of the chunk, or None without DGD.
     """
     co = prep.coeffs
     c = k.shape[0]
@@ -205,11 +211,11 @@ def _remaining_error(run: tuple, s: tuple, a: tuple, snap: tuple, deltas: tuple,
             rel = rel + co.carry[:c, None] * (x @ s[l].T)
         b = b + jnp.sum(d * rel, -1)
         m = m + co.grad_weights[:c] * (x @ x.T) * (d @ d.T)  # −Σ_s c_G[t−1, s] (a·a)(δ·δ) μ_s
-    if dgd:  # −Σ_r c_U[t−1, r] (k_t·k_r) δ_0,t·u_r with U = (I + L)⁻¹ (B⁰ − (c_G ∘ kkᵀ) Δ)
+    if dgd_base is not None:  # −Σ_r c_U[t−1, r] (k_t·k_r) δ_0,t·u_r,
+        # U = (I + L)⁻¹ (B⁰ − (c_G ∘ kkᵀ) Δ)
         d0 = deltas[0]
         reads = co.precond_weights[:c] * prep.kk
-        u0 = _dgd_predictions(run[0], s[0], k, jnp.zeros_like(d0), prep, a[0])
-        b = b - jnp.sum(reads * (d0 @ u0.T), -1)
+        b = b - jnp.sum(reads * (d0 @ dgd_base.T), -1)
         through = reads @ (prep.system_inverse @ (co.grad_weights[:c] * prep.kk))
         m = m - through * (d0 @ d0.T)
     safe = jnp.where(e2 > 0, e2, 1.0)[:, None]
@@ -305,12 +311,13 @@ def closed_form_chunk(memory: MLPMemory, objective: Objective, spec: RecurrenceS
     n_layers = len(run)
     s = momentum if momentum is not None else (None,) * n_layers
     a = anchor if anchor is not None else (None,) * n_layers
+    dgd_base = _dgd_base(run[0], s[0], k, prep, a[0]) if spec.dgd else None
     if step is not None:  # the curvature step: fold η'_t/η_t (× μ_t, chunk-causal) into δ_t
         if spec.step_chunk_causal:
             step = step * _remaining_error(run, s, a, snap, deltas, inputs, k, prep, step,
-                                           spec.dgd)
+                                           dgd_base)
         deltas = tuple(d * step[:, None] for d in deltas)
-    u = _dgd_predictions(run[0], s[0], k, deltas[0], prep, a[0]) if spec.dgd else None
+    u = None if dgd_base is None else _dgd_predictions(dgd_base, deltas[0], prep)
     terms = _ChunkTerms(run, s, a, deltas, inputs, u, live_run, stop_writes)
     y = _read(memory, read, terms, prep, snap, q)
     new_run, new_mom = _end_of_chunk(terms, prep, k)
