@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -23,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_models import build_step, memory_bytes  # noqa: E402
+from results_json import write_results  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -75,12 +75,7 @@ def main() -> None:
                 row["peak_vs_g1"] = row["memory"]["peak"] / base["memory"]["peak"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(dict(commit=commit, args=vars(a), rows=rows), f, indent=1)
-    print(f"wrote {a.out}")
+    write_results(a.out, a, rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import time
 
 import jax
@@ -27,6 +26,7 @@ from flax import nnx
 from hope_jax.layers import titans_lmm
 from hope_jax.layers.memory_writes import memory_writes
 from hope_jax.models import get_config
+from results_json import write_results
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -120,12 +120,7 @@ def main() -> None:
                 r.update(mixer=name, chunk=c, dtype=dt, length=length, vocab=a.vocab)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(dict(commit=commit, args=vars(a), rows=rows), f, indent=1)
-    print(f"wrote {a.out}")
+    write_results(a.out, a, rows)
 
 
 if __name__ == "__main__":
