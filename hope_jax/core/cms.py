@@ -10,8 +10,10 @@ sequence:
     ℓ_loc(θ; z) = ½ ‖F_θ(z) − W_tgt z‖²                        (W_tgt: outer parameter, init 0)
     η = η_max σ(ρ)                                              (ρ: outer scalar, η_max = 0.1)
 
-Option `normalize` (on in the Hope presets): each layer's per-token gradient term is divided by
-(1 + η‖x_t‖²), x_t the layer's own input — D3's step normalisation applied layer by layer.
+Option `normalize`: "layer" (or True) divides each layer's per-token gradient term by
+(1 + η‖x_t‖²), x_t the layer's own input (D3's step normalisation applied layer by layer);
+"curvature" (the Hope presets) divides token t's whole gradient by (1 + ηρ_t), ρ_t the
+Gauss–Newton curvature of its loss along that gradient (`curvature_local_grad`).
 
 The chunk's summed gradient is one batched backward pass of the MLP (per-layer outer-product sums
 as matmuls); no per-token gradient is materialised. A chunk whose end falls in the padding does not
@@ -68,6 +70,40 @@ def normalized_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weigh
     return SwiGLUParams(d_gate, d_up, d_down)
 
 
+def curvature_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weights: Array,
+                         eta: Array) -> SwiGLUParams:
+    """Σ_t weights_t/(1 + η ρ_t) · ∇_θ ½‖F_θ(z_t) − W_tgt z_t‖², ρ_t = ‖J_t g_t‖² / ‖g_t‖²: the
+    Gauss–Newton curvature of token t's loss along its own gradient g_t = J_tᵀ r_t (J_t the
+    Jacobian of F_θ(z_t) in θ, all three matrices at once).
+
+    The step η/(1 + ηρ_t) never takes a token past the minimum of its own loss along g_t (in the
+    Gauss–Newton model), whatever the scale of any layer: the per-layer rule of
+    `normalized_local_grad` sees only each layer's input, not the Jacobian of the layers after
+    it, and diverged on MQAR when W_down grew (docs/hope.md, "In-context CMS: the curvature
+    step"). Closed form, with a = s ⊙ u, s = SiLU(z W_g), u = z W_up, δa = r W_downᵀ:
+        ‖g_t‖² = ‖a‖²‖r‖² + ‖z‖² (‖δa ⊙ s‖² + ‖δa ⊙ u ⊙ SiLU'‖²)
+        J_t g_t = ‖a‖² r + ‖z‖² ((s² + u² SiLU'²) ⊙ δa) W_down
+    """
+    g = z @ params.w_gate
+    u = z @ params.w_up
+    s = jax.nn.silu(g)
+    a = s * u
+    r = a @ params.w_down - z @ w_target
+    sig = jax.nn.sigmoid(g)
+    dsilu = sig * (1 + g * (1 - sig))                          # SiLU'(g)
+    da = r @ params.w_down.T
+    z2, a2 = jnp.sum(z * z, -1), jnp.sum(a * a, -1)
+    g2 = a2 * jnp.sum(r * r, -1) + z2 * (jnp.sum(jnp.square(da * s), -1)
+                                         + jnp.sum(jnp.square(da * u * dsilu), -1))
+    jg = a2[..., None] * r + z2[..., None] * (((s * s + jnp.square(u * dsilu)) * da)
+                                              @ params.w_down)
+    rho = jnp.sum(jg * jg, -1) / jnp.where(g2 > 0, g2, 1.0)
+    w = weights / (1.0 + eta * rho)
+    mt = lambda x, y: jnp.swapaxes(x, -1, -2) @ y              # Σ_t x_tᵀ y_t
+    dw = da * w[..., None]
+    return SwiGLUParams(mt(z, dw * u * dsilu), mt(z, dw * s), mt(a, w[..., None] * r))
+
+
 def local_loss(params: SwiGLUParams, w_target: Array, z: Array, weights: Array) -> Array:
     """Σ_t weights_t · ½‖F_θ(z_t) − W_tgt z_t‖²  (D9's default local objective; W_tgt [d, d])."""
     residual = swiglu(params, z) - z @ w_target
@@ -92,8 +128,13 @@ def init_in_context_state(params: SwiGLUParams, batch_size: int) -> InContextSta
     return InContextState(theta, jax.tree.map(jnp.zeros_like, theta), None)
 
 
+NORMALIZATIONS = (False, True, "layer", "curvature")
+
+
 def _check_level_args(params: SwiGLUParams, z: Array, chunk: int, reset_every: int | None,
-                      retention: float) -> None:
+                      retention: float, normalize=False) -> None:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if z.ndim != 3 or z.shape[-1] != params.w_gate.shape[0]:
@@ -191,10 +232,12 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
         sequence continues, mid-chunk included).
       reset_every: nested CMS (Eq. 72, D24): after the write at every multiple of this many
         tokens (a chunk boundary of the slower level above; a multiple of `chunk`), θ ← θ_0.
-      normalize: divide each layer's per-token gradient by (1 + η‖x_t‖²), x_t that layer's
-        input (`normalized_local_grad`). Off = D22 as printed (plain GD). The Hope presets turn
-        it on: with the RMS-normalised stream ‖z‖² ≈ d, so plain GD at η_max = 0.1 is expansive
-        for d ≳ 40 and diverged on real text (docs/hope.md).
+      normalize: True / "layer": divide each layer's per-token gradient by (1 + η‖x_t‖²), x_t
+        that layer's input (`normalized_local_grad`); "curvature" (the Hope presets): divide
+        token t's whole gradient by (1 + ηρ_t), ρ_t its Gauss–Newton curvature along itself
+        (`curvature_local_grad`). Off = D22 as printed (plain GD): with the RMS-normalised
+        stream ‖z‖² ≈ d, plain GD at η_max = 0.1 is expansive for d ≳ 40 and diverged on real
+        text, and the per-layer rule diverged on MQAR (docs/hope.md).
       retention: r in θ ← θ_0 + r (θ − θ_0) − η ḡ at every write: the level decays toward its
         meta-learned θ_0, so its distance from θ_0 stays bounded however long the context (1 = D22
         as printed: plain GD, which drifts further with every chunk past the training length;
@@ -204,14 +247,16 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
       (F_θ(z) [B, T, d], each token read at its chunk's snapshot; the new state). The caller adds
       the residual.
     """
-    _check_level_args(params, z, chunk, reset_every, retention)
+    _check_level_args(params, z, chunk, reset_every, retention, normalize)
     b, t, d = z.shape
     if state is None:
         state = init_in_context_state(params, b)
     dynamic = state.position is not None
     sched = _schedule(state, z, chunk, reset_every)
     eta = eta_max * jax.nn.sigmoid(rho)
-    if normalize:
+    if normalize == "curvature":
+        grad_loss = lambda th, wt, zc, w: curvature_local_grad(th, wt, zc, w, eta)
+    elif normalize:
         grad_loss = lambda th, wt, zc, w: normalized_local_grad(th, wt, zc, w, eta)
     else:
         grad_loss = jax.grad(local_loss)

@@ -41,13 +41,17 @@ class CMSLevel:
     chunk: int | None = None
     period: int | None = None
     eta_max: float = 0.1
-    normalize: bool = False   # per-layer normalised in-context step (cms.normalized_local_grad)
+    normalize: bool | str = False  # in-context step: False (plain GD), True / "layer" (per-layer
+                                   # normalised), "curvature" (per-token Gauss–Newton; core.cms)
     retention: float = 1.0    # per write θ ← θ_0 + r(θ − θ_0) − η ḡ (1 = D22, core.cms)
 
     def __post_init__(self):
         if (self.chunk is None) == (self.period is None):
             raise ValueError("a CMSLevel needs exactly one of chunk (in-context, tokens) or "
                              f"period (outer, steps), got chunk={self.chunk}, period={self.period}")
+        if self.normalize not in core_cms.NORMALIZATIONS:
+            raise ValueError(f"CMSLevel.normalize must be one of {core_cms.NORMALIZATIONS}, got "
+                             f"{self.normalize!r}")
         value = self.chunk if self.chunk is not None else self.period
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"CMSLevel chunk/period must be a positive int, got {value!r}")
@@ -217,3 +221,16 @@ def init_from_mlp(cms: CMS, mlp: SwiGLU | core_cms.SwiGLUParams) -> None:
     if cms.weights is not None:
         k = len(cms.levels)
         cms.weights[...] = jnp.full((k,), 1.0 / k, cms.weights.dtype)
+
+
+def without_surrogate_writes(config: CMSConfig) -> CMSConfig:
+    """The CMS with every in-context level's surrogate write off (η_max = 0; retention toward θ_0
+    kept): for the next-token inner objective, whose steps the trainer adds
+    (`hope_jax.learn.next_token_objective`)."""
+    if not isinstance(config, CMSConfig) or not any(lvl.in_context for lvl in config.levels):
+        raise ValueError("model.cms_objective='next_token' needs a CMS with an in-context level "
+                         "(a Hope preset with switches.cms on)")
+    levels = tuple(dataclasses.replace(lvl, eta_max=0.0) if lvl.in_context else lvl
+                   for lvl in config.levels)
+    return dataclasses.replace(config, levels=levels)
+

@@ -29,13 +29,20 @@ MEMORY_CHUNKS = {"tiny": (4, 8), "small": (16, 64), "340m": (16, 64), "760m": (1
 # measured reason: with plain GD its state drifts with every chunk, and past the training length
 # its writes made held-out bpb worse; docs/hope.md, "Stable writes that matter").
 CMS_RETENTION = 0.9
+# ... and scales each token's write by 1/(1 + ηρ_t), ρ_t the Gauss–Newton curvature of its local
+# loss along its own gradient (changed for a measured reason: the per-layer rule ignores the
+# Jacobian of the layers after each one, and once W_down had grown during MQAR training the
+# level's weights went from 50 to 3·10²² in 32 tokens; docs/hope.md, "In-context CMS: the
+# curvature step").
+CMS_NORMALIZE = "curvature"
+def _in_context(chunk: int) -> CMSLevel:
+    return CMSLevel(chunk=chunk, normalize=CMS_NORMALIZE, retention=CMS_RETENTION)
+
+
 CMS_LEVELS = {
-    "tiny": (CMSLevel(chunk=8, normalize=True, retention=CMS_RETENTION), CMSLevel(period=2),
-             CMSLevel(period=8)),
-    "small": (CMSLevel(chunk=16, normalize=True, retention=CMS_RETENTION), CMSLevel(period=4),
-              CMSLevel(period=16)),
-    "paper": (CMSLevel(chunk=16, normalize=True, retention=CMS_RETENTION), CMSLevel(period=2),
-              CMSLevel(period=32)),
+    "tiny": (_in_context(8), CMSLevel(period=2), CMSLevel(period=8)),
+    "small": (_in_context(16), CMSLevel(period=4), CMSLevel(period=16)),
+    "paper": (_in_context(16), CMSLevel(period=2), CMSLevel(period=32)),
 }
 # The presets' inner step (D19 revised for a measured reason; docs/hope.md, "Stable writes that
 # matter"). D19's gates with Eq. 88's key-normalised step η/(1+η‖k‖²) diverge within ~20–60 tokens
