@@ -372,6 +372,8 @@ def cmd_train(fv: flags.FlagValues, positional: list[str]) -> None:
     workdir = fv.workdir or os.path.join("workdirs", f"{config.model.arch}-{config.model.size}")
     _check_train_inputs(config, workdir)
     enable_compilation_cache()
+    if config.model.cms_objective == "next_token":
+        import hope_jax.learn  # noqa: F401  (registers the objective with the trainer)
     from hope_jax.train import train
     result = train(config, workdir)
     if _is_main():

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 from hope_jax.layers.attention import configure_attention
+from hope_jax.layers.cms import without_surrogate_writes
 from hope_jax.models.decoder import DecoderConfig
 from hope_jax.models.presets import get_config
 
@@ -63,6 +64,8 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
         cfg = configure_attention(cfg, **attention)
     if shape:
         cfg = dataclasses.replace(cfg, **shape)
+    if m.cms_objective == "next_token":  # the levels write only by the next-token step
+        cfg = dataclasses.replace(cfg, mlp=without_surrogate_writes(cfg.mlp))
     return dataclasses.replace(cfg, name=f"{m.arch}-{m.size}")
 
 

@@ -26,7 +26,7 @@ from hope_jax.config.defaults import ConfigDict, default_config
 from hope_jax.core.objectives import by_name
 from hope_jax.layers.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from hope_jax.models.decoder import REMAT_MODES, TRAINING_DTYPES
-from hope_jax.models.presets import ARCH_NAMES, SIZES
+from hope_jax.models.presets import ARCH_NAMES, HOPE_ARCHS, SIZES
 from hope_jax.optim.outer import FALLBACKS, OPTIMIZERS, SCHEDULES
 from hope_jax.sharding.rules import BATCH_AXES, check_batch, mesh_shape
 
@@ -106,6 +106,12 @@ def _model_errors(c: Any, need: Callable, e: list[str]) -> None:
     for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory",
               "scan_group", "attention_block"):
         need(c.model[k] >= 0, f"model.{k}", "must be ≥ 0 (0 = the size preset's value)")
+    need(c.model.cms_objective in ("surrogate", "next_token"), "model.cms_objective",
+         "expected 'surrogate' or 'next_token'")
+    need(c.model.cms_objective != "next_token" or (c.model.arch in HOPE_ARCHS
+                                                   and bool(c.model.switches.cms)),
+         "model.cms_objective", "'next_token' needs a Hope arch with its CMS (switches.cms)")
+    need(c.model.cms_next_token_lr > 0, "model.cms_next_token_lr", "must be > 0")
     try:
         by_name(c.model.switches.objective)
     except ValueError as err:
@@ -220,6 +226,11 @@ def _shape_errors(c: Any) -> list[str]:
 
     walk(cfg.mixers, "mixers")
     walk(cfg.mlp, "mlp")
+    if c.model.cms_objective == "next_token":  # the learner streams whole chunks
+        chunks = [lvl.chunk for lvl in getattr(cfg.mlp, "levels", ()) if lvl.in_context]
+        if chunks and c.data.seq_len % math.lcm(*chunks):
+            e.append(f"config.data.seq_len: model.cms_objective='next_token' needs a multiple of "
+                     f"the in-context CMS chunk {math.lcm(*chunks)}, got {c.data.seq_len}")
     return sorted(set(e))
 
 

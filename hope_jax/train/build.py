@@ -25,6 +25,12 @@ from hope_jax.train.state import ParamCodec, TrainState, all_finite
 from hope_jax.train.step import make_apply, make_eval_step, make_train_step
 
 
+# Training objectives other than the logits' next-token NLL, by `model.cms_objective`:
+# name → factory(config, model_of) → nll_fn(params, tokens [B, T+1]) → NLL [B, T]. Higher layers
+# register theirs (hope_jax.learn registers "next_token" when imported; the CLI imports it).
+NLL_OBJECTIVES: dict[str, Callable] = {}
+
+
 class Trainer(NamedTuple):
     """A run's static pieces. `train_step(state, tokens, poison)` and
     `eval_step(params, tokens, mask, token_bytes)` are jitted with the mesh shardings."""
@@ -90,13 +96,21 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
         return TrainState(step=zero(), params=params, opt_state=opt, bad_steps=zero())
 
     apply = make_apply(graphdef, rest, codec)
+    nll_fn = None
+    objective = config.model.cms_objective
+    if objective != "surrogate":  # e.g. NL §7.1's next-token levels (docs/continual.md)
+        if objective not in NLL_OBJECTIVES:
+            raise ValueError(f"model.cms_objective={objective!r} is registered by "
+                             "hope_jax.learn: import hope_jax.learn before building the trainer")
+        model_of = lambda p: nnx.merge(graphdef, codec.to_state(p), rest)
+        nll_fn = NLL_OBJECTIVES[objective](config, model_of)
     step_fn = make_train_step(apply, tx, schedule, pad_id=pad_id,
-                              grad_accum=int(config.optim.grad_accum))
+                              grad_accum=int(config.optim.grad_accum), nll_fn=nll_fn)
     b_shard = mesh_lib.batch_sharding(mesh)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, b_shard, rep),
                          out_shardings=(state_sh, rep), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(apply), in_shardings=(p_shard, b_shard, b_shard, rep),
-                        out_shardings=rep)
+    eval_step = jax.jit(make_eval_step(apply, nll_fn),
+                        in_shardings=(p_shard, b_shard, b_shard, rep), out_shardings=rep)
     state_finite = jax.jit(lambda st: all_finite((st.params, st.opt_state)),
                            in_shardings=(state_sh,), out_shardings=rep)
     return Trainer(mesh=mesh, model_config=dcfg, graphdef=graphdef, rest=rest, codec=codec,
@@ -106,4 +120,4 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
                    state_finite=state_finite, apply=apply)
 
 
-__all__ = ["Trainer", "build_trainer"]
+__all__ = ["NLL_OBJECTIVES", "Trainer", "build_trainer"]

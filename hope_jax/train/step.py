@@ -48,10 +48,22 @@ def make_apply(graphdef: nnx.GraphDef, rest: nnx.State, codec: ParamCodec
     return apply
 
 
+NllFn = Callable[[Params, Array], Array]
+
+
+def apply_nll(apply: Callable[[Params, Array], Array]) -> NllFn:
+    """(params, tokens [B, T+1]) → per-token NLL [B, T] of the logits `apply` gives."""
+    return lambda params, tokens: token_nll(apply(params, tokens[:, :-1]), tokens[:, 1:])
+
+
 def make_train_step(apply: Callable[[Params, Array], Array], tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, pad_id: int, grad_accum: int = 1
+                    schedule: optax.Schedule, *, pad_id: int, grad_accum: int = 1,
+                    nll_fn: NllFn | None = None
                     ) -> Callable[[TrainState, Array, Array], tuple[TrainState, dict]]:
     """The train step `(state, tokens [B, T+1] int32, poison bool[]) → (state, metrics)`.
+
+    `nll_fn(params, tokens)` → per-token NLL [B, T] replaces `apply`'s next-token NLL (e.g. the
+    next-token CMS objective, `hope_jax.learn.next_token_objective`).
 
     `poison` (tests of the NaN policy only; pass False) multiplies the loss by NaN.
     Metrics (float32 scalars): loss, grad_norm (before clipping), lr (schedule at the global
@@ -60,9 +72,10 @@ def make_train_step(apply: Callable[[Params, Array], Array], tx: optax.GradientT
     if grad_accum < 1:
         raise ValueError(f"optim.grad_accum must be ≥ 1, got {grad_accum}")
 
+    nll = nll_fn or apply_nll(apply)
+
     def nll_sum(params: Params, tokens: Array, weight: Array) -> Array:
-        logits = apply(params, tokens[:, :-1])
-        return jnp.sum(token_nll(logits, tokens[:, 1:]) * weight)
+        return jnp.sum(nll(params, tokens) * weight)
 
     grad_fn = jax.value_and_grad(nll_sum)
 
@@ -107,14 +120,16 @@ def make_train_step(apply: Callable[[Params, Array], Array], tx: optax.GradientT
     return train_step
 
 
-def make_eval_step(apply: Callable[[Params, Array], Array]
+def make_eval_step(apply: Callable[[Params, Array], Array], nll_fn: NllFn | None = None
                    ) -> Callable[[Params, Array, Array, Array], tuple[Array, Array, Array]]:
     """`(params, tokens [B, T+1], mask [B, T], token_bytes [V]) → (Σ nats, Σ tokens, Σ bytes)`
-    over the masked targets; bits per byte = Σ nats / ln 2 / Σ bytes."""
+    over the masked targets; bits per byte = Σ nats / ln 2 / Σ bytes. `nll_fn` as in
+    `make_train_step`."""
+    token_nlls = nll_fn or apply_nll(apply)
 
     def eval_step(params: Params, tokens: Array, mask: Array, token_bytes: Array):
         targets = tokens[:, 1:]
-        nll = token_nll(apply(params, tokens[:, :-1]), targets)
+        nll = token_nlls(params, tokens)
         mask = mask.astype(jnp.float32)
         nbytes = jnp.take(token_bytes, targets, axis=0).astype(jnp.float32)
         return jnp.sum(nll * mask), jnp.sum(mask), jnp.sum(nbytes * mask)

@@ -153,6 +153,11 @@ CASES = [
      "is not a sentencepiece model"),
     (["train", C, "--config.data.tokenizer_path={root}/bad/a_file"],
      "a sentencepiece model needs data.tokenizer='bpe'"),
+    (["train", C, "--config.model.arch=hope", "--config.model.cms_objective=next_token",
+      "--config.data.seq_len=60"],
+     "needs a multiple of the in-context CMS chunk 8, got 60"),
+    (["train", C, "--config.model.cms_objective=next_token", "--config.model.arch=transformer"],
+     "'next_token' needs a Hope arch with its CMS"),
 ]
 
 

@@ -50,7 +50,24 @@ BAD = [  # (key, value, text the message must contain)
     ("model.attention", "flash", "config.model.attention: expected one of"),
     ("model.attention_block", -1, "config.model.attention_block"),
     ("data.vocab_size", 10, None),  # only checked for BPE: valid with bytes
+    ("model.cms_objective", "task", "config.model.cms_objective: expected 'surrogate'"),
+    ("model.cms_next_token_lr", 0.0, "config.model.cms_next_token_lr: must be > 0"),
 ]
+
+
+def test_next_token_objective_needs_a_hope_cms_and_whole_chunks():
+    config = default_config()
+    config.model.cms_objective, config.data.seq_len = "next_token", 60  # chunk 8
+    with pytest.raises(ConfigError, match="config.data.seq_len: model.cms_objective='next_token' "
+                                          "needs a multiple of the in-context CMS chunk 8"):
+        validate(config, device_count=1, process_count=1)
+    config.model.arch, config.data.seq_len = "transformer", 64
+    with pytest.raises(ConfigError, match="'next_token' needs a Hope arch with its CMS"):
+        validate(config, device_count=1, process_count=1)
+    config.model.arch = "hope"  # valid, and the surrogate writes are off
+    validate(config, device_count=1, process_count=1)
+    levels = decoder_config(config, 260).mlp.levels
+    assert [lvl.eta_max for lvl in levels if lvl.in_context] == [0.0]
 
 
 @pytest.mark.fast
