@@ -14,7 +14,7 @@ LINT_PATHS := hope_jax kernels tests experiments
 WORKDIR ?= workdirs/hope-tiny
 TRAIN_ARGS ?=
 
-.PHONY: train lint test test-fast bench bench-optimizers bench-kernels compare bench-models venv clean
+.PHONY: train lint test test-fast bench bench-optimizers bench-kernels compare bench-models bench-peers venv clean
 
 venv: $(VENV)/.installed
 
@@ -61,6 +61,20 @@ compare: venv
 bench-models: venv
 	$(PY) experiments/bench/bench_models.py
 	$(PY) experiments/bench/bench_decode.py
+
+# hope_jax vs the PyTorch peers (nested-learning's Hope, titans-pytorch), side by side; the peers
+# live in their own environment, .venv-peers (docs/experiments.md, "Against the PyTorch peers").
+PEERS_VENV ?= .venv-peers
+PEER_CASES ?=
+$(PEERS_VENV)/.installed: requirements/peers.txt
+	@echo ">> creating $(PEERS_VENV) with $(PYTHON): torch (CPU), titans-pytorch, nested-learning"
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r requirements/peers.txt
+	@touch $@
+
+bench-peers: venv
+	@$(MAKE) --no-print-directory $(PEERS_VENV)/.installed || echo ">> the peers did not install; bench_peers.py records why and runs hope_jax alone"
+	$(PY) experiments/bench/bench_peers.py --peers_python=$(PEERS_VENV)/bin/python $(if $(PEER_CASES),--cases=$(PEER_CASES))
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache

@@ -74,3 +74,22 @@ def test_bench_quick_all_models(tmp_path):
     md = _load("hope_bench_decode_all", "bench_decode.py")
     assert md.main(["--quick", "--no_plot", "--out", str(tmp_path / "d.json")]) == 0
     _check_decode_json(tmp_path / "d.json", models)
+
+
+def test_bench_peers_records_why_a_peer_failed(tmp_path):
+    """A peer that cannot start, or crashes (here: no torch in this environment), becomes a
+    recorded reason, not an exception; its peak RSS is the child's own (os.wait4)."""
+    sys.path.insert(0, os.path.join(BENCH, "peers"))
+    try:
+        mod = _load("hope_bench_peers", "bench_peers.py")
+    finally:
+        sys.path.remove(os.path.join(BENCH, "peers"))
+    missing = mod.run_side(str(tmp_path / "no_python"), "run_torch_peer.py", "titans_layer_1k",
+                           1, 60)
+    assert missing["error"].startswith("could not start")
+    crashed = mod.run_side(sys.executable, "run_torch_peer.py", "titans_layer_1k", 1, 120)
+    if "error" not in crashed:  # torch is installed here after all: a real measurement
+        assert crashed["tokens_per_s"] > 0 and crashed["peak_rss_gb"] > 0
+    else:
+        assert "torch" in crashed["error"], crashed
+    assert mod.summarise([missing])["error"] == missing["error"]
