@@ -1,4 +1,4 @@
-"""The cost of the next-token CMS objective (NL §7.1) against D9's surrogate (JSON out).
+"""The cost of the next-token CMS objective (NL Sec. 7.1) against D9's surrogate (JSON out).
 
     python experiments/bench/bench_next_token_cms.py                 # tiny Hope, T 256, batch 4
     python experiments/bench/bench_next_token_cms.py --seq_len 128 --steps 10

@@ -35,8 +35,8 @@ def default_config() -> ConfigDict:
         remat="none",             # none | block (jax.checkpoint each block; models/decoder.py)
         tie_embeddings=False,
         scan_blocks=False,        # identical blocks run with nnx.scan (deep models compile faster)
-        # In-context CMS levels' inner objective: surrogate (D9) | next_token (NL §7.1: GD on the
-        # next-token loss of each chunk, outer gradient through it; docs/continual.md)
+        # In-context CMS levels' inner objective: surrogate (D9) | next_token (NL Sec. 7.1: GD on
+        # the next-token loss of each chunk, outer gradient through it; docs/continual.md)
         cms_objective="surrogate",
         cms_next_token_lr=0.03,   # the next-token inner step
         # Shape overrides of the size preset (0 = the preset's value).

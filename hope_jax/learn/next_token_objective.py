@@ -1,9 +1,10 @@
 """Training with in-context CMS levels that learn from the next-token loss (NL Sec. 7.1).
 
 The default in-context CMS level writes its fast weights by GD on a local surrogate,
-½‖F(z) − W_tgt z‖² (D9). This module gives the training-time variant true to NL §7.1: the level's
-inner objective is the model's own next-token loss over each chunk, and the outer gradient flows
-through those updates (second order: the outer loss differentiates the inner gradient).
+½‖F(z) − W_tgt z‖² (D9). This module gives the training-time variant true to NL Sec. 7.1: the
+level's inner objective is the model's own next-token loss over each chunk, and the outer
+gradient flows through those updates (second order: the outer loss differentiates the inner
+gradient).
 
 For a training sequence of T tokens split into segments of C tokens (the level's chunk), with θ_j
 the level's fast weights (one copy per sequence, starting at the learned θ_0):

@@ -98,7 +98,7 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
     apply = make_apply(graphdef, rest, codec)
     nll_fn = None
     objective = config.model.cms_objective
-    if objective != "surrogate":  # e.g. NL §7.1's next-token levels (docs/continual.md)
+    if objective != "surrogate":  # e.g. NL Sec. 7.1's next-token levels (docs/continual.md)
         if objective not in NLL_OBJECTIVES:
             raise ValueError(f"model.cms_objective={objective!r} is registered by "
                              "hope_jax.learn: import hope_jax.learn before building the trainer")

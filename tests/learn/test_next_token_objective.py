@@ -1,4 +1,4 @@
-"""The training-time next-token CMS objective (hope_jax.learn.next_token_objective, NL §7.1):
+"""The training-time next-token CMS objective (hope_jax.learn.next_token_objective, NL Sec. 7.1):
 at lr 0 it is exactly the model's NLL; its gradient, which flows through the inner next-token
 steps, matches central finite differences in float64; the steps change the loss."""
 from __future__ import annotations
