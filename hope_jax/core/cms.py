@@ -44,6 +44,38 @@ def swiglu(params: SwiGLUParams, z: Array) -> Array:
     return (jax.nn.silu(z @ params.w_gate) * (z @ params.w_up)) @ params.w_down
 
 
+class _Forward(NamedTuple):
+    """The level's forward on a chunk and the residual's backprop into the hidden layer:
+    s = SiLU(z W_g), u = z W_up, a = s ⊙ u, r = a W_down − z W_tgt, δa = r W_downᵀ, SiLU'(z W_g)."""
+
+    s: Array
+    u: Array
+    a: Array
+    r: Array
+    da: Array
+    dsilu: Array
+
+
+def _forward(params: SwiGLUParams, w_target: Array, z: Array) -> _Forward:
+    g = z @ params.w_gate
+    u = z @ params.w_up
+    s = jax.nn.silu(g)
+    a = s * u
+    r = a @ params.w_down - z @ w_target                       # residual [.., C, d]
+    sig = jax.nn.sigmoid(g)
+    dsilu = sig * (1 + g * (1 - sig))                          # SiLU'(g) = σ(g)(1 + g(1 − σ(g)))
+    return _Forward(s, u, a, r, r @ params.w_down.T, dsilu)
+
+
+def _weighted_backprop(z: Array, f: _Forward, w_in: Array,
+                       w_hid: Array) -> SwiGLUParams:
+    """Σ_t of the per-token gradients of ½‖r_t‖², the input layers' terms weighted by w_in[t] and
+    W_down's by w_hid[t] (one matmul per layer)."""
+    mt = lambda x, y: jnp.swapaxes(x, -1, -2) @ y              # Σ_t x_tᵀ y_t
+    dw = f.da * w_in[..., None]
+    return SwiGLUParams(mt(z, dw * f.u * f.dsilu), mt(z, dw * f.s), mt(f.a, w_hid[..., None] * f.r))
+
+
 def normalized_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weights: Array,
                           eta: Array) -> SwiGLUParams:
     """Σ_t weights_t · ∇_θ ½‖F_θ(z_t) − W_tgt z_t‖² with every layer's per-token term divided by
@@ -54,20 +86,10 @@ def normalized_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weigh
     layer is then non-expansive along its input whatever the input's scale. Written as explicit
     backprop so that each layer gets its own per-token weights (one matmul per layer).
     """
-    g = z @ params.w_gate
-    u = z @ params.w_up
-    s = jax.nn.silu(g)
-    a = s * u
-    r = a @ params.w_down - z @ w_target                       # residual [.., C, d]
+    f = _forward(params, w_target, z)
     w_in = weights / (1.0 + eta * jnp.sum(z * z, -1))          # per token, input layers
-    w_hid = weights / (1.0 + eta * jnp.sum(a * a, -1))        # per token, W_down
-    mt = lambda x, y: jnp.swapaxes(x, -1, -2) @ y              # Σ_t x_tᵀ y_t
-    d_down = mt(a, w_hid[..., None] * r)
-    da = (r @ params.w_down.T) * w_in[..., None]
-    sig = jax.nn.sigmoid(g)
-    d_up = mt(z, da * s)
-    d_gate = mt(z, da * u * sig * (1 + g * (1 - sig)))         # SiLU'(g) = σ(g)(1 + g(1 − σ(g)))
-    return SwiGLUParams(d_gate, d_up, d_down)
+    w_hid = weights / (1.0 + eta * jnp.sum(f.a * f.a, -1))    # per token, W_down
+    return _weighted_backprop(z, f, w_in, w_hid)
 
 
 def curvature_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weights: Array,
@@ -84,24 +106,15 @@ def curvature_local_grad(params: SwiGLUParams, w_target: Array, z: Array, weight
         ‖g_t‖² = ‖a‖²‖r‖² + ‖z‖² (‖δa ⊙ s‖² + ‖δa ⊙ u ⊙ SiLU'‖²)
         J_t g_t = ‖a‖² r + ‖z‖² ((s² + u² SiLU'²) ⊙ δa) W_down
     """
-    g = z @ params.w_gate
-    u = z @ params.w_up
-    s = jax.nn.silu(g)
-    a = s * u
-    r = a @ params.w_down - z @ w_target
-    sig = jax.nn.sigmoid(g)
-    dsilu = sig * (1 + g * (1 - sig))                          # SiLU'(g)
-    da = r @ params.w_down.T
-    z2, a2 = jnp.sum(z * z, -1), jnp.sum(a * a, -1)
-    g2 = a2 * jnp.sum(r * r, -1) + z2 * (jnp.sum(jnp.square(da * s), -1)
-                                         + jnp.sum(jnp.square(da * u * dsilu), -1))
-    jg = a2[..., None] * r + z2[..., None] * (((s * s + jnp.square(u * dsilu)) * da)
-                                              @ params.w_down)
+    f = _forward(params, w_target, z)
+    z2, a2 = jnp.sum(z * z, -1), jnp.sum(f.a * f.a, -1)
+    g2 = a2 * jnp.sum(f.r * f.r, -1) + z2 * (jnp.sum(jnp.square(f.da * f.s), -1)
+                                             + jnp.sum(jnp.square(f.da * f.u * f.dsilu), -1))
+    jg = a2[..., None] * f.r + z2[..., None] * (((f.s * f.s + jnp.square(f.u * f.dsilu)) * f.da)
+                                                @ params.w_down)
     rho = jnp.sum(jg * jg, -1) / jnp.where(g2 > 0, g2, 1.0)
     w = weights / (1.0 + eta * rho)
-    mt = lambda x, y: jnp.swapaxes(x, -1, -2) @ y              # Σ_t x_tᵀ y_t
-    dw = da * w[..., None]
-    return SwiGLUParams(mt(z, dw * u * dsilu), mt(z, dw * s), mt(a, w[..., None] * r))
+    return _weighted_backprop(z, f, w, w)
 
 
 def local_loss(params: SwiGLUParams, w_target: Array, z: Array, weights: Array) -> Array:

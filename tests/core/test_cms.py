@@ -111,9 +111,9 @@ def test_streaming_mid_chunk_equals_one_call(x64):
     assert_close(jnp.concatenate(ys, 1), y[:, 3:], 1e-12)
 
 
-def _normalized_loop(p, w_tgt, rho, z, chunk, eta_max):
-    """The normalised write as loops: every layer's per-token gradient divided by
-    1 + η‖(that layer's input)‖², then the chunk mean."""
+def _scaled_loop(p, w_tgt, rho, z, chunk, eta_max, scale):
+    """A chunk-mean write as loops: token t's autodiff gradient g_t, rescaled by
+    `scale(theta, z_t, g_t, eta)` → its contribution, summed over the chunk, then θ − η Σ / C."""
     eta = eta_max * jax.nn.sigmoid(rho)
     loss = lambda th, zt: 0.5 * jnp.sum((swiglu(th, zt) - zt @ w_tgt) ** 2)
     outs = []
@@ -125,16 +125,21 @@ def _normalized_loop(p, w_tgt, rho, z, chunk, eta_max):
             if len(idx) == chunk:
                 total = jax.tree.map(jnp.zeros_like, theta)
                 for t in idx:
-                    g = jax.grad(loss)(theta, z[b, t])
-                    hid = jax.nn.silu(z[b, t] @ theta.w_gate) * (z[b, t] @ theta.w_up)
-                    s_in = 1 / (1 + eta * z[b, t] @ z[b, t])
-                    s_hid = 1 / (1 + eta * hid @ hid)
-                    total = SwiGLUParams(total.w_gate + s_in * g.w_gate, total.w_up + s_in * g.w_up,
-                                         total.w_down + s_hid * g.w_down)
+                    part = scale(theta, z[b, t], jax.grad(loss)(theta, z[b, t]), eta)
+                    total = jax.tree.map(jnp.add, total, part)
                 theta = jax.tree.map(lambda th, g: th - eta * g / chunk, theta, total)
         outs.append(jnp.stack(ys))
     return jnp.stack(outs)
 
+
+def _normalized_loop(p, w_tgt, rho, z, chunk, eta_max):
+    """The normalised write: every layer's per-token gradient divided by
+    1 + η‖(that layer's input)‖², then the chunk mean."""
+    def scale(theta, zt, g, eta):
+        hid = jax.nn.silu(zt @ theta.w_gate) * (zt @ theta.w_up)
+        s_in, s_hid = 1 / (1 + eta * zt @ zt), 1 / (1 + eta * hid @ hid)
+        return SwiGLUParams(s_in * g.w_gate, s_in * g.w_up, s_hid * g.w_down)
+    return _scaled_loop(p, w_tgt, rho, z, chunk, eta_max, scale)
 
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_normalized_step_equals_loop_and_streams(x64, chunk):
@@ -169,29 +174,14 @@ def test_normalized_step_stays_bounded_where_plain_gd_diverges():
 
 
 def _curvature_loop(p, w_tgt, rho, z, chunk, eta_max):
-    """The curvature write as loops, by autodiff: token t's gradient g_t = ∇ℓ_t, its
-    Gauss–Newton curvature ρ_t = ‖J_t g_t‖²/‖g_t‖² from a JVP of F_θ(z_t) along g_t, and the
-    chunk mean of g_t/(1 + ηρ_t)."""
-    eta = eta_max * jax.nn.sigmoid(rho)
-    loss = lambda th, zt: 0.5 * jnp.sum((swiglu(th, zt) - zt @ w_tgt) ** 2)
+    """The curvature write, by autodiff: token t's Gauss–Newton curvature ρ_t = ‖J_t g_t‖²/‖g_t‖²
+    from a JVP of F_θ(z_t) along g_t, and the chunk mean of g_t/(1 + ηρ_t)."""
     sq = lambda tree: sum(jnp.sum(x * x) for x in jax.tree.leaves(tree))
-    outs = []
-    for b in range(z.shape[0]):
-        theta, ys = p, []
-        for start in range(0, z.shape[1], chunk):
-            idx = range(start, min(start + chunk, z.shape[1]))
-            ys += [swiglu(theta, z[b, t]) for t in idx]
-            if len(idx) == chunk:
-                total = jax.tree.map(jnp.zeros_like, theta)
-                for t in idx:
-                    g = jax.grad(loss)(theta, z[b, t])
-                    _, jg = jax.jvp(lambda th: swiglu(th, z[b, t]), (theta,), (g,))
-                    scale = 1 / (1 + eta * sq(jg) / sq(g))
-                    total = jax.tree.map(lambda acc, gi: acc + scale * gi, total, g)
-                theta = jax.tree.map(lambda th, g: th - eta * g / chunk, theta, total)
-        outs.append(jnp.stack(ys))
-    return jnp.stack(outs)
 
+    def scale(theta, zt, g, eta):
+        _, jg = jax.jvp(lambda th: swiglu(th, zt), (theta,), (g,))
+        return jax.tree.map(lambda x: x / (1 + eta * sq(jg) / sq(g)), g)
+    return _scaled_loop(p, w_tgt, rho, z, chunk, eta_max, scale)
 
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_curvature_step_equals_autodiff_loop_and_streams(x64, chunk):
