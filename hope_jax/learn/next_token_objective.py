@@ -32,7 +32,6 @@ from hope_jax.learn.learner import Learner
 from hope_jax.train.build import NLL_OBJECTIVES
 
 Array = jax.Array
-OBJECTIVES = ("surrogate", "next_token")
 
 
 def next_token_nll(model_of: Callable[[dict], nnx.Module], lr: float, seq_len: int
@@ -66,4 +65,4 @@ def _trainer_objective(config, model_of: Callable[[dict], nnx.Module]):
 
 NLL_OBJECTIVES["next_token"] = _trainer_objective
 
-__all__ = ["OBJECTIVES", "next_token_nll"]
+__all__ = ["next_token_nll"]

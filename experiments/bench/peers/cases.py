@@ -8,6 +8,10 @@ implementation run against hope_jax (None: no public peer; hope_jax runs alone).
 """
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
+
 TINY = dict(layers=2, dim=64, heads=4, seq=64, vocab=260)
 SMALL = dict(layers=6, dim=256, heads=4, seq=512, vocab=8192)
 LAYER = dict(dim=256, heads=4, head_dim=64, chunk=64, batch=2)
@@ -37,3 +41,15 @@ CASES: dict[str, dict] = {
 DEFAULT_CASES = ("hope_tiny", "hope_small_b2", "titans_mac_small_b16", "titans_mag_small_b16",
                  "transformer_small_b16", "titans_layer_1k", "titans_layer_4k",
                  "titans_layer_16k")
+
+
+def median_step_s(run: Callable[[], None], steps: int) -> float:
+    """One warm-up call of `run` (which must finish its work before returning), then the median
+    wall time of `steps` calls: both workers time their side this way."""
+    run()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

@@ -26,7 +26,7 @@ HERE = os.path.dirname(__file__)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from bench_models import build_step, memory_bytes  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CASES, median_step_s  # noqa: E402
 
 
 def model_step(case: dict):
@@ -75,13 +75,7 @@ def main() -> None:
     t0 = time.perf_counter()
     compiled, run = (model_step if case["kind"] == "model" else layer_step)(case)
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(run())  # warm-up
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - t)
-    step_s = float(np.median(times))
+    step_s = median_step_s(lambda: jax.block_until_ready(run()), args.steps)
     print(json.dumps(dict(side="hope_jax", case=args.case, step_s=step_s, compile_s=compile_s,
                           tokens_per_s=case["batch"] * case["seq"] / step_s,
                           xla_memory=memory_bytes(compiled), jax=jax.__version__)))

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cases import CASES  # noqa: E402
+from cases import CASES, median_step_s  # noqa: E402
 
 
 def nested_learning_model(case: dict, variant: str):
@@ -123,13 +122,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = build(case)
     setup_s = time.perf_counter() - t0
-    run()  # warm-up
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
+    step_s = median_step_s(run, args.steps)
     print(json.dumps(dict(side="peer", peer=case["peer"], case=args.case, step_s=step_s,
                           setup_s=setup_s, tokens_per_s=case["batch"] * case["seq"] / step_s,
                           torch=torch.__version__, threads=torch.get_num_threads())))
