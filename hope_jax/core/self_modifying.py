@@ -20,6 +20,7 @@ output memory keeps a running state that is read in dual form while its snapshot
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -191,15 +192,38 @@ def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
     return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
-def _generate(level: SelfModifyingLevel, snaps: dict, gates: GateHeads, xq, xk, xv):
-    """q, k, v, η, α, β of one sub-chunk from the snapshots (one head): [C, d] and [C]."""
-    apply = lambda n, x: level._arch(n).apply(snaps[n], x)
-    k = _l2_normalize(apply("k", xk) if level.adaptive_k else xk)
-    v = apply("v", xv) if level.adaptive_v else xv
+def _group(level: SelfModifyingLevel, per_name: dict) -> dict:
+    """{name: tree} → {"small": the small memories' trees stacked on a memory axis just before each
+    leaf's [out, in] (in the order of `small_memories`), "out": M_out's tree}: one batched
+    computation for every small memory; the leading [B, H] or [H] axes stay in front."""
+    small = [per_name[n] for n in level.small_memories]
+    grouped = {"out": per_name["out"]}
+    if small:
+        grouped["small"] = jax.tree.map(lambda *ws: jnp.stack(ws, axis=-3), *small)
+    return grouped
+
+
+def _ungroup(level: SelfModifyingLevel, grouped: dict) -> dict:
+    """Inverse of `_group`."""
+    per_name = {n: jax.tree.map(lambda w: w[..., i, :, :], grouped["small"])
+                for i, n in enumerate(level.small_memories)}
+    per_name["out"] = grouped["out"]
+    return per_name
+
+
+def _generate(level: SelfModifyingLevel, small_snaps: tuple, gates: GateHeads, xq, xk, xv):
+    """q, k, v, η, α, β of one sub-chunk from the small memories' snapshots (one head): [C, d]
+    and [C]. small_snaps: stacked as in `_group`; the memories are applied in one batched call."""
+    paths = {"k": xk, "v": xv, "eta": xk, "alpha": xk, "q": xq}
+    names = level.small_memories
+    outs = jax.vmap(level.memory.apply)(small_snaps, jnp.stack([paths[n] for n in names]))
+    gen = {n: outs[i] for i, n in enumerate(names)}
+    k = _l2_normalize(gen["k"] if level.adaptive_k else xk)
+    v = gen["v"] if level.adaptive_v else xv
     if level.normalize_value:  # unit-norm target inputs (not in the papers; docs/hope.md)
         v = _l2_normalize(v)
-    q = _l2_normalize(apply("q", xq) if level.adaptive_q else xq)
-    h_eta, h_alpha = apply("eta", xk), apply("alpha", xk)
+    q = _l2_normalize(gen["q"] if level.adaptive_q else xq)
+    h_eta, h_alpha = gen["eta"], gen["alpha"]
     eta = level.eta_max * jax.nn.sigmoid(h_eta @ gates.w_eta + gates.b_eta)
     alpha = jax.nn.sigmoid(h_alpha @ gates.w_alpha + gates.b_alpha)
     beta = jax.nn.sigmoid(h_alpha @ gates.w_beta + gates.b_beta)
@@ -222,8 +246,9 @@ class SubChunkInputs(NamedTuple):
 
 
 class MemoryCarry(NamedTuple):
-    """The state one sub-chunk reads and writes, per memory name: running states `M_□`, momenta
-    `S_□` (empty without momentum) and the snapshots the gradients are taken at (D2)."""
+    """The state one sub-chunk reads and writes: running states `M_□`, momenta `S_□` (empty
+    without momentum) and the snapshots the gradients are taken at (D2). Outside the scan the
+    dicts are keyed by memory name; inside it they are grouped (`_group`)."""
 
     running: dict
     momenta: dict
@@ -238,31 +263,34 @@ def _sub_chunk(level: SelfModifyingLevel, gates: GateHeads, anchors: dict, carry
                x: SubChunkInputs):
     """One sub-chunk of `chunk_other` tokens for one head: (o [C, d], running', momenta').
 
-    anchors: the initial memories retention decays toward (`retain_to_init`), or {}."""
+    The carry's dicts are grouped (`_group`): the small memories share their architecture, keys
+    and gates, so their targets and closed-form writes run as one computation vmapped over the
+    stacked memories, and M_out runs apart. anchors: the initial memories retention decays toward
+    (`retain_to_init`, grouped), or {}."""
     spec = level.spec
     stop = level.gradient == "stop"
     snaps = carry.snaps
-    q, k, v, eta, alpha, beta = _generate(level, snaps, gates, x.xq, x.xk, x.xv)
+    q, k, v, eta, alpha, beta = _generate(level, snaps["small"], gates, x.xq, x.xk, x.xv)
     prep = prepare_chunk(spec, stop, q, k, eta, alpha if spec.retention or spec.dgd_gated else None,
                          beta if spec.momentum_slot is not None else None, x.mask)
-    new_running, new_momenta, out = {}, {}, None
-    for name in level.memory_names:
-        arch = level._arch(name)
-        if name == "out" and level.out_target == "value":
-            target = v
-        else:
-            target = arch.apply(snaps[name], v)  # v̂_□ = M_□(v) at the snapshot (Eq. 84)
+
+    def write(arch: MLPMemory, read: str, run, mom, snap, target, anchor):
         if level.stop_target:
             target = sg(target)
-        read = level.read if name == "out" else "none"
-        y, w, s = closed_form_chunk(arch, level.objective, spec, read, stop, carry.running[name],
-                                    carry.momenta.get(name), snaps[name], q, k, target, prep,
-                                    anchors.get(name))
-        new_running[name] = w
-        if s is not None:
-            new_momenta[name] = s
-        if name == "out":
-            out = y
+        return closed_form_chunk(arch, level.objective, spec, read, stop, run, mom, snap, q, k,
+                                 target, prep, anchor)
+
+    # v̂_□ = M_□(v) at the snapshot (Eq. 84), every small memory at once
+    targets = jax.vmap(level.memory.apply, in_axes=(0, None))(snaps["small"], v)
+    _, run_small, mom_small = jax.vmap(functools.partial(write, level.memory, "none"))(
+        carry.running["small"], carry.momenta.get("small"), snaps["small"], targets,
+        anchors.get("small"))
+    out_target = v if level.out_target == "value" else level.out_memory.apply(snaps["out"], v)
+    out, run_out, mom_out = write(level.out_memory, level.read, carry.running["out"],
+                                  carry.momenta.get("out"), snaps["out"], out_target,
+                                  anchors.get("out"))
+    new_running = {"small": run_small, "out": run_out}
+    new_momenta = {} if mom_out is None else {"small": mom_small, "out": mom_out}
     return out, new_running, new_momenta
 
 
@@ -336,7 +364,7 @@ def _scan_sub_chunks(level: SelfModifyingLevel, params: SelfModifyingParams, car
     gates = jax.tree.map(lambda g: g.astype(dtype), params.gates)
     anchors = {}
     if level.spec.anchor_slot is not None:  # retention toward the initial memories M_□,0
-        anchors = jax.tree.map(lambda w: w.astype(dtype), params.memories)
+        anchors = _group(level, jax.tree.map(lambda w: w.astype(dtype), params.memories))
 
     # Gate heads and anchors are per head: mapped over the head axis, shared across the batch.
     per_head = jax.vmap(lambda g, a0, c, x: _sub_chunk(level, g, a0, c, x),
@@ -347,14 +375,16 @@ def _scan_sub_chunks(level: SelfModifyingLevel, params: SelfModifyingParams, car
         x, end_real, end_mem = inputs
         o, new_running, new_momenta = per_batch(gates, anchors, carry, x)
         keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)
-        new_snaps = {}
-        for name in level.memory_names:
-            when = end_real & (end_mem if name == "out" else True)
-            new_snaps[name] = keep(new_running[name], carry.snaps[name], when)
+        new_snaps = {"small": keep(new_running["small"], carry.snaps["small"], end_real),
+                     "out": keep(new_running["out"], carry.snaps["out"], end_real & end_mem)}
         return MemoryCarry(new_running, new_momenta, new_snaps), o
 
-    return grouped_scan(body, carry0, (xs, layout.ends_real, layout.ends_memory),
-                        remat=level.remat, group=level.scan_group)
+    group = lambda d: _group(level, d) if d else {}
+    carry0 = MemoryCarry(group(carry0.running), group(carry0.momenta), group(carry0.snaps))
+    final, o = grouped_scan(body, carry0, (xs, layout.ends_real, layout.ends_memory),
+                            remat=level.remat, group=level.scan_group)
+    ungroup = lambda d: _ungroup(level, d) if d else {}
+    return MemoryCarry(ungroup(final.running), ungroup(final.momenta), ungroup(final.snaps)), o
 
 
 def _check_inputs(state: SelfModifyingState, xq: Array, xk: Array, xv: Array) -> None:

@@ -35,6 +35,8 @@ class SelfModifyingConfig:
 
     num_heads, head_dim (default d / H); chunk_other / chunk_memory: C_oth, C_mem (D12);
     expansion / out_expansion: hidden width of M_k, M_v, M_η, M_α (and M_q) / of M_out (D11);
+    out_memory: "mlp" (D11's residual MLP) or "matrix" (a depth-1 linear M_out, `W q`, the
+    memory of DeltaNet; an option for recall-heavy tasks, docs/hope.md);
     dgd, momentum, retention, normalize: the inner optimizer (D3, D5; normalize True / "key" =
     η/(1+η‖k‖²), "curvature" = η/(1+ηρ) with the gradient's own curvature ρ, times the
     chunk-causal μ_t; "curvature_token" without μ_t; docs/hope.md);
@@ -55,6 +57,7 @@ class SelfModifyingConfig:
     chunk_memory: int = 64
     expansion: float = 1.0
     out_expansion: float = 4.0
+    out_memory: str = "mlp"
     dgd: bool = True
     momentum: bool = True
     momentum_dampening: bool = False
@@ -78,6 +81,9 @@ class SelfModifyingConfig:
     conv_kernel: int = 4
 
     def __post_init__(self):
+        if self.out_memory not in ("mlp", "matrix"):
+            raise ValueError(f"SelfModifyingConfig.out_memory must be 'mlp' or 'matrix', "
+                             f"got {self.out_memory!r}")
         self.level()  # validates chunk sizes, objective and switches early
 
     def level(self) -> SelfModifyingLevel:
@@ -94,7 +100,8 @@ class SelfModifyingConfig:
                           retain_to_init=self.retain_to_init)
         return SelfModifyingLevel(
             memory=core.residual_mlp_memory(expansion=self.expansion),
-            out_memory=core.residual_mlp_memory(expansion=self.out_expansion),
+            out_memory=(core.matrix_memory() if self.out_memory == "matrix"
+                        else core.residual_mlp_memory(expansion=self.out_expansion)),
             objective=core.objectives.by_name(self.objective), optimizer=opt,
             chunk_other=self.chunk_other, chunk_memory=self.chunk_memory,
             adaptive_k=self.adaptive_k, adaptive_v=self.adaptive_v, adaptive_q=self.adaptive_q,

@@ -112,6 +112,8 @@ def explicit_loop(level, params, xq, xk, xv):
     ((2, 2), 5, dict(normalize_value=True, adaptive_v=False, out_target="value")),
     ((1, 1), 5, dict(normalize_value=True, optimizer=PRESET_OPTIMIZER)),
     ((2, 4), 9, dict(normalize_value=True, optimizer=PRESET_OPTIMIZER)),
+    ((2, 4), 7, dict(normalize_value=True, optimizer=PRESET_OPTIMIZER,
+                     out_memory=core.matrix_memory(), out_target="value")),
 ])
 def test_chunked_equals_token_loop(x64, chunks, t, variant):
     """Outputs and final memories/momenta equal the explicit loop (float64, 1e-10), T odd."""
