@@ -30,9 +30,9 @@ VARIANTS = {
     "no_retention": dict(retention=False),
     "no_dgd": dict(dgd=False),
     "eta_hot": dict(eta_bias=2.0),               # η ≈ 0.88 at init instead of 0.12
-    "key_step": dict(normalize=True),
-    "out_matrix": dict(out_memory="matrix"),       # depth-1 M_out = W q (DeltaNet's memory)
-    "undamped": dict(momentum_dampening=False),    # S = β S + u instead of the average            # D3's η/(1 + η‖k‖²) instead of the curvature step
+    "key_step": dict(normalize=True),            # D3's η/(1 + η‖k‖²), not the curvature step
+    "out_matrix": dict(out_memory="matrix"),     # depth-1 M_out = W q (DeltaNet's memory)
+    "undamped": dict(momentum_dampening=False),  # S = β S + u instead of the average
 }
 
 
