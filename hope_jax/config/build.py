@@ -55,6 +55,8 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
     mixer = {k: int(m[k]) for k in MIXER_OVERRIDES if m[k]}
     if mixer:
         cfg = dataclasses.replace(cfg, mixers=replace_fields(cfg.mixers, **mixer))
+    if m.scan_group:  # the in-context CMS levels' scans group their saved states alike
+        cfg = dataclasses.replace(cfg, mlp=replace_fields(cfg.mlp, scan_group=int(m.scan_group)))
     attention = {}
     if m.attention != "auto":  # the kernel of every softmax attention, nested ones included
         attention["implementation"] = m.attention

@@ -46,8 +46,8 @@ def default_config() -> ConfigDict:
         chunk_size=0,             # memory chunk C of Titans / the linear baselines
         chunk_other=0,            # Hope C_oth (k, v, η, α memories; D12)
         chunk_memory=0,           # Hope C_mem (output memory; D12: a multiple of C_oth)
-        scan_group=0,             # memory scans keep one state per G chunks for the backward
-                                  # (0 = the preset's; core/grouped_scan.py)
+        scan_group=0,             # memory scans (self-modifying, Titans, in-context CMS) keep
+                                  # one state per G chunks in the backward (0: preset; grouped_scan)
         # Softmax attention (Transformer++, Hope-Attention, the SWA of Titans MAG / MAL).
         attention="auto",         # auto | dense | xla | cudnn | pallas (layers/attention.py)
         attention_block=0,        # query / key block of the blockwise form (0 = 512)

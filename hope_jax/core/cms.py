@@ -27,6 +27,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from hope_jax.core.grouped_scan import grouped_scan
+
 Array = jax.Array
 
 
@@ -145,7 +147,7 @@ NORMALIZATIONS = (False, True, "layer", "curvature")
 
 
 def _check_level_args(params: SwiGLUParams, z: Array, chunk: int, reset_every: int | None,
-                      retention: float, normalize=False) -> None:
+                      retention: float, normalize=False, scan_group: int = 1) -> None:
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -155,6 +157,8 @@ def _check_level_args(params: SwiGLUParams, z: Array, chunk: int, reset_every: i
                          f"(the level's width), got {tuple(z.shape)}")
     if not 0.0 <= retention <= 1.0:
         raise ValueError(f"retention must be in [0, 1], got {retention!r}")
+    if isinstance(scan_group, bool) or not isinstance(scan_group, int) or scan_group < 1:
+        raise ValueError(f"scan_group must be a positive int, got {scan_group!r}")
     if reset_every is not None and (isinstance(reset_every, bool)
                                     or not isinstance(reset_every, int)
                                     or reset_every < 1 or reset_every % chunk):
@@ -205,8 +209,12 @@ def _schedule(state: InContextState, z: Array, chunk: int, reset_every: int | No
 
 
 def _scan_writes(params: SwiGLUParams, w_target: Array, grad_loss, eta: Array, chunk: int,
-                 retention: float, state: InContextState, sched: _Schedule):
-    """lax.scan over the schedule's chunks: ((θ, Σ∇ℓ) after the last, ys [n, B, c_buf, d])."""
+                 retention: float, state: InContextState, sched: _Schedule, scan_group: int):
+    """Scan over the schedule's chunks: ((θ, Σ∇ℓ) after the last, ys [n, B, c_buf, d]).
+
+    Each chunk is rematerialised in the backward and only every `scan_group`-th carry (θ, Σ∇ℓ)
+    is stored (`grouped_scan`, D30): a plain scan kept every chunk's intermediates, 64 % of the
+    small Hope step's activation memory (docs/core.md, "Memory profile")."""
 
     def one_sequence(theta, acc, zc, w, writes, reset):
         y = swiglu(theta, zc)  # reads at the snapshot θ_j
@@ -227,14 +235,16 @@ def _scan_writes(params: SwiGLUParams, w_target: Array, grad_loss, eta: Array, c
             *carry, zc, w, writes, reset)
         return (theta, acc), y
 
-    return jax.lax.scan(body, (state.theta, state.grad_sum),
-                        (sched.chunks, sched.real, sched.ends, sched.resets))
+    return grouped_scan(body, (state.theta, state.grad_sum),
+                        (sched.chunks, sched.real, sched.ends, sched.resets), remat=True,
+                        group=scan_group)
 
 
 def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,
                      eta_max: float = 0.1, state: InContextState | None = None,
                      reset_every: int | None = None, normalize: bool = False,
-                     retention: float = 1.0) -> tuple[Array, InContextState]:
+                     retention: float = 1.0, scan_group: int = 1
+                     ) -> tuple[Array, InContextState]:
     """Runs one in-context CMS level over sequences.
 
     Args:
@@ -256,11 +266,14 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
         as printed: plain GD, which drifts further with every chunk past the training length;
         docs/hope.md, "Stable writes that matter").
 
+      scan_group: the backward stores the level's state once every this many chunks and
+        recomputes the rest (`grouped_scan`); every chunk is rematerialised either way.
+
     Returns:
       (F_θ(z) [B, T, d], each token read at its chunk's snapshot; the new state). The caller adds
       the residual.
     """
-    _check_level_args(params, z, chunk, reset_every, retention, normalize)
+    _check_level_args(params, z, chunk, reset_every, retention, normalize, scan_group)
     b, t, d = z.shape
     if state is None:
         state = init_in_context_state(params, b)
@@ -274,7 +287,7 @@ def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array
     else:
         grad_loss = jax.grad(local_loss)
     (theta, acc), ys = _scan_writes(params, w_target, grad_loss, eta, chunk, retention, state,
-                                    sched)
+                                    sched, scan_group)
     y = jnp.moveaxis(ys, 0, 1).reshape(b, sched.total, d)
     y = jax.lax.dynamic_slice_in_dim(y, sched.offset, t, axis=1) if dynamic else y[:, :t]
     position = jnp.asarray(t, jnp.int32) + (state.position if dynamic else 0)

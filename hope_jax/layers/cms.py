@@ -44,6 +44,7 @@ class CMSLevel:
     normalize: bool | str = False  # in-context step: False (plain GD), True / "layer" (per-layer
                                    # normalised), "curvature" (per-token Gauss–Newton; core.cms)
     retention: float = 1.0    # per write θ ← θ_0 + r(θ − θ_0) − η ḡ (1 = D22, core.cms)
+    scan_group: int = 1       # in-context: the backward stores θ once per G chunks (D30)
 
     def __post_init__(self):
         if (self.chunk is None) == (self.period is None):
@@ -52,6 +53,9 @@ class CMSLevel:
         if self.normalize not in core_cms.NORMALIZATIONS:
             raise ValueError(f"CMSLevel.normalize must be one of {core_cms.NORMALIZATIONS}, got "
                              f"{self.normalize!r}")
+        g = self.scan_group
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ValueError(f"CMSLevel.scan_group must be a positive int, got {g!r}")
         value = self.chunk if self.chunk is not None else self.period
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"CMSLevel chunk/period must be a positive int, got {value!r}")
@@ -117,6 +121,7 @@ class InContextSwiGLU(nnx.Module):
         self.rho = param(rngs, constant(0.0), (), (), param_dtype)
         self.chunk, self.eta_max, self.dtype = level.chunk, level.eta_max, dtype
         self.normalize, self.retention = level.normalize, level.retention
+        self.scan_group = level.scan_group
         self.reset_every = reset_every  # nested CMS (D24)
         self.memory_writes = True  # False: the write ablation (layers.memory_writes)
 
@@ -132,7 +137,8 @@ class InContextSwiGLU(nnx.Module):
                                            self.rho[...].astype(jnp.float32),
                                            z.astype(jnp.float32), self.chunk,
                                            self.eta_max if self.memory_writes else 0.0, state,
-                                           self.reset_every, self.normalize, self.retention)
+                                           self.reset_every, self.normalize, self.retention,
+                                           self.scan_group)
         return y.astype(self.dtype), new
 
 

@@ -206,3 +206,14 @@ def test_attention_keys_reach_every_softmax_attention_only():
     config.model.attention = "auto"  # the preset's choice stays
     assert decoder_config(config, 260).mixers[0].implementation == "auto"
 
+
+
+@pytest.mark.fast
+def test_scan_group_reaches_the_mixers_and_the_in_context_cms():
+    """model.scan_group groups the saved states of the self-modifying scans and of the in-context
+    CMS levels alike (the CMS level's plain scan held 64 % of small Hope's activations)."""
+    config = default_config()
+    config.model.arch, config.model.scan_group = "hope", 4
+    cfg = decoder_config(config, 260)
+    assert {m.scan_group for m in cfg.mixers} == {4}
+    assert [lvl.scan_group for lvl in cfg.mlp.levels if lvl.in_context] == [4]

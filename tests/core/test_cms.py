@@ -68,9 +68,11 @@ def test_sequences_never_share_state(x64):
 
 
 def test_meta_gradients_match_finite_differences(x64):
-    """Gradients reach θ_0, W_tgt and ρ through the writes, and equal central differences."""
-    p, w_tgt, rho, z = _setup(t=9)
-    f = lambda args: jnp.sum(jnp.sin(in_context_level(args[0], args[1], args[2], z, 3, 0.5)[0]))
+    """Gradients reach θ_0, W_tgt and ρ through the writes, and equal central differences; the
+    backward stores θ once per 2 chunks (5 chunks: 2 groups and a tail)."""
+    p, w_tgt, rho, z = _setup(t=13)
+    f = lambda args: jnp.sum(jnp.sin(in_context_level(args[0], args[1], args[2], z, 3, 0.5,
+                                                      scan_group=2)[0]))
     args = (p, w_tgt, rho)
     grads = jax.grad(f)(args)
     rng = np.random.default_rng(0)
@@ -92,6 +94,8 @@ def test_bad_inputs_raise(x64):
         in_context_level(p, w_tgt, rho, z, 0)
     with pytest.raises(ValueError, match="z must have shape"):
         in_context_level(p, w_tgt, rho, z[..., :3], 2)
+    with pytest.raises(ValueError, match="scan_group must be a positive int"):
+        in_context_level(p, w_tgt, rho, z, 2, scan_group=0)
 
 
 @pytest.mark.fast
