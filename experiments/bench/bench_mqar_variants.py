@@ -12,6 +12,7 @@ one run isolates one cause. Writes experiments/bench/results/<--out>.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -31,14 +32,16 @@ VARIANTS = {
     "no_dgd": dict(dgd=False),
     "eta_hot": dict(eta_bias=2.0),               # η ≈ 0.88 at init instead of 0.12
     "key_step": dict(normalize=True),            # D3's η/(1 + η‖k‖²), not the curvature step
-    "out_matrix": dict(out_memory="matrix"),     # depth-1 M_out = W q (DeltaNet's memory)
+    "out_matrix": dict(out_memory="matrix"),     # M_out = W q from W = 0 (DeltaNet's memory)
     "undamped": dict(momentum_dampening=False),  # S = β S + u instead of the average
+    "no_cms": None,                              # the MLP slot is one SwiGLU (Table 6's w/o CMS)
 }
 
 
 def model_config(variant: str, seq_len: int):
     from hope_jax.config.build import decoder_config
     from hope_jax.config.experiments import experiment_config
+    from hope_jax.layers.hope import cms_config
     from hope_jax.models.presets import with_switches
     arch = "hope" if variant in VARIANTS or "+" in variant else variant
     c = experiment_config(arch, "tiny")
@@ -49,7 +52,10 @@ def model_config(variant: str, seq_len: int):
         for part in variant.split("+"):
             if part not in VARIANTS:
                 raise SystemExit(f"unknown variant {part!r}; expected an arch or {list(VARIANTS)}")
-            switches.update(VARIANTS[part])
+            if part == "no_cms":
+                cfg = dataclasses.replace(cfg, mlp=cms_config("tiny", enabled=False))
+            else:
+                switches.update(VARIANTS[part])
         cfg = with_switches(cfg, **switches)
     return cfg
 

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
-
-from hope_jax.core.coefficients import ChunkCoefficients, chunk_coefficients
+from hope_jax.core.coefficients import (ChunkCoefficients, chunk_coefficients, unit_lower_inverse,
+                                        unit_lower_solve)
 from typing import NamedTuple
 
 from hope_jax.core.inner_optimizers import RecurrenceSpec, normalized_step_size
@@ -100,9 +99,9 @@ def prepare_chunk(spec: RecurrenceSpec, stop_writes: bool, q: Array, k: Array, e
     if spec.dgd:
         kk = k @ k.T
     if spec.dgd and not spec.dgd_curvature:  # curvature: each memory builds its own system
-        strict = co.precond_weights[:c] * kk  # zero on and above the diagonal
-        eye = jnp.eye(c, dtype=k.dtype)
-        inverse = solve_triangular(eye + strict, eye, lower=True, unit_diagonal=True)
+        # zero on and above the diagonal; matmuls, not a LAPACK triangular solve (docs/core.md,
+        # "No triangular solves")
+        inverse = unit_lower_inverse(co.precond_weights[:c] * kk)
     curvature = spec.step_curvature or (spec.dgd and spec.dgd_curvature)
     return ChunkPrep(co, q @ k.T, kk, inverse, eta if curvature else None)
 
@@ -122,8 +121,7 @@ def _rescale_preconditioner(prep: ChunkPrep, scale: Array, c: int) -> ChunkPrep:
     inverse of their triangular system rebuilt for them."""
     co = prep.coeffs
     weights = co.precond_weights * scale[None, :]
-    eye = jnp.eye(c, dtype=weights.dtype)
-    inverse = solve_triangular(eye + weights[:c] * prep.kk, eye, lower=True, unit_diagonal=True)
+    inverse = unit_lower_inverse(weights[:c] * prep.kk)
     return prep._replace(coeffs=co._replace(precond_weights=weights), system_inverse=inverse)
 
 
@@ -221,8 +219,8 @@ def _remaining_error(run: tuple, s: tuple, a: tuple, snap: tuple, deltas: tuple,
     safe = jnp.where(e2 > 0, e2, 1.0)[:, None]
     m = jnp.where(e2[:, None] > 0, m * step[None, :] / safe, 0.0)
     b = jnp.where(e2 > 0, b / safe[:, 0], 0.0)
-    eye = jnp.eye(c, dtype=m.dtype)
-    return solve_triangular(eye + m, 1.0 + b, lower=True, unit_diagonal=True)
+    # (I + tril(m, −1)) μ = 1 + b (m's diagonal and upper part are not used)
+    return unit_lower_solve(m, ((1.0 + b)[:, None],))[0][:, 0]
 
 
 def _read_layer(terms: _ChunkTerms, prep: ChunkPrep, l: int, x: Array, rows: slice) -> Array:
