@@ -35,12 +35,14 @@ VARIANTS = {
     "out_matrix": dict(out_memory="matrix"),     # M_out = W q from W = 0 (DeltaNet's memory)
     "undamped": dict(momentum_dampening=False),  # S = β S + u instead of the average
     "no_cms": None,                              # the MLP slot is one SwiGLU (Table 6's w/o CMS)
+    "cms_frozen": None,                          # the in-context CMS level never writes
 }
 
 
 def model_config(variant: str, seq_len: int):
     from hope_jax.config.build import decoder_config
     from hope_jax.config.experiments import experiment_config
+    from hope_jax.layers.cms import without_surrogate_writes
     from hope_jax.layers.hope import cms_config
     from hope_jax.models.presets import with_switches
     arch = "hope" if variant in VARIANTS or "+" in variant else variant
@@ -54,6 +56,8 @@ def model_config(variant: str, seq_len: int):
                 raise SystemExit(f"unknown variant {part!r}; expected an arch or {list(VARIANTS)}")
             if part == "no_cms":
                 cfg = dataclasses.replace(cfg, mlp=cms_config("tiny", enabled=False))
+            elif part == "cms_frozen":
+                cfg = dataclasses.replace(cfg, mlp=without_surrogate_writes(cfg.mlp))
             else:
                 switches.update(VARIANTS[part])
         cfg = with_switches(cfg, **switches)

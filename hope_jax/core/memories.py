@@ -154,9 +154,10 @@ class MLPMemory:
         return tuple(deltas)
 
 
-def matrix_memory() -> MLPMemory:
-    """The linear memory `M(k) = W k` (W ∈ R^{d_v×d_k}); design §0 and §4."""
-    return MLPMemory(depth=1, residual=False)
+def matrix_memory(init_std: float | None = None) -> MLPMemory:
+    """The linear memory `M(k) = W k` (W ∈ R^{d_v×d_k}); design §0 and §4. init_std: the std of
+    W at init (None: 1/sqrt(d_k), D19; 0: the zero state of DeltaNet-style memories)."""
+    return MLPMemory(depth=1, residual=False, input_init_std=init_std)
 
 
 def residual_mlp_memory(expansion: float = 4.0, depth: int = 2, hidden: int | None = None,

@@ -35,8 +35,9 @@ class SelfModifyingConfig:
 
     num_heads, head_dim (default d / H); chunk_other / chunk_memory: C_oth, C_mem (D12);
     expansion / out_expansion: hidden width of M_k, M_v, M_η, M_α (and M_q) / of M_out (D11);
-    out_memory: "mlp" (D11's residual MLP) or "matrix" (a depth-1 linear M_out, `W q`, the
-    memory of DeltaNet; an option for recall-heavy tasks, docs/hope.md);
+    out_memory: "mlp" (D11's residual MLP) or "matrix" (a depth-1 linear M_out = W q starting at
+    W = 0 like DeltaNet's state; a random W_0 would add a read of norm ≈ 1 against writes of size
+    η; use it with out_target="value", since M_out(v) = 0 at the start; docs/hope.md);
     dgd, momentum, retention, normalize: the inner optimizer (D3, D5; normalize True / "key" =
     η/(1+η‖k‖²), "curvature" = η/(1+ηρ) with the gradient's own curvature ρ, times the
     chunk-causal μ_t; "curvature_token" without μ_t; docs/hope.md);
@@ -100,7 +101,7 @@ class SelfModifyingConfig:
                           retain_to_init=self.retain_to_init)
         return SelfModifyingLevel(
             memory=core.residual_mlp_memory(expansion=self.expansion),
-            out_memory=(core.matrix_memory() if self.out_memory == "matrix"
+            out_memory=(core.matrix_memory(init_std=0.0) if self.out_memory == "matrix"
                         else core.residual_mlp_memory(expansion=self.out_expansion)),
             objective=core.objectives.by_name(self.objective), optimizer=opt,
             chunk_other=self.chunk_other, chunk_memory=self.chunk_memory,

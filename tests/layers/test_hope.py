@@ -123,6 +123,10 @@ def test_paper_size_parameter_counts(size, target):
 def test_bad_configs_raise():
     with pytest.raises(ValueError, match="must be a multiple of chunk_other"):
         SelfModifyingConfig(num_heads=4, chunk_other=3, chunk_memory=8)
+    with pytest.raises(ValueError, match="out_memory must be 'mlp' or 'matrix', got 'deep'"):
+        SelfModifyingConfig(num_heads=4, out_memory="deep")
+    with pytest.raises(ValueError, match="CMSLevel.scan_group must be a positive int"):
+        CMSLevel(chunk=4, scan_group=0)
     with pytest.raises(ValueError, match="exactly one of chunk"):
         CMSLevel(chunk=4, period=2)
     with pytest.raises(ValueError, match="unknown arch"):
