@@ -77,15 +77,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from bench_models import build_step, memory_bytes
+    from bench_models import build_loss, build_step, memory_bytes
     from hope_jax.config.build import decoder_config
     from hope_jax.config.experiments import experiment_config
-    from hope_jax.models import Decoder
     from hope_jax.models.presets import SIZES
-    from hope_jax.train.state import ParamCodec
 
     c = experiment_config(args.arch, args.size)
     c.data.seq_len = args.seq
@@ -94,15 +89,7 @@ def main() -> None:
     vocab = args.vocab or SIZES[args.size].vocab_size
     cfg = dataclasses.replace(decoder_config(c, vocab), vocab_size=vocab)
 
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    codec = ParamCodec(params)
-    flat = codec.to_flat(params)
-
-    def loss_fn(p, tokens):
-        m = nnx.merge(graphdef, codec.to_state(p), rest)
-        logits = m(tokens[:, :-1])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+    loss_fn, flat = build_loss(cfg)
 
     tokens = jnp.zeros((args.batch, args.seq + 1), jnp.int32)
     rows = residual_profile(loss_fn, flat, tokens)

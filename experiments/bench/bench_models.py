@@ -86,21 +86,27 @@ def analytic_flops_per_token(cfg, params: dict, seq_len: int) -> float:
     return 6.0 * n + 12.0 * cfg.num_blocks * cfg.d_model * seq_len
 
 
-def build_step(cfg, lr: float = 1e-3):
-    """(step, params, opt_state): step(params, opt_state, tokens) → (params, opt_state, loss),
-    params a flat {name: array} dict (hope_jax.train.state.ParamCodec), jitted with donation."""
+def build_loss(cfg):
+    """(loss_fn, params): loss_fn(params, tokens [B, T + 1]) → mean next-token cross-entropy of a
+    fresh Decoder of `cfg`, params a flat {name: array} dict (hope_jax.train.state.ParamCodec)."""
     from hope_jax.models import Decoder
     from hope_jax.train.state import ParamCodec
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     codec = ParamCodec(params)
-    flat = codec.to_flat(params)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, b1=0.9, b2=0.95))
 
     def loss_fn(p, tokens):
         m = nnx.merge(graphdef, codec.to_state(p), rest)
         logits = m(tokens[:, :-1])
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+    return loss_fn, codec.to_flat(params)
+
+
+def build_step(cfg, lr: float = 1e-3):
+    """(step, params, opt_state): step(params, opt_state, tokens) → (params, opt_state, loss),
+    params a flat {name: array} dict (hope_jax.train.state.ParamCodec), jitted with donation."""
+    loss_fn, flat = build_loss(cfg)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, b1=0.9, b2=0.95))
 
     def step(p, o, tokens):
         loss, g = jax.value_and_grad(loss_fn)(p, tokens)
