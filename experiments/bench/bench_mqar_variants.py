@@ -33,16 +33,21 @@ VARIANTS = {
     "eta_hot": dict(eta_bias=2.0),               # η ≈ 0.88 at init instead of 0.12
     "key_step": dict(normalize=True),            # D3's η/(1 + η‖k‖²), not the curvature step
     "out_matrix": dict(out_memory="matrix"),     # M_out = W q from W = 0 (DeltaNet's memory)
+    "out_mlp": dict(out_memory="mlp", out_target="self"),  # D11's residual MLP, Eq. 85's target
     "undamped": dict(momentum_dampening=False),  # S = β S + u instead of the average
     "no_cms": None,                              # the MLP slot is one SwiGLU (Table 6's w/o CMS)
     "cms_frozen": None,                          # the in-context CMS level never writes
+    "cms_outer": None,                           # the CMS chain with 3 outer levels of period 1
+    "cms_independent": None,                     # the preset levels wired independently (Eq. 74)
+    "cms_norm": None,                            # the chain with per-level pre-norms (D20)
+    "cms_chain": None,                           # D20's chain z_ℓ = z_{ℓ−1} + F_ℓ(z_{ℓ−1})
 }
 
 
 def model_config(variant: str, seq_len: int):
     from hope_jax.config.build import decoder_config
     from hope_jax.config.experiments import experiment_config
-    from hope_jax.layers.cms import without_surrogate_writes
+    from hope_jax.layers.cms import CMSLevel, without_surrogate_writes
     from hope_jax.layers.hope import cms_config
     from hope_jax.models.presets import with_switches
     arch = "hope" if variant in VARIANTS or "+" in variant else variant
@@ -58,6 +63,15 @@ def model_config(variant: str, seq_len: int):
                 cfg = dataclasses.replace(cfg, mlp=cms_config("tiny", enabled=False))
             elif part == "cms_frozen":
                 cfg = dataclasses.replace(cfg, mlp=without_surrogate_writes(cfg.mlp))
+            elif part == "cms_outer":
+                levels = (CMSLevel(period=1),) * len(cfg.mlp.levels)
+                cfg = dataclasses.replace(cfg, mlp=dataclasses.replace(cfg.mlp, levels=levels))
+            elif part == "cms_independent":
+                cfg = dataclasses.replace(cfg, mlp=dataclasses.replace(cfg.mlp,
+                                                                       variant="independent"))
+            elif part in ("cms_norm", "cms_chain"):
+                cfg = dataclasses.replace(cfg, mlp=dataclasses.replace(
+                    cfg.mlp, variant="sequential", level_norm=part == "cms_norm"))
             else:
                 switches.update(VARIANTS[part])
         cfg = with_switches(cfg, **switches)

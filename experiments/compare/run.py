@@ -185,11 +185,26 @@ def stage_bpb(model: dict, comp: dict, mdir: str) -> dict:
     from hope_jax.eval import bits_per_byte
     net, tok, config = _load(mdir)
     prepared = data.prepare(config.data, progress=False)
+    from hope_jax.layers.memory_writes import memory_writes
     e = comp["eval"]
-    batches = data.eval_batches(prepared, "valid", seq_len=int(config.data.seq_len),
-                                batch_size=int(e["batch_size"]), max_batches=int(e["eval_batches"]))
-    r = bits_per_byte(net, batches, np.asarray(tok.token_bytes()))
-    return {k: float(v) for k, v in r.items()}
+    token_bytes = np.asarray(tok.token_bytes())
+    batches = lambda t: data.eval_batches(prepared, "valid", seq_len=t,
+                                          batch_size=int(e["batch_size"]),
+                                          max_batches=int(e["eval_batches"]))
+    t = int(config.data.seq_len)
+    out = {k: float(v) for k, v in bits_per_byte(net, batches(t), token_bytes).items()}
+    # The write ablation (issue: the memories must learn in context): the same windows, and
+    # windows of 4× T, with every in-context write off; > 0 means the writes help.
+    for mult in (1, 4):
+        with memory_writes(net, True):
+            on = out["bpb"] if mult == 1 else float(
+                bits_per_byte(net, batches(mult * t), token_bytes)["bpb"])
+        with memory_writes(net, False) as n_writing:
+            off = (on if n_writing == 0 else
+                   float(bits_per_byte(net, batches(mult * t), token_bytes)["bpb"]))
+        out[f"bpb_{mult}x"], out[f"bpb_writes_off_{mult}x"] = on, off
+        out[f"write_ablation_{mult}x"] = off - on
+    return out
 
 
 def stage_niah(model: dict, comp: dict, mdir: str) -> dict:
@@ -361,12 +376,16 @@ def _training_section(r: _Results) -> list[str]:
             "skipped steps": r.get(n, "train", "skipped_steps", DASH),
             "final train loss": r.cell(n, "train", "final_loss"),
             "held-out bpb": r.cell(n, "bpb", "bpb"),
+            "write ablation (T / 4T)": (f"{r.cell(n, 'bpb', 'write_ablation_1x')} / "
+                                        f"{r.cell(n, 'bpb', 'write_ablation_4x')}"),
         })
     lines = ["## Training and held-out bits per byte", "",
              "final train loss: mean of the last 20 steps (nats/token). held-out bpb: "
              f"{r.comp.get('eval', {}).get('batch_size', '?')} × "
              f"{r.comp.get('eval', {}).get('eval_batches', '?')} windows of the held-out split "
-             "(lower is better). skipped steps: non-finite steps the trainer skipped.", "",
+             "(lower is better). skipped steps: non-finite steps the trainer skipped. write "
+             "ablation: held-out bpb with every in-context memory write off − with them on, on "
+             "the same windows of T and of 4× T (> 0: the writes help; 0 for attention).", "",
              markdown_table(rows)]
     curves = {n: (r.models[n]["train"]["loss_curve"]["steps"],
                   r.models[n]["train"]["loss_curve"]["losses"])

@@ -37,9 +37,9 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
     `config.data.seq_len`.
 
     Hope's Table-6 switches (`config.model.switches`) apply to "hope" (all of them) and
-    "hope_attention" (only `cms`); the shape keys d_model / num_blocks / num_heads / chunk sizes
-    override the size preset when non-zero; `attention` / `attention_block` set the kernel and
-    block of every softmax attention (`layers.attention.configure_attention`).
+    "hope_attention" (only `cms`); the shape keys d_model / num_blocks / num_heads / chunk sizes /
+    mlp_hidden override the size preset when non-zero; `attention` / `attention_block` set the
+    kernel and block of every softmax attention (`layers.attention.configure_attention`).
     """
     m = config.model
     overrides = dict(vocab_size=int(vocab_size), max_len=int(config.data.seq_len),
@@ -55,6 +55,8 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
     mixer = {k: int(m[k]) for k in MIXER_OVERRIDES if m[k]}
     if mixer:
         cfg = dataclasses.replace(cfg, mixers=replace_fields(cfg.mixers, **mixer))
+    if m.mlp_hidden:  # the SwiGLU width of the MLP slot, or of every CMS level
+        cfg = dataclasses.replace(cfg, mlp=replace_fields(cfg.mlp, hidden=int(m.mlp_hidden)))
     if m.scan_group:  # the in-context CMS levels' scans group their saved states alike
         cfg = dataclasses.replace(cfg, mlp=replace_fields(cfg.mlp, scan_group=int(m.scan_group)))
     attention = {}

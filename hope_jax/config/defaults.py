@@ -46,6 +46,7 @@ def default_config() -> ConfigDict:
         chunk_size=0,             # memory chunk C of Titans / the linear baselines
         chunk_other=0,            # Hope C_oth (k, v, η, α memories; D12)
         chunk_memory=0,           # Hope C_mem (output memory; D12: a multiple of C_oth)
+        mlp_hidden=0,             # the MLP slot's SwiGLU width (every CMS level's with a CMS)
         scan_group=0,             # memory scans (self-modifying, Titans, in-context CMS) keep
                                   # one state per G chunks in the backward (0: preset; grouped_scan)
         # Softmax attention (Transformer++, Hope-Attention, the SWA of Titans MAG / MAL).

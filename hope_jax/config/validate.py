@@ -104,7 +104,7 @@ def _model_errors(c: Any, need: Callable, e: list[str]) -> None:
     need(c.model.attention in ATTENTION_IMPLEMENTATIONS, "model.attention",
          f"expected one of {ATTENTION_IMPLEMENTATIONS}")
     for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory",
-              "scan_group", "attention_block"):
+              "scan_group", "attention_block", "mlp_hidden"):
         need(c.model[k] >= 0, f"model.{k}", "must be ≥ 0 (0 = the size preset's value)")
     need(c.model.cms_objective in ("surrogate", "next_token"), "model.cms_objective",
          "expected 'surrogate' or 'next_token'")

@@ -29,6 +29,7 @@ from flax import nnx
 
 from hope_jax.core import cms as core_cms
 from hope_jax.layers.mlp import SwiGLU, swiglu_hidden
+from hope_jax.layers.norms import RMSNorm
 from hope_jax.layers.params import constant, param
 
 Array = jax.Array
@@ -73,18 +74,26 @@ class CMSConfig:
     """A CMS chain for the decoder's MLP slot.
 
     levels: CMSLevel tuple in application order; variant: "sequential", "independent" or
-    "nested"; hidden: per-level SwiGLU width (default roundup_64((8/3)·d/K), D20).
+    "nested"; hidden: per-level SwiGLU width (default roundup_64((8/3)·d/K), D20); level_norm:
+    chained variants only, every level after the first reads RMSNorm_ℓ(z_{ℓ−1}) (D20's per-level
+    pre-norm option; docs/hope.md, "The CMS chain's gain").
     """
 
     levels: tuple = (CMSLevel(chunk=16), CMSLevel(period=2), CMSLevel(period=32))
     variant: str = "sequential"
     hidden: int | None = None
+    level_norm: bool = False
 
     def __post_init__(self):
         if not self.levels or not all(isinstance(l, CMSLevel) for l in self.levels):
             raise ValueError("CMSConfig.levels must be a non-empty tuple of CMSLevel")
         if self.variant not in VARIANTS:
             raise ValueError(f"CMSConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not isinstance(self.level_norm, bool):
+            raise ValueError(f"CMSConfig.level_norm must be a bool, got {self.level_norm!r}")
+        if self.level_norm and self.variant == "independent":
+            raise ValueError("CMSConfig.level_norm applies to the chained variants (sequential, "
+                             "nested); the independent variant reads z_0 at every level")
         if self.variant == "nested":
             for fast, slow in zip(self.levels, self.levels[1:]):
                 if fast.in_context and slow.in_context and slow.chunk % fast.chunk:
@@ -157,6 +166,9 @@ class CMS(nnx.Module):
             for i, lvl in enumerate(config.levels)])
         self.weights = (param(rngs, constant(1.0 / k), (k,), (None,), param_dtype)
                         if config.variant == "independent" else None)
+        # Level ℓ ≥ 2's pre-norm (level 1 reads the block's normalised z_0).
+        self.norms = (nnx.List([RMSNorm(d_model, **kw) for _ in range(k - 1)])
+                      if config.level_norm else None)
 
     def init_state(self, batch_size: int, max_len: int = 0) -> tuple:
         return tuple(l.init_state(batch_size, max_len) for l in self.levels)
@@ -167,6 +179,8 @@ class CMS(nnx.Module):
         new_states, out, z = [], jnp.zeros_like(z0), z0
         for i, (level, s) in enumerate(zip(self.levels, states)):
             x = z0 if self.weights is not None else z
+            if self.norms is not None and i > 0:
+                x = self.norms[i - 1](x)  # z_ℓ = z_{ℓ−1} + F_ℓ(RMSNorm_ℓ(z_{ℓ−1}))
             f, s = level(x, s)
             new_states.append(s)
             if self.weights is None:

@@ -67,6 +67,18 @@ PRESET_RETAIN_TO_INIT = True
 # target M_□(v) (Eq. 84), and an unnormalised v makes the target path a positive feedback loop
 # (measured first cause of the divergence; docs/hope.md).
 PRESET_NORMALIZE_VALUE = True
+# The output memory is a matrix M_out = W q starting at W = 0 and fitting v itself (D11 and Eq. 85
+# changed for a measured reason: on MQAR, T 128, 16 pairs, the residual-MLP M_out with its random
+# W_0 and the self-generated target M_out(v) stayed at chance, 0.014, where this one reaches 0.93;
+# docs/hope.md, "Recall (MQAR)").
+PRESET_OUT_MEMORY = "matrix"
+PRESET_OUT_TARGET = "value"
+# The CMS levels all read z_0 and add Σ_ℓ w_ℓ F_ℓ(z_0) (Eq. 74's independent wiring, not D20's
+# chain; changed for a measured reason: the chain feeds each SwiGLU the growing sum of the ones
+# before, its output at init is 3.3× one SwiGLU's, and a Hope with it stays at chance on MQAR
+# (0.013) where the same model with independent levels reaches 0.92; docs/hope.md, "The CMS
+# chain's gain").
+CMS_VARIANT = "independent"
 ABLATIONS = ("dgd", "momentum", "retention", "cms", "adaptive_k", "adaptive_v", "adaptive_q",
              "objective")
 
@@ -91,7 +103,7 @@ def cms_config(size: str, enabled: bool = True, mixer=None) -> CMSConfig | SwiGL
         in_context = sum(lvl.in_context for lvl in levels)
         budget = 3 * d * matched_swiglu(mixer, s).hidden - in_context * (d * d + 1)
         hidden = max(64, int(round(budget / (3 * d * k) / 64)) * 64)
-    return CMSConfig(levels=levels, hidden=hidden)
+    return CMSConfig(levels=levels, hidden=hidden, variant=CMS_VARIANT)
 
 
 def hope_block(arch: str = "hope", size: str = "tiny", **switches
@@ -103,7 +115,8 @@ def hope_block(arch: str = "hope", size: str = "tiny", **switches
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
     unknown = set(switches) - set(ABLATIONS) - {"eta_max", "eta_bias", "alpha_bias", "beta_bias",
                                                 "normalize_value", "normalize",
-                                                "momentum_dampening", "retain_to_init"}
+                                                "momentum_dampening", "retain_to_init",
+                                                "out_memory", "out_target"}
     if unknown:
         raise ValueError(f"unknown Hope switches {sorted(unknown)}; expected some of {ABLATIONS}")
     s = SIZES[size]
@@ -115,6 +128,8 @@ def hope_block(arch: str = "hope", size: str = "tiny", **switches
         switches.setdefault("momentum_dampening", PRESET_MOMENTUM_DAMPENING)
         switches.setdefault("retain_to_init", PRESET_RETAIN_TO_INIT)
         switches.setdefault("normalize_value", PRESET_NORMALIZE_VALUE)
+        switches.setdefault("out_memory", PRESET_OUT_MEMORY)
+        switches.setdefault("out_target", PRESET_OUT_TARGET)
         mixer = SelfModifyingConfig(num_heads=s.num_heads, chunk_other=c_oth, chunk_memory=c_mem,
                                     **switches)
     else:

@@ -217,3 +217,17 @@ def test_scan_group_reaches_the_mixers_and_the_in_context_cms():
     cfg = decoder_config(config, 260)
     assert {m.scan_group for m in cfg.mixers} == {4}
     assert [lvl.scan_group for lvl in cfg.mlp.levels if lvl.in_context] == [4]
+
+
+@pytest.mark.fast
+def test_mlp_hidden_sets_the_swiglu_or_every_cms_level():
+    """model.mlp_hidden is the MLP slot's width: the SwiGLU's, or every CMS level's; < 0 fails
+    before anything is built."""
+    config = default_config()
+    config.model.arch, config.model.mlp_hidden = "hope", 96
+    assert decoder_config(config, 260).mlp.hidden == 96
+    config.model.arch = "transformer"
+    assert decoder_config(config, 260).mlp.hidden == 96
+    config.model.mlp_hidden = -1
+    with pytest.raises(ConfigError, match="model.mlp_hidden"):
+        validate(config)

@@ -33,7 +33,8 @@ def _fabricated() -> dict:
                        skipped_steps=i, train_eval_bpb=3.1,
                        loss_curve=dict(steps=[1, 2, 3], losses=[5.0, 4.0, 3.5 + i]),
                        stage_wall_s=13.0),
-            bpb=dict(bpb=2.34567 + i, ppl=9.0, stage_wall_s=1.0),
+            bpb=dict(bpb=2.34567 + i, ppl=9.0, write_ablation_1x=0.0123 * (1 - i),
+                     write_ablation_4x=0.0456 * (1 - i), stage_wall_s=1.0),
             niah=dict(lengths=[256], depths=[0.5], accuracy=[[0.625 - 0.5 * i]], mean=0.625,
                       stage_wall_s=2.0),
             memorization=dict(off_bpb=2.5, on_bpb=2.25 + 0.25 * i, gain=0.25 - 0.25 * i,
@@ -55,7 +56,8 @@ def test_report_tables_pngs_and_json(tmp_path):
     text = open(path, encoding="utf-8").read()
     for s in ["python experiments/compare/run.py --comparison=smoke", "0123abc", "a note",
               "191,322", "193,622", "1234", "2.718", "2.346", "0.62", "0.2500", "0.438",
-              "forgetting en_pip", "1.5000", "gated_deltanet", "—"]:
+              "forgetting en_pip", "1.5000", "gated_deltanet", "—", "0.012 / 0.046",
+              "0.000 / 0.000", "write ablation (T / 4T)"]:
         assert s in text, s
     for png in ["loss_curves.png", "niah_hope.png", "niah_transformer.png", "forgetting.png"]:
         p = tmp_path / png

@@ -72,12 +72,17 @@ def test_nested_reset_equals_token_loop_and_streams():
         core_cms.in_context_level(theta0, w_tgt, rho, z, 4, 0.1, reset_every=6)
 
 
-def test_nested_cms_chain_and_periods():
+@pytest.mark.parametrize("level_norm", [False, True])
+def test_nested_cms_chain_and_periods(level_norm):
     """CMS(variant="nested") = the sequential chain whose faster in-context level resets at the
-    slower level's chunk boundaries; θ_0 below an outer level gets that level's period."""
+    slower level's chunk boundaries; θ_0 below an outer level gets that level's period. With
+    level_norm, levels 2.. read RMSNorm_ℓ(z_{ℓ−1}) (D20's per-level pre-norm)."""
     cfg = CMSConfig(levels=(CMSLevel(chunk=2), CMSLevel(chunk=6), CMSLevel(period=4)),
-                    variant="nested", hidden=HID)
+                    variant="nested", hidden=HID, level_norm=level_norm)
     cms = cfg.build(D, rngs=nnx.Rngs(0))
+    if level_norm:  # non-trivial gains
+        for i, norm in enumerate(cms.norms):
+            norm.scale[...] = 1.0 + 0.5 * jax.random.normal(jax.random.PRNGKey(7 + i), (D,))
     for lvl in cms.levels[:2]:  # non-trivial targets and steps
         lvl.w_target[...] = 0.3 * jax.random.normal(jax.random.PRNGKey(3), (D, D))
         lvl.rho[...] = jnp.asarray(1.0)
@@ -85,11 +90,15 @@ def test_nested_cms_chain_and_periods():
     got, _ = cms(z0)
     z = z0[0]
     for i, (lvl, reset) in enumerate(zip(cms.levels, (6, None, None))):
+        x = z
+        if level_norm and i > 0:
+            rms = jnp.sqrt(jnp.mean(z * z, -1, keepdims=True) + 1e-6)
+            x = z / rms * cms.norms[i - 1].scale[...]
         if i < 2:
             f, _ = loop_level(lvl.theta0(), lvl.w_target[...], 0.1 * jax.nn.sigmoid(lvl.rho[...]),
-                              z, lvl.chunk, reset)
+                              x, lvl.chunk, reset)
         else:
-            f = lvl(z[None])[0][0]
+            f = lvl(x[None])[0][0]
         z = z + f
     assert_close(got[0], z - z0[0])
     flat = {tuple(str(getattr(k, "key", k)) for k in path): v
@@ -101,6 +110,8 @@ def test_nested_cms_chain_and_periods():
     assert periods("levels", "2") == {4}
     with pytest.raises(ValueError, match="multiple"):
         CMSConfig(levels=(CMSLevel(chunk=4), CMSLevel(chunk=6)), variant="nested")
+    with pytest.raises(ValueError, match="level_norm"):
+        CMSConfig(variant="independent", level_norm=True)
 
 
 @pytest.mark.parametrize("variant", ["independent", "sequential"])

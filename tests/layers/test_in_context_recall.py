@@ -4,8 +4,10 @@ Key–value pairs are shown three times to the tiny Hope preset's self-modifying
 inputs standing in for fixed random projections. The output memory reads `M_{t−1}(q)` with the
 query equal to the pair's key, so in the first pass it has not yet seen the pair, and in later
 passes it has. The recall error ‖o − v‖² must fall from the first pass to the later ones; with
-the writes switched off it must not move at all. The old preset (η_max = 0.01) fell by 0.04 here,
-below the bound.
+the writes switched off it must not move at all. The preset's output memory is a matrix from
+W = 0 (o = 0, error 1 in the first pass) written at η ≈ 0.12 at init, so each pass removes about
+a tenth of every pair's error: 1.00 → 0.85 → 0.76 measured. The η_max = 0.01 preset of an earlier
+version fell by 0.04 in its first pass, below the bound.
 """
 import dataclasses
 
@@ -35,13 +37,14 @@ def _recall_errors(level, seed: int = 0) -> jax.Array:
 
 @pytest.mark.fast
 def test_preset_memory_recall_improves_as_writes_accumulate():
-    """Recall error falls by ≥ 0.15 after one pass (the writes do work) and stays below the
-    first pass; writes off leave it exactly constant (the reads alone cannot recall)."""
+    """Recall error falls by ≥ 0.1 after one pass and again by ≥ 0.05 after the second (the
+    writes do work and keep working); writes off leave it exactly constant (the reads alone
+    cannot recall)."""
     mixer = get_config("hope", "tiny").mixers[0]
     level = mixer.level()
     err = _recall_errors(level)
     assert bool(jnp.all(jnp.isfinite(err))), err
-    assert float(err[0] - err[1]) >= 0.15, f"recall error per pass {err}: the writes do too little"
-    assert float(jnp.max(err[1:])) < float(err[0]) - 0.1, err
+    assert float(err[0] - err[1]) >= 0.1, f"recall error per pass {err}: the writes do too little"
+    assert float(err[1] - err[2]) >= 0.05, f"recall error per pass {err}: the writes stall"
     frozen = _recall_errors(dataclasses.replace(level, writes=False))
     assert float(jnp.max(frozen) - jnp.min(frozen)) < 1e-6, frozen
