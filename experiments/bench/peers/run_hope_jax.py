@@ -29,12 +29,15 @@ from bench_models import build_step, memory_bytes  # noqa: E402
 from cases import CASES, median_step_s  # noqa: E402
 
 
-def model_step(case: dict):
-    """(compiled step, run(step) → loss): one training step of the case's model."""
+def model_step(case: dict, remat: str = ""):
+    """(compiled step, run(step) → loss): one training step of the case's model (`remat`: a
+    model.remat mode instead of the preset's)."""
     from hope_jax.config.build import decoder_config
     from hope_jax.config.experiments import experiment_config
     c = experiment_config(case["arch"], case["size"])
     c.data.seq_len = case["seq"]
+    if remat:
+        c.model.remat = remat
     cfg = decoder_config(c, case["vocab"])
     cfg = dataclasses.replace(cfg, vocab_size=case["vocab"])
     step, params, opt = build_step(cfg)
@@ -70,15 +73,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", required=True, choices=sorted(CASES))
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--remat", default="", help="model cases: a model.remat mode (none | block)")
     args = ap.parse_args()
     case = CASES[args.case]
     t0 = time.perf_counter()
-    compiled, run = (model_step if case["kind"] == "model" else layer_step)(case)
+    compiled, run = (model_step(case, args.remat) if case["kind"] == "model"
+                     else layer_step(case))
     compile_s = time.perf_counter() - t0
     step_s = median_step_s(lambda: jax.block_until_ready(run()), args.steps)
     print(json.dumps(dict(side="hope_jax", case=args.case, step_s=step_s, compile_s=compile_s,
                           tokens_per_s=case["batch"] * case["seq"] / step_s,
-                          xla_memory=memory_bytes(compiled), jax=jax.__version__)))
+                          xla_memory=memory_bytes(compiled), remat=args.remat or "preset",
+                          jax=jax.__version__)))
 
 
 if __name__ == "__main__":
