@@ -192,7 +192,8 @@ def stage_bpb(model: dict, comp: dict, mdir: str) -> dict:
                                           batch_size=int(e["batch_size"]),
                                           max_batches=int(e["eval_batches"]))
     t = int(config.data.seq_len)
-    out = {k: float(v) for k, v in bits_per_byte(net, batches(t), token_bytes).items()}
+    out = {k: float(v) if np.ndim(v) == 0 else [float(x) for x in v]  # bpb_ci95 is a pair
+           for k, v in bits_per_byte(net, batches(t), token_bytes).items()}
     # The write ablation (issue: the memories must learn in context): the same windows, and
     # windows of 4× T, with every in-context write off; > 0 means the writes help.
     for mult in (1, 4):
