@@ -5,12 +5,13 @@ from .eval_batches import eval_batches
 from .prepare import PreparedData, prepare
 from .sentencepiece_tokenizer import SentencePieceTokenizer
 from .shards import SplitInfo
-from .tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from .tokenizers import Tokenizer, load_tokenizer, save_tokenizer_once, train_tokenizer
 from .user_files import read_user_files
 from .validation import check_token_ids
 
 __all__ = ["ByteTokenizer", "PreparedData", "PreparedShards", "SentencePieceTokenizer",
            "SplitInfo", "Tokenizer", "check_token_ids", "eval_batches", "load_tokenizer",
+           "save_tokenizer_once",
            "open_prepared", "prepare", "prepare_shards", "read_user_files", "train_iterator",
            "train_tokenizer"]
 

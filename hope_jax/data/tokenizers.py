@@ -42,3 +42,20 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     if kind == "bpe":
         return SentencePieceTokenizer.load(directory)
     raise ValueError(f"{path}: unknown tokenizer kind {kind!r}: expected one of {TOKENIZER_KINDS}")
+
+
+def save_tokenizer_once(tok: Tokenizer, directory: str | os.PathLike) -> None:
+    """Saves `tok` into `directory` unless a tokenizer is there already; atomic: written beside
+    it and renamed into place, so a reader sees all of it or nothing (a training run keeps its
+    tokenizer in `<workdir>/tokenizer`, read by generate and eval without the data)."""
+    directory = os.fspath(directory)
+    if os.path.exists(os.path.join(directory, TOKENIZER_JSON)):
+        return
+    tmp = f"{directory}.tmp-{os.getpid()}"
+    tok.save(tmp)
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another process put one there first
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+

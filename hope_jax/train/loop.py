@@ -34,6 +34,7 @@ from flax import nnx
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import default_config
 from hope_jax.data.bpb import score_bpb
+from hope_jax.data.tokenizers import TOKENIZER_JSON, load_tokenizer, save_tokenizer_once
 from hope_jax.models.decoder import Decoder
 from hope_jax.train import mesh as mesh_lib
 from hope_jax.train.build import Trainer, build_trainer
@@ -263,6 +264,8 @@ class _Run:
         self.V = int(self.tok.vocab_size)
         self.trainer = build_trainer(config, self.V, self.mesh, pad_id=int(self.tok.pad_id))
         os.makedirs(self.workdir, exist_ok=True)  # only now: a bad corpus or config creates nothing
+        if self.main and hasattr(self.tok, "save"):  # generate / eval read it without the data
+            save_tokenizer_once(self.tok, run_tokenizer_dir(self.workdir))
         self.ckpt = Checkpointer(self.workdir, int(tc.keep_checkpoints))
         self.it = data.train_iterator(self.prepared, seq_len=self.T, batch_size=self.G // self.pc,
                                       seed=int(config.data.shuffle_seed), process_index=self.pi,
@@ -567,6 +570,19 @@ def read_run_config(workdir: str):
         ckpt.close()
 
 
+def run_tokenizer_dir(workdir: str) -> str:
+    """Where a run keeps the tokenizer it trained with."""
+    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "tokenizer")
+
+
+def _run_tokenizer(ckpt: Checkpointer, config, data_api: Any):
+    """The run's own tokenizer (`<workdir>/tokenizer`), else the data's (runs that predate it)."""
+    directory = run_tokenizer_dir(os.path.dirname(ckpt.directory))
+    if os.path.exists(os.path.join(directory, TOKENIZER_JSON)):
+        return load_tokenizer(directory)
+    return _data_api(data_api).prepare(config.data, progress=False).tokenizer
+
+
 def load_for_inference(workdir: str, *, data_api: Any = None):
     """(model, tokenizer, config) from the newest intact checkpoint of `workdir` (params on
     the default device, checked against their checksums; the config is the one saved with the
@@ -598,8 +614,7 @@ def _load_newest(ckpt: Checkpointer, data_api: Any, errors: list):
             errors.append((step, e))
             continue
         config = config_from_dict(saved)
-        prepared = _data_api(data_api).prepare(config.data, progress=False)
-        tok = prepared.tokenizer
+        tok = _run_tokenizer(ckpt, config, data_api)
         dcfg = decoder_config(config, int(tok.vocab_size))
         make = lambda: Decoder(dcfg, rngs=nnx.Rngs(int(config.train.seed)))
         graphdef, abs_params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)

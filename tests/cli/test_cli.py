@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,3 +95,44 @@ def test_train_generate_eval_end_to_end(tmp_path):
 
     out = _cli("eval", f"--workdir={workdir}", "--tasks=perplexity")
     assert out.returncode == 2 and "--tasks: unknown ['perplexity']" in out.stderr
+
+
+@pytest.mark.slow
+def test_prepare_once_then_train_and_generate_from_the_shards(tmp_path):
+    """`data prepare` writes ArrayRecord shards with an existing sentencepiece model; `train`
+    reads them (no cache of its own), saves the tokenizer inside the run, and `generate` decodes
+    with it after the shards are gone."""
+    from hope_jax.data import SentencePieceTokenizer
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta"] + ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), n))
+                                 for n in rng.integers(3, 8, 300)]
+    docs = [" ".join(rng.choice(words, 80)) for _ in range(24)]
+    for i, d in enumerate(docs):
+        (corpus / f"doc{i:02d}.txt").write_text(d + "\n")
+    SentencePieceTokenizer.train(docs, 300).save(tmp_path / "spm")
+    prepared, workdir, cache = tmp_path / "prepared", tmp_path / "run", tmp_path / "cache"
+    data = ["--config.data.corpus=files", f"--config.data.files={corpus}/*.txt",
+            "--config.data.held_out_fraction=0.25", "--config.data.tokenizer=bpe",
+            f"--config.data.tokenizer_path={tmp_path / 'spm' / 'tokenizer.model'}",
+            f"--config.data.prepared_dir={prepared}", "--config.data.prepare_workers=0",
+            f"--config.data.cache_dir={cache}", "--config.data.seq_len=16"]
+    out = _cli("data", "prepare", *data)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (prepared / "index.json").exists()
+    model = ["--config.model.arch=gated_deltanet", "--config.model.d_model=32",
+             "--config.model.num_blocks=1", "--config.train.steps=3",
+             "--config.train.global_batch=4", "--config.train.eval_batches=1",
+             "--config.train.progress=False"]
+    out = _cli("train", f"--workdir={workdir}", *data, *model)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((workdir / "result.json").read_text())["step"] == 3
+    assert not cache.exists()  # the shards were read, nothing was prepared again
+    saved = workdir / "tokenizer" / "tokenizer.model"
+    assert saved.read_bytes() == (tmp_path / "spm" / "tokenizer.model").read_bytes()
+    os.rename(prepared, tmp_path / "moved")
+    out = _cli("generate", f"--workdir={workdir}", "--prompt=alpha beta", "--max_tokens=6",
+               "--temperature=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("alpha beta")
