@@ -69,8 +69,8 @@ PRESET_RETAIN_TO_INIT = True
 PRESET_NORMALIZE_VALUE = True
 # The output memory is a matrix M_out = W q starting at W = 0 and fitting v itself (D11 and Eq. 85
 # changed for a measured reason: every Hope that learnt MQAR (T 128, 16 pairs; up to 0.95) used
-# it, and it makes the tiny training step about 2× faster than D11's residual MLP with the
-# self-generated target; docs/hope.md, "Recall (MQAR)").
+# it, and the tiny training step with it is 1.44× faster than with D11's residual MLP and the
+# self-generated target (interleaved A/B); docs/hope.md, "Recall (MQAR)").
 PRESET_OUT_MEMORY = "matrix"
 PRESET_OUT_TARGET = "value"
 # The CMS levels all read z_0 and add Σ_ℓ w_ℓ F_ℓ(z_0) (Eq. 74's independent wiring, not D20's
