@@ -181,28 +181,30 @@ def _load(mdir: str):
 
 
 def stage_bpb(model: dict, comp: dict, mdir: str) -> dict:
+    """Held-out bpb on windows of T, and the write ablation (issue: the memories must learn in
+    context): bpb with every in-context write off − on, on the same windows of T and of 4× T
+    (> 0: the writes help; 0 for a model without writes)."""
     from hope_jax import data
     from hope_jax.eval import bits_per_byte
+    from hope_jax.layers.memory_writes import memory_writes
     net, tok, config = _load(mdir)
     prepared = data.prepare(config.data, progress=False)
-    from hope_jax.layers.memory_writes import memory_writes
-    e = comp["eval"]
+    e, t = comp["eval"], int(config.data.seq_len)
     token_bytes = np.asarray(tok.token_bytes())
-    batches = lambda t: data.eval_batches(prepared, "valid", seq_len=t,
-                                          batch_size=int(e["batch_size"]),
-                                          max_batches=int(e["eval_batches"]))
-    t = int(config.data.seq_len)
+
+    def score(length: int, writes: bool) -> dict:
+        batches = data.eval_batches(prepared, "valid", seq_len=length,
+                                    batch_size=int(e["batch_size"]),
+                                    max_batches=int(e["eval_batches"]))
+        with memory_writes(net, writes):
+            return bits_per_byte(net, batches, token_bytes)
+
     out = {k: float(v) if np.ndim(v) == 0 else [float(x) for x in v]  # bpb_ci95 is a pair
-           for k, v in bits_per_byte(net, batches(t), token_bytes).items()}
-    # The write ablation (issue: the memories must learn in context): the same windows, and
-    # windows of 4× T, with every in-context write off; > 0 means the writes help.
+           for k, v in score(t, True).items()}
     for mult in (1, 4):
-        with memory_writes(net, True):
-            on = out["bpb"] if mult == 1 else float(
-                bits_per_byte(net, batches(mult * t), token_bytes)["bpb"])
-        with memory_writes(net, False) as n_writing:
-            off = (on if n_writing == 0 else
-                   float(bits_per_byte(net, batches(mult * t), token_bytes)["bpb"]))
+        on = out["bpb"] if mult == 1 else float(score(mult * t, True)["bpb"])
+        with memory_writes(net, False) as n_writing:   # nothing to switch off: off = on
+            off = float(score(mult * t, False)["bpb"]) if n_writing else on
         out[f"bpb_{mult}x"], out[f"bpb_writes_off_{mult}x"] = on, off
         out[f"write_ablation_{mult}x"] = off - on
     return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable
 
 from .byte_tokenizer import TOKENIZER_JSON, ByteTokenizer
@@ -52,10 +53,13 @@ def save_tokenizer_once(tok: Tokenizer, directory: str | os.PathLike) -> None:
     if os.path.exists(os.path.join(directory, TOKENIZER_JSON)):
         return
     tmp = f"{directory}.tmp-{os.getpid()}"
-    tok.save(tmp)
     try:
+        tok.save(tmp)
+        if os.path.lexists(directory):  # a leftover without tokenizer.json: never read, replaced
+            shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
-    except OSError:  # another process put one there first
-        import shutil
+    except OSError:
+        if not os.path.exists(os.path.join(directory, TOKENIZER_JSON)):
+            raise
+    finally:  # another process may have put one there first
         shutil.rmtree(tmp, ignore_errors=True)
-
