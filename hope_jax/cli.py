@@ -312,9 +312,11 @@ def _writable_parent(path: str) -> None:
 def _check_train_inputs(config, workdir: str) -> None:
     """Checks that need no compilation: the workdir, the data files, a warm start, and an
     existing run's checkpoints (their shape keys must match: IncompatibleCheckpointError)."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UsageError(f"--workdir={workdir} exists and is not a directory")
-    _writable_parent(workdir)
+    from hope_jax.data import storage
+    if not storage.is_remote(workdir):  # a bucket's permissions show at the first write
+        if os.path.exists(workdir) and not os.path.isdir(workdir):
+            raise UsageError(f"--workdir={workdir} exists and is not a directory")
+        _writable_parent(workdir)
     _check_data_files(config.data)
     init_from = str(config.train.get("init_from", "") or "")
     if init_from and not has_checkpoints(os.path.expanduser(init_from)):
@@ -381,9 +383,10 @@ def cmd_train(fv: flags.FlagValues, positional: list[str]) -> None:
 
 
 def _report_training(result: dict, workdir: str) -> None:
+    from hope_jax.data import storage
     summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str, list))}
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    workdir = storage.resolve(workdir)
+    storage.write_text(storage.join(workdir, "result.json"), json.dumps(summary, indent=1))
     bpb, ci = result.get("bpb"), result.get("bpb_ci95")
     held = "n/a" if bpb is None else f"{float(bpb):.4f}"
     if ci and all(x == x for x in ci):
@@ -507,13 +510,14 @@ class _Results:
 
     def _keep_previous(self) -> None:
         """A results.json from before eval/runs/ existed is copied there once."""
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                old = json.load(f)
-            stamp = old.get("started") or time.strftime(
-                "%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(self.path)))
+        from hope_jax.data import storage
+        if storage.exists(self.path):
+            old = json.loads(storage.read_text(self.path))
+            stamp = old.get("started") or (
+                "earlier" if storage.is_remote(self.path) else time.strftime(
+                    "%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(self.path))))
             keep = os.path.join(self.dir, "runs", f"{stamp}.json")
-            if not os.path.exists(keep):
+            if not storage.exists(keep):
                 _write_json(keep, old)
 
     def add(self, task: str, value) -> None:
@@ -528,11 +532,8 @@ class _Results:
 
 
 def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+    from hope_jax.data import storage
+    storage.write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 def cmd_eval(fv: flags.FlagValues, positional: list[str]) -> None:
@@ -549,7 +550,7 @@ def cmd_eval(fv: flags.FlagValues, positional: list[str]) -> None:
     enable_compilation_cache()
     from hope_jax.train import load_for_inference
     model, tok, config = load_for_inference(workdir)
-    results = _Results(workdir, {"workdir": os.path.abspath(workdir),
+    results = _Results(workdir, {"workdir": workdir,
                                  "model": f"{config.model.arch}-{config.model.size}"})
     for task in plan["tasks"]:
         _EVAL_RUNNERS[task](fv, plan, model, tok, config, prepared, results)

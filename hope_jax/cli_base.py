@@ -51,8 +51,9 @@ def no_positional(positional: Sequence[str]) -> None:
 
 
 def has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+    """Whether `workdir` (local, or remote such as gs://…) holds a finalised checkpoint step."""
+    from hope_jax.train.checkpoint import committed_steps
+    return bool(committed_steps(workdir))
 
 
 def trained_workdir(fv: flags.FlagValues, command: str) -> str:
@@ -60,8 +61,9 @@ def trained_workdir(fv: flags.FlagValues, command: str) -> str:
     workdir = fv.workdir
     if not workdir:
         raise UsageError(f"{command} needs --workdir (a trained run)")
-    workdir = os.path.expanduser(workdir)
-    if not os.path.isdir(workdir):
+    from hope_jax.data import storage
+    workdir = storage.resolve(workdir)
+    if not storage.is_remote(workdir) and not os.path.isdir(workdir):
         raise UsageError(f"--workdir={workdir}: no such directory (train first: {PROG} train "
                          f"--workdir={workdir})")
     if not has_checkpoints(workdir):

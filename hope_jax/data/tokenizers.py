@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Iterable
 
+from . import storage
 from .byte_tokenizer import TOKENIZER_JSON, ByteTokenizer
 from .sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -30,7 +31,12 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int,
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Reads the tokenizer that `save(directory)` wrote (tokenizer.json, plus tokenizer.model for
-    bpe)."""
+    bpe); `directory` may be remote (gs://…)."""
+    directory = os.fspath(directory)
+    if storage.is_remote(directory):
+        if not storage.exists(storage.join(directory, TOKENIZER_JSON)):
+            raise FileNotFoundError(f"no tokenizer at {directory}")
+        directory = storage.download_tree(directory)
     path = os.path.join(directory, TOKENIZER_JSON)
     try:
         with open(path) as f:
@@ -48,8 +54,19 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 def save_tokenizer_once(tok: Tokenizer, directory: str | os.PathLike) -> None:
     """Saves `tok` into `directory` unless a tokenizer is there already; atomic: written beside
     it and renamed into place, so a reader sees all of it or nothing (a training run keeps its
-    tokenizer in `<workdir>/tokenizer`, read by generate and eval without the data)."""
+    tokenizer in `<workdir>/tokenizer`, read by generate and eval without the data). A remote
+    `directory` (gs://…) gets its files copied up with tokenizer.json last."""
     directory = os.fspath(directory)
+    if storage.is_remote(directory):
+        if storage.exists(storage.join(directory, TOKENIZER_JSON)):
+            return
+        local = storage.local_mirror(directory)
+        try:
+            tok.save(local)
+            storage.upload_tree(local, directory, last=TOKENIZER_JSON)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return
     if os.path.exists(os.path.join(directory, TOKENIZER_JSON)):
         return
     tmp = f"{directory}.tmp-{os.getpid()}"

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hope_jax.data import storage
 from hope_jax.train.state import TrainState, all_finite, to_host
 
 log = logging.getLogger(__name__)
@@ -177,24 +178,53 @@ def _noise_to(log_path: str) -> Iterator[None]:
                     f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode() + noise)
 
 
+COMMIT_FILE = "commit_success.txt"   # orbax's completion mark where it cannot rename (gs://)
+
+
+def committed_steps(workdir: str) -> list[int]:
+    """The finalised steps under `<workdir>/checkpoints`, newest first, without opening orbax: a
+    local step is final once renamed to its number; a remote one once its commit file exists."""
+    directory = storage.join(storage.resolve(workdir), "checkpoints")
+    steps = [int(n) for n in storage.listdir(directory) if n.isdigit()]
+    if storage.is_remote(directory):
+        steps = [s for s in steps if storage.exists(storage.join(directory, str(s), COMMIT_FILE))]
+    return sorted(steps, reverse=True)
+
+
 class Checkpointer:
     """Async orbax saves (`max_to_keep`), restore onto a mesh, auto-resume from the latest step."""
 
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.log_path = os.path.join(os.path.dirname(self.directory), "restore.log")
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
+                 log_dir: str | None = None):
+        """`workdir`: a local directory or a remote location (gs://…; orbax writes there
+        directly). `log_dir`: where restore.log goes (default the workdir; a remote workdir
+        needs a local one, default the system's temporary directory)."""
+        root = storage.resolve(workdir)
+        self.directory = storage.join(root, "checkpoints")
+        if log_dir is None:
+            import tempfile
+            log_dir = (os.path.join(tempfile.gettempdir(), "hope_jax_logs")
+                       if storage.is_remote(root) else root)
+        self.log_path = os.path.join(log_dir, "restore.log")
         self.last_changes: list[str] = []   # config keys changed since the restored step
         self.skipped: list[str] = []        # one line per damaged step skipped by a restore
         handlers = dict(params=ocp.StandardCheckpointHandler(),
                         opt_state=ocp.StandardCheckpointHandler(),
                         meta=ocp.JsonCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                         config=ocp.JsonCheckpointHandler())
-        # Multi-process: orbax's barriers are jax collectives by default, and from its async
-        # commit thread they can interleave with the training step's collectives differently on
-        # each process (a deadlock, seen with 2 CPU processes): save synchronously there.
-        async_save = bool(async_save) and jax.process_count() == 1
-        options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True,
-                                               enable_async_checkpointing=async_save)
+        # Multi-process: orbax's default barriers are jax collectives, and from its async commit
+        # thread they interleave with the training step's collectives differently on each
+        # process (a deadlock, seen with 2 CPU processes). Naming every process as active makes
+        # orbax use the jax.distributed client's barriers instead, which issue no collective.
+        multi = jax.process_count() > 1
+        mp = (ocp.options.MultiprocessingOptions(active_processes=set(range(jax.process_count())))
+              if multi and os.environ.get("HOPE_JAX_SYNC_MULTIHOST_SAVE") != "1" else None)
+        self.async_save = async_save = bool(async_save) and (not multi or mp is not None)
+        extra = {"multiprocessing_options": mp} if mp is not None else {}
+        if mp is not None:   # orbax refuses create=True with active_processes
+            storage.makedirs(self.directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=mp is None,
+                                               enable_async_checkpointing=async_save, **extra)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=handlers)
 
@@ -320,12 +350,12 @@ class Checkpointer:
         if jax.process_index() != 0:
             return moved
         for step in steps:
-            src = os.path.join(self.directory, str(step))
+            src = storage.join(self.directory, str(step))
             dst, n = src + ".corrupt", 1
-            while os.path.exists(dst):
+            while storage.exists(dst):
                 dst, n = f"{src}.corrupt{n}", n + 1
-            if os.path.isdir(src):
-                os.rename(src, dst)
+            if storage.isdir(src):
+                storage.rename(src, dst)
                 moved.append(dst)
         self.manager.reload()
         return moved
@@ -372,6 +402,6 @@ class UnrestorableCheckpointError(RuntimeError):
     """No step of a checkpoint directory could be restored."""
 
 
-__all__ = ["Checkpointer", "CorruptCheckpointError", "IncompatibleCheckpointError", "SHAPE_KEYS",
-           "UnrestorableCheckpointError", "array_checksums", "config_changes", "config_to_json",
-           "shape_differences", "verify_checksums"]
+__all__ = ["COMMIT_FILE", "Checkpointer", "CorruptCheckpointError", "IncompatibleCheckpointError",
+           "SHAPE_KEYS", "UnrestorableCheckpointError", "array_checksums", "committed_steps",
+           "config_changes", "config_to_json", "shape_differences", "verify_checksums"]

@@ -33,6 +33,7 @@ from flax import nnx
 
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import default_config
+from hope_jax.data import storage
 from hope_jax.data.bpb import score_bpb
 from hope_jax.data.tokenizers import TOKENIZER_JSON, load_tokenizer, save_tokenizer_once
 from hope_jax.models.decoder import Decoder
@@ -254,7 +255,11 @@ class _Run:
         self.config, self.data = config, data
         self.main = is_main_process()
         tc = config.train
-        self.workdir = os.path.abspath(os.path.expanduser(workdir))
+        self.workdir = storage.resolve(workdir)
+        # A remote workdir (gs://…): checkpoints and the tokenizer go there directly; the files
+        # written a line at a time live in a local mirror and are copied up at every checkpoint.
+        self.remote = storage.is_remote(self.workdir)
+        self.local = storage.local_mirror(self.workdir) if self.remote else self.workdir
         self.pc, self.pi = jax.process_count(), jax.process_index()
         self.G, self.T = int(tc.global_batch), int(config.data.seq_len)
         self.mesh = mesh_lib.build_mesh(config.mesh, devices)
@@ -263,10 +268,11 @@ class _Run:
         self.tok = self.prepared.tokenizer
         self.V = int(self.tok.vocab_size)
         self.trainer = build_trainer(config, self.V, self.mesh, pad_id=int(self.tok.pad_id))
-        os.makedirs(self.workdir, exist_ok=True)  # only now: a bad corpus or config creates nothing
+        storage.makedirs(self.workdir)  # only now: a bad corpus or config creates nothing
+        self._download_metrics()
         if self.main and hasattr(self.tok, "save"):  # generate / eval read it without the data
             save_tokenizer_once(self.tok, run_tokenizer_dir(self.workdir))
-        self.ckpt = Checkpointer(self.workdir, int(tc.keep_checkpoints))
+        self.ckpt = Checkpointer(self.workdir, int(tc.keep_checkpoints), log_dir=self.local)
         self.it = data.train_iterator(self.prepared, seq_len=self.T, batch_size=self.G // self.pc,
                                       seed=int(config.data.shuffle_seed), process_index=self.pi,
                                       process_count=self.pc,
@@ -316,9 +322,9 @@ class _Run:
         self.steps = int(tc.steps)
         self.log_every, self.eval_every = max(int(tc.log_every), 1), int(tc.eval_every)
         self.ckpt_every = int(tc.checkpoint_every)
-        self.tb_dir = os.path.join(self.workdir, "tb")
-        self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
-        self.plot_path = os.path.join(self.workdir, "loss.png")
+        self.tb_dir = os.path.join(self.local, "tb")
+        self.metrics_path = os.path.join(self.local, "metrics.jsonl")
+        self.plot_path = os.path.join(self.local, "loss.png")
         self.writer = self.bar = None
         if self.main:
             from tensorboardX import SummaryWriter
@@ -452,6 +458,21 @@ class _Run:
         self.ckpt.save(self.state, data_states=_gather_json(self.it.get_state()),
                        config=self.config, vocab_size=self.V,
                        finite=bool(to_host(self.trainer.state_finite(self.state))))
+        self.upload_outputs()
+
+    def _download_metrics(self) -> None:
+        """A resumed remote run continues the workdir's metrics.jsonl (main process)."""
+        remote = storage.join(self.workdir, "metrics.jsonl")
+        if self.remote and self.main and storage.exists(remote):
+            storage.download(remote, os.path.join(self.local, "metrics.jsonl"))
+
+    def upload_outputs(self) -> None:
+        """Copies the local mirror's files (metrics.jsonl, TensorBoard events, loss.png,
+        restore.log) up to a remote workdir, whole; a no-op for a local workdir."""
+        if self.remote and self.main:
+            if getattr(self, "writer", None) is not None:
+                self.writer.flush()
+            storage.upload_tree(self.local, self.workdir)
 
     def eval_held_out(self) -> dict:
         """Held-out bpb on train.eval_batches batches of the valid split (`evaluate`)."""
@@ -476,21 +497,29 @@ class _Run:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+            self.writer = None
+        self.upload_outputs()   # also when a step raised: what was logged reaches the workdir
 
     def report(self) -> dict:
         """loss.png and where everything is (main process); `train`'s result."""
         if self.main:
             if os.path.exists(self.metrics_path):
                 plot_losses(self.metrics_path, self.plot_path)
-            print(f"checkpoints: {self.ckpt.directory}\ntensorboard: {self.tb_dir}  "
-                  f"(tensorboard --logdir {self.tb_dir})\nloss curve:  {self.plot_path}",
-                  flush=True)
+            self.upload_outputs()
+            print(f"checkpoints: {self.ckpt.directory}\ntensorboard: {self.out('tb')}  "
+                  f"(tensorboard --logdir {self.out('tb')})\nloss curve:  "
+                  f"{self.out('loss.png')}", flush=True)
         ev = self.ev
         return dict(step=self.step, loss=self.last.get("loss", float("nan")),
                     bpb=ev.get("bpb", float("nan")), eval_loss=ev.get("eval_loss", float("nan")),
                     bpb_ci95=ev.get("bpb_ci95"), tokens_per_s=self.tps, mfu=self.mfu,
                     stopped=self.stopped, checkpoint_dir=self.ckpt.directory,
-                    tensorboard_dir=self.tb_dir, plot=self.plot_path)
+                    async_checkpoints=self.ckpt.async_save,
+                    tensorboard_dir=self.out("tb"), plot=self.out("loss.png"))
+
+    def out(self, name: str) -> str:
+        """Where `name` of the workdir's outputs ends up (remote: after upload_outputs)."""
+        return storage.join(self.workdir, name)
 
 
 def train(config, workdir: str, *, data_api: Any = None, devices=None,
@@ -500,7 +529,8 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
     Args:
       config: an experiment config (`hope_jax.config.default_config()` schema).
       workdir: checkpoints in `<workdir>/checkpoints`, TensorBoard in `<workdir>/tb`,
-        `metrics.jsonl` and `loss.png` in `<workdir>`.
+        `metrics.jsonl` and `loss.png` in `<workdir>`. A local directory or a remote location
+        such as gs://bucket/run (docs/training.md, "Workdirs on cloud storage").
       data_api: the data package (default `hope_jax.data`); tests may pass another with the
         same interface.
       devices: mesh devices (default all).
@@ -511,7 +541,7 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
 
     Returns:
       {step, loss, bpb, eval_loss, tokens_per_s, mfu, stopped ('done' | 'sigterm' | 'stop_at'),
-       checkpoint_dir, tensorboard_dir, plot}.
+       checkpoint_dir, async_checkpoints, tensorboard_dir, plot}.
     """
     maybe_initialize(config.get("distributed"))
     run = _Run(config, workdir, _data_api(data_api), devices)
@@ -546,8 +576,8 @@ def config_from_dict(values: dict):
 
 def _open_existing(workdir: str) -> Checkpointer:
     """A Checkpointer on a workdir that must already hold checkpoints (creates nothing)."""
-    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
-    if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
+    if not checkpoint_lib.committed_steps(workdir):
+        directory = storage.join(storage.resolve(workdir), "checkpoints")
         raise FileNotFoundError(f"no checkpoint in {directory}")
     return Checkpointer(workdir, async_save=False)
 
@@ -572,13 +602,13 @@ def read_run_config(workdir: str):
 
 def run_tokenizer_dir(workdir: str) -> str:
     """Where a run keeps the tokenizer it trained with."""
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "tokenizer")
+    return storage.join(storage.resolve(workdir), "tokenizer")
 
 
 def _run_tokenizer(ckpt: Checkpointer, config, data_api: Any):
     """The run's own tokenizer (`<workdir>/tokenizer`), else the data's (runs that predate it)."""
     directory = run_tokenizer_dir(os.path.dirname(ckpt.directory))
-    if os.path.exists(os.path.join(directory, TOKENIZER_JSON)):
+    if storage.exists(storage.join(directory, TOKENIZER_JSON)):
         return load_tokenizer(directory)
     return _data_api(data_api).prepare(config.data, progress=False).tokenizer
 
