@@ -141,6 +141,9 @@ def prepare(data_config: Any, *, progress: bool = True) -> PreparedData:
     os.makedirs(tmp)
     try:
         _build(tmp, data_config, key, cache_dir, progress)
+        done = _load(root, key)             # another process (a host of this run) may have
+        if done is not None:                # finished first: its entry is complete, keep it
+            return done
         if os.path.lexists(root):           # an incomplete or stale entry: never read, replaced
             shutil.rmtree(root, ignore_errors=True)
         try:

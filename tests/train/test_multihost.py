@@ -1,5 +1,6 @@
 """Two local processes joined by `jax.distributed` train exactly like one process with the same
-8 devices: same global batches (each process reads its slice), same losses."""
+8 devices: same global batches (each process reads its slice), same losses, and asynchronous
+checkpoints at every step that never deadlock with the steps' collectives."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from hope_jax.train.checkpoint import Checkpointer
 from hope_jax.train.loop import config_from_dict, train
 from tests.train.helpers import tiny_config
 
@@ -32,9 +34,9 @@ def _losses(workdir: str) -> list[float]:
 
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
-    config = tiny_config(str(tmp_path), arch="transformer", steps=3)
+    config = tiny_config(str(tmp_path), arch="transformer", steps=4)
     config.mesh.data, config.mesh.fsdp = 4, 2            # both axes cross the two processes
-    config.train.checkpoint_every = 3
+    config.train.checkpoint_every = 1    # asynchronous saves overlap the next steps' collectives
     cfg_path = tmp_path / "config.json"
     cfg_path.write_text(json.dumps(config.to_dict()))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -66,8 +68,13 @@ def test_two_processes_equal_one(tmp_path):
     for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     results = [json.loads(o.split(f"RESULT {i} ", 1)[1]) for i, (o, _) in enumerate(outs)]
-    assert results[0]["step"] == results[1]["step"] == 3
+    assert results[0]["step"] == results[1]["step"] == 4
     np.testing.assert_allclose(_losses(str(multi)), _losses(str(single)), rtol=1e-5, atol=1e-6)
-    assert len(_losses(str(single))) == 3
-    # process 0 alone writes the logs; the checkpoint of step 3 holds both data-iterator states
-    assert (multi / "checkpoints" / "3").is_dir()
+    assert len(_losses(str(single))) == 4
+    # the saves were asynchronous on both processes, and every step was committed
+    assert results[0]["async_checkpoints"] is True and results[1]["async_checkpoints"] is True
+    ckpt = Checkpointer(str(multi))
+    assert ckpt.steps() == [4, 3, 2]                # keep_checkpoints = 3
+    _, data_states, _ = ckpt.read_json(4)            # both processes' data-iterator states
+    assert len(data_states["processes"]) == 2
+    ckpt.close()
