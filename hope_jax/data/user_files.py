@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
+PARQUET_BATCH_ROWS = 1024   # rows of a parquet file in memory at once
 
 
 def expand_paths(paths_or_globs: str | Iterable[str]) -> list[str]:
@@ -126,15 +127,19 @@ def _parquet(path: str, text_field: str) -> Iterator[tuple[str, str]]:
         raise ImportError(f"reading {path!r} needs pyarrow: pip install pyarrow "
                           "(or `pip install hope-jax[parquet]`)") from e
     try:
-        table = pq.read_table(path)
+        f = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise OSError(f"cannot read parquet file {path!r}: {e}") from e
-    if text_field not in table.column_names:
-        raise ValueError(f"{path}: no column {text_field!r} (has {table.column_names}); "
-                         f"set data.text_field")
-    for n, text in enumerate(table.column(text_field).to_pylist()):
-        if text:
-            yield f"{path}:{n}", str(text)
+    names = f.schema_arrow.names
+    if text_field not in names:
+        raise ValueError(f"{path}: no column {text_field!r} (has {names}); set data.text_field")
+    # streamed: one batch of rows of the one column at a time, never the whole table
+    n = 0
+    for batch in f.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            if text:
+                yield f"{path}:{n}", str(text)
+            n += 1
 
 
 def read_user_documents(paths_or_globs: str | Iterable[str], text_field: str = "text"

@@ -78,6 +78,11 @@ def test_parquet(tmp_path):
     texts = ["first row", "second row — ü", "third"]
     pq.write_table(pa.table({"content": texts}), path)
     assert list(read_user_files([path], text_field="content")) == texts
+    # several row groups and record batches, an empty row, another column: streamed in order
+    many = [f"row {i} " + "x" * (i % 7) if i % 11 else "" for i in range(2500)]
+    big = str(tmp_path / "many.parquet")
+    pq.write_table(pa.table({"id": list(range(2500)), "text": many}), big, row_group_size=700)
+    assert list(read_user_files([big])) == [t for t in many if t]
     with pytest.raises(ValueError, match="rows.parquet.*'text'"):
         list(read_user_files([path]))
 
