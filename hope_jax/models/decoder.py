@@ -15,7 +15,8 @@ Recurrent inference: `prefill(tokens, max_len)` returns logits and a cache (one 
 
 Sharding: the residual stream h [B, T, d] is constrained to the logical axes (batch, length,
 embed) after the embedding and after each residual add (`sharding.rules.constrain`), when the
-step is traced under `jax.set_mesh(mesh)`; without a mesh in context these are no-ops.
+step is traced under the mesh (`train/build.py`, `_traced_on`); without a mesh in context
+these are no-ops.
 """
 from __future__ import annotations
 

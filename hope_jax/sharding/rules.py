@@ -81,7 +81,7 @@ ACTIVATION_AXES = ("batch", "length", "embed")  # the residual stream h [B, T, d
 def constrain(x: jax.Array, names: Sequence[str | None] = ACTIVATION_AXES,
               rules: dict | None = None) -> jax.Array:
     """`with_sharding_constraint` of an activation by its logical axis names, on the mesh of the
-    current context (`jax.set_mesh(mesh)` around tracing / the jitted call).
+    current context (`jax.sharding.use_abstract_mesh` around tracing, as `train/build.py` does).
 
     A no-op without a mesh in context (one CPU, the tests of single layers), for a rank that does
     not match `names`, and on meshes with Explicit axes (where shardings travel with the types).

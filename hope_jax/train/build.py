@@ -6,6 +6,8 @@ place on the mesh (so a model larger than one device's memory can be built).
 """
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -51,6 +53,17 @@ class Trainer(NamedTuple):
     eval_step: Callable
     state_finite: Callable
     apply: Callable
+
+
+def _traced_on(mesh: Mesh, fn):
+    """`fn` traced with `mesh` in context, so the model's activation constraints
+    (`sharding.constrain`: batch over data × fsdp, length over `sequence`) take effect; without a
+    mesh in context they are no-ops."""
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):   # (set_mesh: not inside jit)
+            return fn(*args)
+    return traced
 
 
 def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Trainer:
@@ -107,9 +120,9 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
     step_fn = make_train_step(apply, tx, schedule, pad_id=pad_id,
                               grad_accum=int(config.optim.grad_accum), nll_fn=nll_fn)
     b_shard = mesh_lib.batch_sharding(mesh)
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, b_shard, rep),
+    train_step = jax.jit(_traced_on(mesh, step_fn), in_shardings=(state_sh, b_shard, rep),
                          out_shardings=(state_sh, rep), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(apply, nll_fn),
+    eval_step = jax.jit(_traced_on(mesh, make_eval_step(apply, nll_fn)),
                         in_shardings=(p_shard, b_shard, b_shard, rep), out_shardings=rep)
     state_finite = jax.jit(lambda st: all_finite((st.params, st.opt_state)),
                            in_shardings=(state_sh,), out_shardings=rep)
