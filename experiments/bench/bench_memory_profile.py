@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=0, help="0: the size preset's vocabulary")
     ap.add_argument("--scan_group", type=int, default=-1,
                     help="-1: the experiment preset's; else override (0 = the layer default)")
+    ap.add_argument("--remat", default="", help="model.remat override (none | block | ...)")
     ap.add_argument("--no_compile", action="store_true")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -86,6 +87,8 @@ def main() -> None:
     c.data.seq_len = args.seq
     if args.scan_group >= 0:
         c.model.scan_group = args.scan_group
+    if args.remat:
+        c.model.remat = args.remat
     vocab = args.vocab or SIZES[args.size].vocab_size
     cfg = dataclasses.replace(decoder_config(c, vocab), vocab_size=vocab)
 
@@ -96,14 +99,14 @@ def main() -> None:
     total = sum(r["bytes"] for r in rows)
     n_params = sum(int(np.prod(x.shape)) for x in flat.values())
     print(f"{args.arch} {args.size}, B {args.batch} × T {args.seq}, scan_group "
-          f"{c.model.scan_group}: {n_params / 1e6:.2f}M parameters, saved residuals "
-          f"{total / 2**30:.3f} GiB")
+          f"{c.model.scan_group}, remat {c.model.remat}: {n_params / 1e6:.2f}M parameters, "
+          f"saved residuals {total / 2**30:.3f} GiB")
     for r in rows[:12]:
         print(f"  {r['bytes'] / 2**20:10.1f} MiB  {100 * r['bytes'] / total:5.1f} %  "
               f"{r['arrays']:5d} arrays  {r['holder']}  (largest {r['largest']})")
     result = dict(arch=args.arch, size=args.size, batch=args.batch, seq=args.seq,
-                  scan_group=c.model.scan_group, params=n_params, residual_bytes=total,
-                  residuals=rows)
+                  scan_group=c.model.scan_group, remat=c.model.remat, params=n_params,
+                  residual_bytes=total, residuals=rows)
     if not args.no_compile:
         step, p, o = build_step(cfg)
         compiled = step.lower(p, o, tokens).compile()
