@@ -31,8 +31,8 @@ GIB = 2 ** 30
 MODELS = ("transformer", "titans_mag")
 
 
-def build_step(arch: str, length: int, impl: str, block: int):
-    """(jitted train step, state, batch) for the tiny preset of `arch` at context `length`."""
+def build_step(arch: str, length: int, impl: str, block: int, size: str = "tiny"):
+    """(jitted train step, state, batch) for the `size` preset of `arch` at context `length`."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -45,7 +45,7 @@ def build_step(arch: str, length: int, impl: str, block: int):
     from hope_jax.train.state import ParamCodec, TrainState
     from hope_jax.train.step import make_apply, make_train_step
 
-    cfg = configure_attention(get_config(arch, "tiny", max_len=length),
+    cfg = configure_attention(get_config(arch, size, max_len=length),
                               implementation=impl, block_size=block)
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
