@@ -36,7 +36,11 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     if storage.is_remote(directory):
         if not storage.exists(storage.join(directory, TOKENIZER_JSON)):
             raise FileNotFoundError(f"no tokenizer at {directory}")
-        directory = storage.download_tree(directory)
+        local = storage.download_tree(directory)
+        try:   # a tokenizer holds its model in memory once loaded
+            return load_tokenizer(local)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
     path = os.path.join(directory, TOKENIZER_JSON)
     try:
         with open(path) as f:
