@@ -79,10 +79,21 @@ class PairState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class TitansMAGConfig:
-    """Memory as a gate (Titans Eqs. 26–28): SWA with persistent prefix ⊗ neural memory."""
+    """Memory as a gate (Titans Eqs. 26–28): SWA with persistent prefix ⊗ neural memory.
+
+    `gated`: which branch the sigmoid is applied to, the other carrying the content. The paper
+    normalises both branches and applies "a non-linearity σ" without saying to which. D26 (the
+    default, "attention"): o = RMSNorm(y) ⊙ σ(RMSNorm(m)), the memory gates the attention;
+    "memory": o = RMSNorm(m) ⊙ σ(RMSNorm(y)), the attention gates the memory's content."""
 
     memory: MemoryMixerConfig
     attention: AttentionConfig
+    gated: str = "attention"
+
+    def __post_init__(self):
+        if self.gated not in ("attention", "memory"):
+            raise ValueError(f"TitansMAGConfig.gated must be 'attention' or 'memory', got "
+                             f"{self.gated!r}")
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
               param_dtype=jnp.float32) -> TitansMAG:
@@ -102,12 +113,13 @@ class TitansMALConfig:
 
 
 def titans_mag(num_heads: int, window: int = 512, num_persistent: int = 4,
-               **memory_overrides) -> TitansMAGConfig:
-    """MAG with sliding window `window` (D26: 512 at paper sizes, 64 on CPU)."""
+               gated: str = "attention", **memory_overrides) -> TitansMAGConfig:
+    """MAG with sliding window `window` (D26: 512 at paper sizes, 64 on CPU); `gated`: the
+    branch under the sigmoid (`TitansMAGConfig`)."""
     mem = titans_lmm(num_heads, num_persistent=num_persistent, **memory_overrides)
     attn = AttentionConfig(num_heads=num_heads, head_dim=mem.head_dim, window=window,
                            num_persistent=num_persistent)
-    return TitansMAGConfig(mem, attn)
+    return TitansMAGConfig(mem, attn, gated)
 
 
 def titans_mal(num_heads: int, window: int = 512, num_persistent: int = 4,
@@ -145,7 +157,10 @@ class TitansMAG(_TwoBranch):
         """u [B, T, d] → (o [B, T, d], state)."""
         y, sa = self.attention(u, None if state is None else state.attention)
         m, sm = self.memory(u, None if state is None else state.memory)
-        o = self.norm_y(y) * jax.nn.sigmoid(self.norm_m(m))  # the gate ⊗ (D26)
+        if self.config.gated == "attention":  # the gate ⊗ (D26)
+            o = self.norm_y(y) * jax.nn.sigmoid(self.norm_m(m))
+        else:
+            o = self.norm_m(m) * jax.nn.sigmoid(self.norm_y(y))
         return o, None if state is None else PairState(sa, sm)
 
 

@@ -29,8 +29,12 @@ def _titans(kind: str):
             return titans_lmm(s.num_heads, chunk_size=s.chunk_size)
         if kind == "mac":  # D26: the MAC segment is the SWA window of the size
             return titans_mac(s.num_heads, segment=s.window, chunk_size=s.chunk_size)
-        make_variant = titans_mag if kind == "mag" else titans_mal
-        return make_variant(s.num_heads, window=s.window, chunk_size=s.chunk_size)
+        if kind == "mag":  # σ on the attention branch: the memory carries the content. The
+            # printed gate (D26) left the writes almost unused: write ablation at 4× T +0.019
+            # vs +0.143 bpb (docs/design.md, D26, "Measured deviation (MAG's gate)")
+            return titans_mag(s.num_heads, window=s.window, chunk_size=s.chunk_size,
+                              gated="memory")
+        return titans_mal(s.num_heads, window=s.window, chunk_size=s.chunk_size)
     return make
 
 

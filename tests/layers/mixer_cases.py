@@ -15,6 +15,7 @@ MIXERS = {
     "ttt_mlp": layers.ttt_mlp(H, chunk_size=4),
     "titans_lmm": layers.titans_lmm(H, chunk_size=4),
     "titans_mag": layers.titans_mag(H, window=5, chunk_size=4),
+    "titans_mag_memory_gated": layers.titans_mag(H, window=5, chunk_size=4, gated="memory"),
     "titans_mal": layers.titans_mal(H, window=5, chunk_size=4),
 }
 

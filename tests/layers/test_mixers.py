@@ -111,3 +111,24 @@ def test_titans_factory_step_bound_and_d19_divergence():
         mixer = titans_lmm(2, **overrides).build(16, rngs=nnx.Rngs(0))
         finite[name] = bool(np.all(np.isfinite(np.asarray(_full(mixer, u)))))
     assert finite == {"factory": True, "d19": False}
+
+
+def test_mag_gate_side():
+    """MAG's two readings of the gate: D26 puts the sigmoid on the memory branch, gated="memory"
+    on the attention branch (so the memory carries the content); a bad value is refused."""
+    from hope_jax import layers
+    u = jax.random.normal(jax.random.PRNGKey(0), (2, 9, D))
+    outs = {}
+    for gated in ("attention", "memory"):
+        mag = MIXERS["titans_mag"].__class__(MIXERS["titans_mag"].memory,
+                                              MIXERS["titans_mag"].attention, gated)
+        m = mag.build(D, rngs=nnx.Rngs(0))
+        y, _ = m.attention(u)
+        mem, _ = m.memory(u)
+        a, b = (m.norm_y(y), m.norm_m(mem)) if gated == "attention" else (m.norm_m(mem),
+                                                                           m.norm_y(y))
+        outs[gated], _ = m(u)
+        np.testing.assert_allclose(outs[gated], a * jax.nn.sigmoid(b), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(outs["attention"], outs["memory"])
+    with pytest.raises(ValueError, match="gated"):
+        layers.titans_mag(2, gated="both")
