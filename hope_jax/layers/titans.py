@@ -181,13 +181,18 @@ class TitansMAL(_TwoBranch):
 class TitansMACConfig:
     """Memory as context (Titans Eqs. 21–25): segments of `segment` tokens (D26: 512 at paper
     sizes, 64 on CPU). `attention` holds the N_p persistent tokens (no window: attention is full
-    inside a segment); the memory has no prefix of its own and its chunk must divide the segment."""
+    inside a segment); the memory has no prefix of its own and its chunk must divide the segment.
+    `gated`: the branch of the final gate (Eq. 25) under the sigmoid, as `TitansMAGConfig`."""
 
     memory: MemoryMixerConfig
     attention: AttentionConfig
     segment: int = 512
+    gated: str = "attention"
 
     def __post_init__(self):
+        if self.gated not in ("attention", "memory"):
+            raise ValueError(f"TitansMACConfig.gated must be 'attention' or 'memory', got "
+                             f"{self.gated!r}")
         c = self.segment
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:
             raise ValueError(f"TitansMACConfig.segment must be a positive int, got {c!r}")
@@ -206,12 +211,13 @@ class TitansMACConfig:
 
 
 def titans_mac(num_heads: int, segment: int = 512, num_persistent: int = 4,
-               **memory_overrides) -> TitansMACConfig:
-    """MAC with segment length `segment` (D26) and N_p persistent tokens in the attention."""
+               gated: str = "attention", **memory_overrides) -> TitansMACConfig:
+    """MAC with segment length `segment` (D26) and N_p persistent tokens in the attention;
+    `gated`: the branch under the final gate's sigmoid (`TitansMACConfig`)."""
     mem = titans_lmm(num_heads, num_persistent=0, **memory_overrides)
     attn = AttentionConfig(num_heads=num_heads, head_dim=mem.head_dim,
                            num_persistent=num_persistent)
-    return TitansMACConfig(mem, attn, segment)
+    return TitansMACConfig(mem, attn, segment, gated)
 
 
 class MACState(NamedTuple):
@@ -305,7 +311,9 @@ class TitansMAC(nnx.Module):
 
     def _gate(self, y: Array, memory_state: MemoryMixerState) -> tuple[Array, MemoryMixerState]:
         m, memory_state = self.memory(y, memory_state)  # write y, read M*(y) (Eqs. 24–25)
-        return self.norm_y(y) * jax.nn.sigmoid(self.norm_m(m)), memory_state
+        if self.config.gated == "attention":   # the gate ⊗ of D26
+            return self.norm_y(y) * jax.nn.sigmoid(self.norm_m(m)), memory_state
+        return self.norm_m(m) * jax.nn.sigmoid(self.norm_y(y)), memory_state
 
     def _segment(self, u: Array, start, memory_state: MemoryMixerState):
         """A segment (or its first L tokens) starting at a segment boundary `start`: u [B, L, d]."""

@@ -16,9 +16,11 @@ from hope_jax.models.param_count import abstract_model, count_params
 B, D, H, C, T = 2, 16, 2, 4, 11  # segment C = 4: two full segments and a partial one
 
 
-@pytest.fixture(scope="module")
-def mac():
-    cfg = layers.titans_mac(H, segment=C, num_persistent=3, chunk_size=2, eta_bias=-3.0)
+@pytest.fixture(scope="module", params=["attention", "memory"])
+def mac(request):
+    """MAC with either branch of the final gate under the sigmoid (D26's and the presets')."""
+    cfg = layers.titans_mac(H, segment=C, num_persistent=3, chunk_size=2, eta_bias=-3.0,
+                            gated=request.param)
     model = cfg.build(D, rngs=nnx.Rngs(0))
     u = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
     return model, u
@@ -67,7 +69,10 @@ def reference(mac, u):
         y = a.w_o(jnp.asarray(y.reshape(B, n, D), jnp.float32))
         # Eqs. 24–25: write y into the memory, read M*(y), gate
         m, ms = memory(mac.memory, y, ms)
-        outs.append(_np(mac.norm_y(y) * jax.nn.sigmoid(mac.norm_m(m))))
+        if mac.config.gated == "attention":
+            outs.append(_np(mac.norm_y(y) * jax.nn.sigmoid(mac.norm_m(m))))
+        else:
+            outs.append(_np(mac.norm_m(m) * jax.nn.sigmoid(mac.norm_y(y))))
     return np.concatenate(outs, axis=1)
 
 
@@ -137,5 +142,7 @@ def test_mac_presets_build():
 def test_mac_config_errors():
     with pytest.raises(ValueError, match="multiple of the memory chunk"):
         layers.titans_mac(H, segment=6, chunk_size=4)
+    with pytest.raises(ValueError, match="gated"):
+        layers.titans_mac(H, segment=4, chunk_size=4, gated="neither")
     with pytest.raises(ValueError, match="persistent"):
         layers.TitansMACConfig(layers.titans_lmm(H), layers.AttentionConfig(H), 64)
