@@ -506,12 +506,12 @@ class _Run:
             if os.path.exists(self.metrics_path):
                 plot_losses(self.metrics_path, self.plot_path)
             self.upload_outputs()
-            if self.remote:   # everything is in the workdir now: drop the local mirror
-                import shutil
-                shutil.rmtree(self.local, ignore_errors=True)
             print(f"checkpoints: {self.ckpt.directory}\ntensorboard: {self.out('tb')}  "
                   f"(tensorboard --logdir {self.out('tb')})\nloss curve:  "
                   f"{self.out('loss.png')}", flush=True)
+        if self.remote:   # everything is in the workdir now: drop the local mirror
+            import shutil
+            shutil.rmtree(self.local, ignore_errors=True)
         ev = self.ev
         return dict(step=self.step, loss=self.last.get("loss", float("nan")),
                     bpb=ev.get("bpb", float("nan")), eval_loss=ev.get("eval_loss", float("nan")),
