@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from .shards import SplitInfo
 from .tokenizers import Tokenizer
 
@@ -155,9 +156,7 @@ def open_prepared(root: str | os.PathLike) -> PreparedShards:
     """Opens a directory written by `prepare_shards` (local or an etils.epath location); a missing
     or incomplete one is an error naming it and what to run."""
     from etils import epath
-    root = os.fspath(root)
-    if "://" not in root:
-        root = os.path.abspath(os.path.expanduser(root))
+    root = storage.resolve(root)
     path = epath.Path(root)
     if not path.exists():
         raise FileNotFoundError(f"prepared data directory {root} does not exist (write it with "
@@ -173,7 +172,7 @@ def open_prepared(root: str | os.PathLike) -> PreparedShards:
             if not f.exists():
                 raise FileNotFoundError(f"{root}: shard {shard['file']} listed in {INDEX} is "
                                         "missing")
-            if "://" not in root and os.path.getsize(f) != shard["size"]:
+            if not storage.is_remote(root) and os.path.getsize(f) != shard["size"]:
                 raise PreparedDirError(f"{root}: shard {shard['file']} has "
                                        f"{os.path.getsize(f)} bytes, {INDEX} says "
                                        f"{shard['size']} (damaged or partly copied)")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from .byte_tokenizer import ByteTokenizer
 from .cache_key import config_value, key_fields
 from .documents import Document, _unit_hash
@@ -328,10 +329,6 @@ def _build(tmp: str, config: Any, fields: dict, cache_dir: str, workers: int | N
         json.dump(index, f, indent=1, sort_keys=True)
 
 
-def _is_local(path: Any) -> bool:
-    return "://" not in os.fspath(path)
-
-
 def _differences(a: dict, b: dict) -> str:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "; ".join(f"{k}: {a.get(k)!r} there vs {b.get(k)!r} now" for k in keys[:4])
@@ -355,7 +352,7 @@ def prepare_shards(data_config: Any, out_dir: str | os.PathLike | None = None, *
     if record_tokens < 1 or records_per_shard < 1:
         raise ValueError(f"record_tokens and records_per_shard must be ≥ 1, got "
                          f"{record_tokens}, {records_per_shard}")
-    out = os.path.abspath(os.path.expanduser(os.fspath(out))) if _is_local(out) else os.fspath(out)
+    out = storage.resolve(out)
     if num_workers is None:
         num_workers = int(config_value(data_config, "prepare_workers", -1))
     fields = shard_fields(data_config, record_tokens, records_per_shard)
@@ -386,7 +383,7 @@ def prepare_shards(data_config: Any, out_dir: str | os.PathLike | None = None, *
 def _staging_dir(out: str) -> str:
     """A fresh folder to build in: beside `out` when local (so the publish is one rename),
     else a local temp folder."""
-    if not _is_local(out):
+    if storage.is_remote(out):
         return tempfile.mkdtemp(prefix="hope_jax-shards-")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = os.path.join(os.path.dirname(out), f".tmp-{os.path.basename(out)}-{os.getpid()}-"
@@ -398,11 +395,8 @@ def _staging_dir(out: str) -> str:
 def _publish(tmp: str, out: str, target, fields: dict) -> None:
     """Moves the built shards into place atomically: one rename locally; remotely each file is
     copied with the index last, so a reader never sees an index without its shards."""
-    from etils import epath
-    if not _is_local(out):
-        target.mkdir(parents=True, exist_ok=True)
-        for name in sorted(os.listdir(tmp), key=lambda n: n == INDEX):
-            epath.Path(tmp, name).copy(target / name, overwrite=True)
+    if storage.is_remote(out):
+        storage.upload_tree(tmp, out, last=INDEX)
         return
     if os.path.isdir(out):
         os.rmdir(out)            # empty (checked by the caller)
