@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 
 from . import storage
@@ -64,7 +65,7 @@ def save_tokenizer_once(tok: Tokenizer, directory: str | os.PathLike) -> None:
     if storage.is_remote(directory):
         if storage.exists(storage.join(directory, TOKENIZER_JSON)):
             return
-        local = storage.local_mirror(directory)
+        local = tempfile.mkdtemp(prefix="hope_jax_tokenizer_")
         try:
             tok.save(local)
             storage.upload_tree(local, directory, last=TOKENIZER_JSON)

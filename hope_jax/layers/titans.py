@@ -77,6 +77,20 @@ class PairState(NamedTuple):
     memory: object
 
 
+GATED = ("attention", "memory")  # the branch under the sigmoid of MAG's / MAC's gate ⊗
+
+
+def _check_gated(owner: str, gated: str) -> None:
+    if gated not in GATED:
+        raise ValueError(f"{owner}.gated must be one of {GATED}, got {gated!r}")
+
+
+def _gate(y: Array, m: Array, gated: str) -> Array:
+    """The gate ⊗ of the normalised attention output y and memory read m: "attention" (D26)
+    σ(m) gates y; "memory" σ(y) gates m, the memory carrying the content."""
+    return y * jax.nn.sigmoid(m) if gated == "attention" else m * jax.nn.sigmoid(y)
+
+
 @dataclasses.dataclass(frozen=True)
 class TitansMAGConfig:
     """Memory as a gate (Titans Eqs. 26–28): SWA with persistent prefix ⊗ neural memory.
@@ -91,9 +105,7 @@ class TitansMAGConfig:
     gated: str = "attention"
 
     def __post_init__(self):
-        if self.gated not in ("attention", "memory"):
-            raise ValueError(f"TitansMAGConfig.gated must be 'attention' or 'memory', got "
-                             f"{self.gated!r}")
+        _check_gated("TitansMAGConfig", self.gated)
 
     def build(self, d_model: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
               param_dtype=jnp.float32) -> TitansMAG:
@@ -157,10 +169,7 @@ class TitansMAG(_TwoBranch):
         """u [B, T, d] → (o [B, T, d], state)."""
         y, sa = self.attention(u, None if state is None else state.attention)
         m, sm = self.memory(u, None if state is None else state.memory)
-        if self.config.gated == "attention":  # the gate ⊗ (D26)
-            o = self.norm_y(y) * jax.nn.sigmoid(self.norm_m(m))
-        else:
-            o = self.norm_m(m) * jax.nn.sigmoid(self.norm_y(y))
+        o = _gate(self.norm_y(y), self.norm_m(m), self.config.gated)
         return o, None if state is None else PairState(sa, sm)
 
 
@@ -190,9 +199,7 @@ class TitansMACConfig:
     gated: str = "attention"
 
     def __post_init__(self):
-        if self.gated not in ("attention", "memory"):
-            raise ValueError(f"TitansMACConfig.gated must be 'attention' or 'memory', got "
-                             f"{self.gated!r}")
+        _check_gated("TitansMACConfig", self.gated)
         c = self.segment
         if isinstance(c, bool) or not isinstance(c, int) or c < 1:
             raise ValueError(f"TitansMACConfig.segment must be a positive int, got {c!r}")
@@ -311,9 +318,7 @@ class TitansMAC(nnx.Module):
 
     def _gate(self, y: Array, memory_state: MemoryMixerState) -> tuple[Array, MemoryMixerState]:
         m, memory_state = self.memory(y, memory_state)  # write y, read M*(y) (Eqs. 24–25)
-        if self.config.gated == "attention":   # the gate ⊗ of D26
-            return self.norm_y(y) * jax.nn.sigmoid(self.norm_m(m)), memory_state
-        return self.norm_m(m) * jax.nn.sigmoid(self.norm_y(y)), memory_state
+        return _gate(self.norm_y(y), self.norm_m(m), self.config.gated), memory_state
 
     def _segment(self, u: Array, start, memory_state: MemoryMixerState):
         """A segment (or its first L tokens) starting at a segment boundary `start`: u [B, L, d]."""

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -202,7 +203,6 @@ class Checkpointer:
         root = storage.resolve(workdir)
         self.directory = storage.join(root, "checkpoints")
         if log_dir is None:
-            import tempfile
             log_dir = (os.path.join(tempfile.gettempdir(), "hope_jax_logs")
                        if storage.is_remote(root) else root)
         self.log_path = os.path.join(log_dir, "restore.log")

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -510,7 +511,6 @@ class _Run:
                   f"(tensorboard --logdir {self.out('tb')})\nloss curve:  "
                   f"{self.out('loss.png')}", flush=True)
         if self.remote:   # everything is in the workdir now: drop the local mirror
-            import shutil
             shutil.rmtree(self.local, ignore_errors=True)
         ev = self.ev
         return dict(step=self.step, loss=self.last.get("loss", float("nan")),

@@ -120,9 +120,7 @@ def test_mag_gate_side():
     u = jax.random.normal(jax.random.PRNGKey(0), (2, 9, D))
     outs = {}
     for gated in ("attention", "memory"):
-        mag = MIXERS["titans_mag"].__class__(MIXERS["titans_mag"].memory,
-                                              MIXERS["titans_mag"].attention, gated)
-        m = mag.build(D, rngs=nnx.Rngs(0))
+        m = dataclasses.replace(MIXERS["titans_mag"], gated=gated).build(D, rngs=nnx.Rngs(0))
         y, _ = m.attention(u)
         mem, _ = m.memory(u)
         a, b = (m.norm_y(y), m.norm_m(mem)) if gated == "attention" else (m.norm_m(mem),
