@@ -171,7 +171,8 @@ class _Schedule(NamedTuple):
 
     chunks: [n, B, c_buf, d] the buffer (zeros outside the tokens); real: [n, c_buf] the slots
     holding tokens (as z's dtype); ends: [n] the chunk really ends, so it writes (D35);
-    resets: [n] θ ← θ_0 after its write (nested CMS, D24); offset: the first token's slot.
+    resets: [n] θ ← θ_0 after its write (nested CMS, D24); offset: the first token's slot;
+    every_chunk_writes: a fresh sequence of whole chunks (Σ∇ℓ is 0 at every chunk boundary).
     """
 
     chunks: Array
@@ -180,6 +181,7 @@ class _Schedule(NamedTuple):
     resets: Array
     total: int
     offset: Array | int
+    every_chunk_writes: bool = False
 
 
 def _schedule(state: InContextState, z: Array, chunk: int, reset_every: int | None) -> _Schedule:
@@ -205,7 +207,9 @@ def _schedule(state: InContextState, z: Array, chunk: int, reset_every: int | No
     chunk_ends = start + (jnp.arange(n, dtype=jnp.int32) + 1) * c_buf
     resets = (jnp.zeros((n,), z.dtype) if reset_every is None else
               ends * (chunk_ends % reset_every == 0).astype(z.dtype))
-    return _Schedule(chunks, real, ends, resets, total, offset)
+    # a fresh sequence of whole chunks: every chunk ends, and its accumulator is spent, in-call
+    every = not dynamic and total == t and not single
+    return _Schedule(chunks, real, ends, resets, total, offset, every)
 
 
 def _scan_writes(params: SwiGLUParams, w_target: Array, grad_loss, eta: Array, chunk: int,
@@ -229,15 +233,24 @@ def _scan_writes(params: SwiGLUParams, w_target: Array, grad_loss, eta: Array, c
                              params)
         return y, theta, acc
 
+    per_sequence = jax.vmap(one_sequence, in_axes=(0, 0, 0, None, None, None))
+    xs = (sched.chunks, sched.real, sched.ends, sched.resets)
+    if sched.every_chunk_writes:
+        # Every chunk ends inside the call and writes, so Σ∇ℓ is 0 at every chunk boundary: the
+        # scan carries θ alone and the backward's checkpoints hold half as much.
+        def body_theta(theta, inputs):
+            zeros = jax.tree.map(jnp.zeros_like, theta)
+            y, theta, _ = per_sequence(theta, zeros, *inputs)
+            return theta, y
+
+        theta, ys = grouped_scan(body_theta, state.theta, xs, remat=True, group=scan_group)
+        return (theta, jax.tree.map(jnp.zeros_like, theta)), ys
+
     def body(carry, inputs):
-        zc, w, writes, reset = inputs
-        y, theta, acc = jax.vmap(one_sequence, in_axes=(0, 0, 0, None, None, None))(
-            *carry, zc, w, writes, reset)
+        y, theta, acc = per_sequence(*carry, *inputs)
         return (theta, acc), y
 
-    return grouped_scan(body, (state.theta, state.grad_sum),
-                        (sched.chunks, sched.real, sched.ends, sched.resets), remat=True,
-                        group=scan_group)
+    return grouped_scan(body, (state.theta, state.grad_sum), xs, remat=True, group=scan_group)
 
 
 def in_context_level(params: SwiGLUParams, w_target: Array, rho: Array, z: Array, chunk: int,

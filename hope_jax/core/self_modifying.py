@@ -301,7 +301,8 @@ class _Layout(NamedTuple):
     offset: the first token's place (the carried position modulo C_mem when streaming, else 0);
     mask: [n_sub, c_sub] the buffer slots holding real tokens; all_real: every slot does;
     ends_real: [n_sub] the sub-chunk really ends (the small memories' snapshots move, D2);
-    ends_memory: [n_sub] it also ends an output memory chunk (M_out's snapshot may move).
+    ends_memory: [n_sub] it also ends an output memory chunk (M_out's snapshot may move);
+    fresh_whole: a fresh state (no carried position) and T a whole number of sub-chunks.
     """
 
     total: int
@@ -312,6 +313,7 @@ class _Layout(NamedTuple):
     all_real: bool
     ends_real: Array
     ends_memory: Array
+    fresh_whole: bool = False
 
 
 def _layout(level: SelfModifyingLevel, state: SelfModifyingState, t: int) -> _Layout:
@@ -342,7 +344,8 @@ def _layout(level: SelfModifyingLevel, state: SelfModifyingState, t: int) -> _La
         ends_real = mask[:, -1]  # a snapshot moves only when a chunk really ends (D2)
         ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
     all_real = single or (not dynamic and total == t)
-    return _Layout(total, c_sub, n_sub, offset, mask, all_real, ends_real, ends_memory)
+    return _Layout(total, c_sub, n_sub, offset, mask, all_real, ends_real, ends_memory,
+                   not dynamic and total == t)
 
 
 def _place(x: Array, layout: _Layout, dtype) -> Array:
@@ -371,18 +374,30 @@ def _scan_sub_chunks(level: SelfModifyingLevel, params: SelfModifyingParams, car
                         in_axes=(0, 0, 0, _INPUT_AXES))
     per_batch = jax.vmap(per_head, in_axes=(None, None, 0, _INPUT_AXES))
 
+    # A fresh sequence of whole sub-chunks: every sub-chunk ends, so the small memories'
+    # snapshots equal their running states at every boundary (D2). The scan then carries them
+    # once, and the backward's checkpoints hold a third less.
+    tied = layout.fresh_whole
+
     def body(carry: MemoryCarry, inputs):
         x, end_real, end_mem = inputs
+        if tied:
+            carry = carry._replace(snaps={**carry.snaps, "small": carry.running["small"]})
         o, new_running, new_momenta = per_batch(gates, anchors, carry, x)
         keep = lambda new, old, when: jax.tree.map(lambda a, c: jnp.where(when, a, c), new, old)
-        new_snaps = {"small": keep(new_running["small"], carry.snaps["small"], end_real),
-                     "out": keep(new_running["out"], carry.snaps["out"], end_real & end_mem)}
+        new_snaps = {"out": keep(new_running["out"], carry.snaps["out"], end_real & end_mem)}
+        if not tied:
+            new_snaps["small"] = keep(new_running["small"], carry.snaps["small"], end_real)
         return MemoryCarry(new_running, new_momenta, new_snaps), o
 
     group = lambda d: _group(level, d) if d else {}
     carry0 = MemoryCarry(group(carry0.running), group(carry0.momenta), group(carry0.snaps))
+    if tied:
+        carry0 = carry0._replace(snaps={"out": carry0.snaps["out"]})
     final, o = grouped_scan(body, carry0, (xs, layout.ends_real, layout.ends_memory),
                             remat=level.remat, group=level.scan_group)
+    if tied:
+        final = final._replace(snaps={**final.snaps, "small": final.running["small"]})
     ungroup = lambda d: _ungroup(level, d) if d else {}
     return MemoryCarry(ungroup(final.running), ungroup(final.momenta), ungroup(final.snaps)), o
 

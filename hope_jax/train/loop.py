@@ -42,6 +42,7 @@ from hope_jax.train import mesh as mesh_lib
 from hope_jax.train.build import Trainer, build_trainer
 from hope_jax.train import checkpoint as checkpoint_lib
 from hope_jax.train.checkpoint import Checkpointer
+from hope_jax.train.host_memory import compile_ahead
 from hope_jax.train.distributed import is_main_process, maybe_initialize
 from hope_jax.train.state import ParamCodec, to_host
 from hope_jax.train.step import memory_groups, memory_norms
@@ -335,6 +336,7 @@ class _Run:
             self.bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True)
         self.stopped, self.last, self.tps, self.mfu, self.ev = "done", {}, 0.0, 0.0, {}
         self.t_mark, self.steps_mark = None, 0
+        self.compiled_step = None
 
     # ------------------------------------------------------------------ the step loop
     def step_loop(self, sig: _StopFlag) -> None:
@@ -381,7 +383,9 @@ class _Run:
         self.data.check_token_ids(raw, self.V)
         tokens = _global_batch(raw, self.trainer.batch_sharding, self.G)
         poison = jax.device_put(np.asarray((self.step + 1) in self.poison_steps), self.rep)
-        self.state, m = self.trainer.train_step(self.state, tokens, poison)
+        if self.compiled_step is None:  # compiled once, ahead of its first run (host_memory)
+            self.compiled_step = compile_ahead(self.trainer.train_step, self.state, tokens, poison)
+        self.state, m = self.compiled_step(self.state, tokens, poison)
         self.step += 1
         return m
 

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import sys
 import time
 
@@ -27,6 +28,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from bench_models import build_step, memory_bytes  # noqa: E402
 from cases import CASES, median_step_s  # noqa: E402
+
+from hope_jax.train.host_memory import release_freed_host_memory  # noqa: E402
 
 
 def model_step(case: dict, remat: str = ""):
@@ -80,10 +83,14 @@ def main() -> None:
     compiled, run = (model_step(case, args.remat) if case["kind"] == "model"
                      else layer_step(case))
     compile_s = time.perf_counter() - t0
+    release_freed_host_memory()  # as the trainer does between compiling and the first step
+    # the process's peak RSS so far: building and compiling the step, before it first runs
+    compile_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     step_s = median_step_s(lambda: jax.block_until_ready(run()), args.steps)
     print(json.dumps(dict(side="hope_jax", case=args.case, step_s=step_s, compile_s=compile_s,
                           tokens_per_s=case["batch"] * case["seq"] / step_s,
-                          xla_memory=memory_bytes(compiled), remat=args.remat or "preset",
+                          xla_memory=memory_bytes(compiled), compile_rss_gb=compile_rss_gb,
+                          remat=args.remat or "preset",
                           jax=jax.__version__)))
 
 
