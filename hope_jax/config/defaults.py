@@ -63,7 +63,9 @@ def default_config() -> ConfigDict:
                                   # japanese | files | hf_dataset (docs/data.md)
         files=(),                 # with corpus="files": text / jsonl / parquet paths (or globs)
         text_field="text",        # jsonl / parquet column holding the text
-        hf_dataset="",            # optional: a Hugging Face dataset name (needs `datasets`)
+        hf_dataset="",            # corpus="hf_dataset": a Hugging Face dataset name or a local
+                                  # dataset folder, streamed (needs `datasets`)
+        hf_config="",             # hf_dataset: its configuration name (e.g. "sample-10BT")
         held_out_fraction=0.02,   # files corpus only: fraction of whole documents held out
         tokenizer="byte",         # byte | bpe (sentencepiece, trained offline on the corpus)
         vocab_size=8192,          # bpe only; byte vocabulary is 256 + 4 specials

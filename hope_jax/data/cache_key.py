@@ -56,6 +56,7 @@ def key_fields(config: Any) -> dict[str, Any]:
                                for p in paths]
         else:
             fields["hf_dataset"] = config_value(config, "hf_dataset", "")
+            fields["hf_config"] = config_value(config, "hf_config", "")
     return fields
 
 

@@ -59,29 +59,12 @@ def user_files(files: Any, text_field: str, held_out_fraction: float) -> dict[st
     return split_by_hash(docs, held_out_fraction, by_text=True)
 
 
-def hf_dataset(name: str, text_field: str, held_out_fraction: float) -> dict[str, list[Document]]:
-    """A Hugging Face dataset's "train" split (its "validation"/"test" split as valid when
-    present)."""
-    if not name:
-        raise ValueError("data.corpus='hf_dataset' needs data.hf_dataset (a dataset name)")
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(f"data.hf_dataset={name!r} needs the `datasets` package: pip install "
-                          "datasets (or `pip install hope-jax[hf]`)") from e
-    loaded = datasets.load_dataset(name)
-
-    def docs(split: str) -> list[Document]:
-        column = loaded[split]
-        if text_field not in column.column_names:
-            raise ValueError(f"dataset {name!r} split {split!r}: no column {text_field!r} "
-                           f"(has {column.column_names}); set data.text_field")
-        return [Document(f"{split}:{i}", t) for i, t in enumerate(column[text_field])
-                if t and t.strip()]
-
-    if "train" not in loaded:
-        raise ValueError(f"dataset {name!r} has no 'train' split (has {list(loaded)})")
-    for held in ("validation", "valid", "test"):
-        if held in loaded:
-            return {"train": docs("train"), "valid": docs(held)}
-    return split_by_hash(docs("train"), held_out_fraction, by_text=True)
+def hf_dataset(name: str, text_field: str, held_out_fraction: float,
+               config_name: str = "") -> dict[str, list[Document]]:
+    """A Hugging Face dataset's "train" split (its "validation"/"valid"/"test" split as valid
+    when present, else a hash split of train), read into memory (`corpora_hf` streams it)."""
+    from .corpora_hf import hf_documents
+    train, valid = hf_documents(name, config_name, text_field)
+    if valid is not None:
+        return {"train": list(train()), "valid": list(valid())}
+    return split_by_hash(list(train()), held_out_fraction, by_text=True)

@@ -63,7 +63,8 @@ def _corpus_documents(config: Any, cache_dir: str, progress: bool) -> dict[str, 
     fraction = float(config_value(config, "held_out_fraction", 0.02))
     if corpus == "files":
         return corpora_local.user_files(config_value(config, "files", ()), text_field, fraction)
-    return corpora_local.hf_dataset(config_value(config, "hf_dataset", ""), text_field, fraction)
+    return corpora_local.hf_dataset(config_value(config, "hf_dataset", ""), text_field, fraction,
+                                    config_value(config, "hf_config", ""))
 
 
 def _load(root: str, key: str) -> PreparedData | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -79,9 +80,20 @@ def _hash_split(documents: Callable[[], Iterator[Document]], fraction: float) ->
 def document_stream(config: Any, cache_dir: str, progress: bool) -> DocumentStream:
     """A function giving, each time it is called, the corpus's (split, document) pairs in order:
     the same documents and splits as `prepare()`. `files` are read as a stream (a .txt file is one
-    document, a .jsonl line one document); the pip corpora, python_stdlib and hf_dataset are small
-    or held by their library and are read whole."""
-    if config_value(config, "corpus", "en_pip") == "files":
+    document, a .jsonl line one document) and hf_dataset is read in streaming mode
+    (`corpora_hf`); the pip corpora and python_stdlib are small and are read whole."""
+    corpus = config_value(config, "corpus", "en_pip")
+    fraction = float(config_value(config, "held_out_fraction", 0.02))
+    if corpus == "hf_dataset":
+        from .corpora_hf import hf_documents
+        train, valid = hf_documents(config_value(config, "hf_dataset", ""),
+                                    config_value(config, "hf_config", ""),
+                                    config_value(config, "text_field", "text"))
+        if valid is None:
+            return _hash_split(train, fraction)
+        return lambda: itertools.chain((("train", d) for d in train()),
+                                       (("valid", d) for d in valid()))
+    if corpus == "files":
         from .user_files import read_user_documents
         files = list(config_value(config, "files", ()) or ())
         if not files:
@@ -89,7 +101,7 @@ def document_stream(config: Any, cache_dir: str, progress: bool) -> DocumentStre
                              ".txt/.jsonl/.parquet)")
         text_field = config_value(config, "text_field", "text")
         return _hash_split(lambda: (Document(n, t) for n, t in read_user_documents(
-            files, text_field)), float(config_value(config, "held_out_fraction", 0.02)))
+            files, text_field)), fraction)
     from .prepare import _corpus_documents
     docs = _corpus_documents(config, cache_dir, progress)
     return lambda: ((split, d) for split in SPLITS for d in docs.get(split, ()))
