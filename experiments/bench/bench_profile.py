@@ -10,7 +10,8 @@ reports, per step:
   wall_ms          the step's wall time while traced
   op_runs          how many XLA operations ran (the leaf events of XLA:CPU's thunk executor:
                    fusions, dots, copies, ...; loops, the executor and its thread-pool waits
-                   are containers, not operations)
+                   are containers, not operations, and the "end:" markers and thread-pool
+                   listener events are bookkeeping)
   op_ms            their summed duration (over both worker threads, so it can exceed wall_ms)
   mean_op_us       op_ms / op_runs: how much work one operation does
   by_kind          op time by kind of operation (dot, fusion, copy / transpose, other)
@@ -36,7 +37,8 @@ HERE = os.path.dirname(__file__)
 sys.path.insert(0, HERE)
 from results_json import write_results  # noqa: E402
 
-CONTAINERS = re.compile(r"^(ThunkExecutor::|SlinkyThreadPool::|while|conditional|call)")
+CONTAINERS = re.compile(r"^(ThunkExecutor::|SlinkyThreadPool::|ThreadpoolListener::|end: |"
+                        r"while|conditional|call)")
 
 
 def kind(name: str) -> str:
@@ -80,6 +82,74 @@ def summarize(xplane: str, steps: int) -> dict:
                   kind=kind(n)) for n, ns in time_ns.most_common(12)])
 
 
+def _table(lines: list[str], start: str) -> dict[int, str]:
+    """One of the optimised HLO's tables (FileNames, FunctionNames, FileLocations, StackFrames):
+    id → the rest of its line."""
+    out, on = {}, False
+    for line in lines:
+        if line == start:
+            on = True
+            continue
+        if on:
+            m = re.match(r"^(\d+) (.*)$", line)
+            if not m:
+                break
+            out[int(m.group(1))] = m.group(2)
+    return out
+
+
+def source_of_ops(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name → "file:function:line" of the hope_jax (or experiments) frame nearest
+    to the operation, from the compiled module's stack-frame tables."""
+    lines = hlo_text.splitlines()
+    files = {k: v.strip('"') for k, v in _table(lines, "FileNames").items()}
+    funcs = {k: v.strip('"') for k, v in _table(lines, "FunctionNames").items()}
+    locs, frames = {}, {}
+    for k, v in _table(lines, "FileLocations").items():
+        f = dict(re.findall(r"(\w+)=(\d+)", v))
+        locs[k] = (files.get(int(f["file_name_id"]), "?"),
+                   funcs.get(int(f["function_name_id"]), "?"),
+                   int(f["line"]))
+    for k, v in _table(lines, "StackFrames").items():
+        f = dict(re.findall(r"(\w+)=(\d+)", v))
+        frames[k] = (int(f["file_location_id"]), int(f["parent_frame_id"]))
+
+    def where(frame: int) -> str:
+        seen = set()
+        while frame in frames and frame not in seen:
+            seen.add(frame)
+            loc, parent = frames[frame]
+            file, func, line = locs.get(loc, ("?", "?", 0))
+            if "/hope_jax/" in file or "/experiments/" in file:
+                return f"{file.split('/hope_jax/')[-1]}:{func}:{line}"
+            frame = parent
+        return "?"
+
+    out = {}
+    for m in re.finditer(r"%([\w.\-]+) = .*?stack_frame_id=(\d+)", hlo_text):
+        out[m.group(1)] = where(int(m.group(2)))
+    return out
+
+
+def by_source(xplane: str, steps: int, names: dict[str, str], top: int = 25) -> list[dict]:
+    """Operation runs and time per step, summed by the source line that produced them."""
+    from jax._src.profiler import ProfileData
+    plane = next(p for p in ProfileData.from_file(xplane).planes if p.name == "/host:CPU")
+    runs: collections.Counter = collections.Counter()
+    time_ns: collections.Counter = collections.Counter()
+    for line in plane.lines:
+        if not line.name.startswith("tf_XLAEigen"):
+            continue
+        for ev in line.events:
+            if CONTAINERS.match(ev.name):
+                continue
+            src = names.get(ev.name, "?")
+            runs[src] += 1
+            time_ns[src] += ev.duration_ns
+    return [dict(source=s, runs_per_step=n / steps, ms_per_step=round(time_ns[s] / steps / 1e6, 3))
+            for s, n in runs.most_common(top)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="hope")
@@ -88,6 +158,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5, help="traced steps (after 3 untraced)")
     ap.add_argument("--out", default="")
+    ap.add_argument("--by_source", action="store_true",
+                    help="also sum the operations by the hope_jax source line that made them")
     args = ap.parse_args()
 
     import jax
@@ -115,6 +187,8 @@ def main() -> None:
                    wall_ms=round(wall * 1e3, 2),
                    tokens_per_s=round(args.batch * args.seq / wall, 1),
                    **summarize(xplane, args.steps))
+        if args.by_source:
+            row["by_source"] = by_source(xplane, args.steps, source_of_ops(step.as_text()))
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
     print(f"{args.arch} {args.size}, B {args.batch} × T {args.seq}: {row['wall_ms']:.1f} ms per "
@@ -124,6 +198,8 @@ def main() -> None:
     print("  time by kind:", ", ".join(f"{k} {v} %" for k, v in row["by_kind"].items()))
     for t in row["top"][:8]:
         print(f"  {t['ms_per_step']:8.3f} ms  {t['runs_per_step']:6.1f}×  {t['op']}")
+    for t in row.get("by_source", []):
+        print(f"  {t['runs_per_step']:8.0f} runs  {t['ms_per_step']:8.2f} ms  {t['source']}")
     out = args.out or f"profile_{args.arch}_{args.size}_b{args.batch}_t{args.seq}"
     write_results(os.path.join(HERE, "results", f"{out}.json"), args, [row])
 
