@@ -86,14 +86,19 @@ def analytic_flops_per_token(cfg, params: dict, seq_len: int) -> float:
     return 6.0 * n + 12.0 * cfg.num_blocks * cfg.d_model * seq_len
 
 
-def build_loss(cfg):
+def build_loss(cfg, loss_chunk: int = 0):
     """(loss_fn, params): loss_fn(params, tokens [B, T + 1]) → mean next-token cross-entropy of a
-    fresh Decoder of `cfg`, params a flat {name: array} dict (hope_jax.train.state.ParamCodec)."""
+    fresh Decoder of `cfg`, params a flat {name: array} dict (hope_jax.train.state.ParamCodec).
+    loss_chunk > 0: the output head and loss that many positions at a time (model.loss_chunk)."""
     from hope_jax.models import Decoder
     from hope_jax.train.state import ParamCodec
+    from hope_jax.train.step import chunked_apply_nll
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     codec = ParamCodec(params)
+    if loss_chunk > 0:
+        nll = chunked_apply_nll(graphdef, rest, codec, loss_chunk)
+        return (lambda p, tokens: nll(p, tokens).mean()), codec.to_flat(params)
 
     def loss_fn(p, tokens):
         m = nnx.merge(graphdef, codec.to_state(p), rest)
@@ -102,10 +107,10 @@ def build_loss(cfg):
     return loss_fn, codec.to_flat(params)
 
 
-def build_step(cfg, lr: float = 1e-3):
+def build_step(cfg, lr: float = 1e-3, loss_chunk: int = 0):
     """(step, params, opt_state): step(params, opt_state, tokens) → (params, opt_state, loss),
     params a flat {name: array} dict (hope_jax.train.state.ParamCodec), jitted with donation."""
-    loss_fn, flat = build_loss(cfg)
+    loss_fn, flat = build_loss(cfg, loss_chunk)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, b1=0.9, b2=0.95))
 
     def step(p, o, tokens):

@@ -33,6 +33,8 @@ def default_config() -> ConfigDict:
         dtype="float32",          # compute: float32 | bfloat16 (params, memory state stay float32)
         param_dtype="float32",
         remat="none",             # none | block (jax.checkpoint each block; models/decoder.py)
+        loss_chunk=0,             # > 0: output head + loss this many positions at a time, so the
+                                  # [B, T, V] logits never exist whole (0 = all at once)
         tie_embeddings=False,
         scan_blocks=False,        # identical blocks run with nnx.scan (deep models compile faster)
         # In-context CMS levels' inner objective: surrogate (D9) | next_token (NL Sec. 7.1: GD on

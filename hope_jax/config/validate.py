@@ -112,6 +112,10 @@ def _model_errors(c: Any, need: Callable, e: list[str]) -> None:
                                                    and bool(c.model.switches.cms)),
          "model.cms_objective", "'next_token' needs a Hope arch with its CMS (switches.cms)")
     need(c.model.cms_next_token_lr > 0, "model.cms_next_token_lr", "must be > 0")
+    need(isinstance(c.model.loss_chunk, int) and c.model.loss_chunk >= 0, "model.loss_chunk",
+         "must be an int ≥ 0 (0 = the whole sequence at once)")
+    need(c.model.loss_chunk == 0 or c.model.cms_objective == "surrogate", "model.loss_chunk",
+         "is not used with model.cms_objective='next_token' (its loss is its own); set it to 0")
     try:
         by_name(c.model.switches.objective)
     except ValueError as err:

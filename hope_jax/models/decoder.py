@@ -210,6 +210,17 @@ class Decoder(nnx.Module):
             return DecoderCache(init(self.blocks))
         return DecoderCache(tuple(b.init_state(batch_size, max_len) for b in self.blocks))
 
+    def head(self, h: Array) -> Array:
+        """The output head: final hidden states [..., d] → logits [..., V] float32 (final norm,
+        then the unembedding)."""
+        return self._logits(h)
+
+    def hidden(self, tokens: Array) -> Array:
+        """tokens [B, T] int → the last block's output [B, T, d] (training: fresh states): what
+        `head` turns into logits. With `head`, a loss can be taken a few positions at a time
+        (`hope_jax.train.step.chunked_token_nll`)."""
+        return self._forward_hidden(tokens, None)[0]
+
     def _logits(self, h: Array) -> Array:
         h = self.norm(h)
         if self.lm_head is None:
@@ -219,6 +230,11 @@ class Decoder(nnx.Module):
     def forward(self, tokens: Array, cache: DecoderCache | None = None
                 ) -> tuple[Array, DecoderCache | None]:
         """tokens [B, T] int → (logits [B, T, V] float32, cache). cache None = training."""
+        h, cache = self._forward_hidden(tokens, cache)
+        return self._logits(h), cache
+
+    def _forward_hidden(self, tokens: Array, cache: DecoderCache | None
+                        ) -> tuple[Array, DecoderCache | None]:
         h = constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype))
         if self.config.scan_blocks:
             return self._scan_blocks(h, cache)
@@ -230,11 +246,12 @@ class Decoder(nnx.Module):
             else:
                 h, s = block(h, None if cache is None else cache.blocks[i])
             states.append(s)
-        return self._logits(h), None if cache is None else DecoderCache(tuple(states))
+        return h, None if cache is None else DecoderCache(tuple(states))
 
     def _scan_blocks(self, h: Array, cache: DecoderCache | None
                      ) -> tuple[Array, DecoderCache | None]:
-        """The stacked blocks run by `nnx.scan` (h carried, per-block states scanned)."""
+        """The stacked blocks run by `nnx.scan` (h carried, per-block states scanned): (the last
+        block's output, cache)."""
         if cache is None:
             remat = self.config.remat == "block"
 
@@ -242,14 +259,14 @@ class Decoder(nnx.Module):
                 return _remat_block(block, x) if remat else block(x)[0]
 
             h = nnx.scan(train_body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(self.blocks, h)
-            return self._logits(h), None
+            return h, None
 
         def body(block: Block, x: Array, state: BlockState):
             return block(x, state)
 
         h, states = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))(
             self.blocks, h, cache.blocks)
-        return self._logits(h), DecoderCache(states)
+        return h, DecoderCache(states)
 
     def __call__(self, tokens: Array) -> Array:
         """tokens [B, T] → logits [B, T, V] (float32)."""

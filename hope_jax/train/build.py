@@ -24,7 +24,8 @@ from hope_jax.models.decoder import Decoder, DecoderConfig
 from hope_jax.optim.outer import make_optimizer
 from hope_jax.train import mesh as mesh_lib
 from hope_jax.train.state import ParamCodec, TrainState, all_finite
-from hope_jax.train.step import make_apply, make_eval_step, make_train_step
+from hope_jax.train.step import (chunked_apply_nll, make_apply, make_eval_step,
+                                 make_train_step)
 
 
 # Training objectives other than the logits' next-token NLL, by `model.cms_objective`:
@@ -117,6 +118,8 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
                              "hope_jax.learn: import hope_jax.learn before building the trainer")
         model_of = lambda p: nnx.merge(graphdef, codec.to_state(p), rest)
         nll_fn = NLL_OBJECTIVES[objective](config, model_of)
+    elif int(config.model.get("loss_chunk", 0)) > 0:  # the logits a chunk of positions at a time
+        nll_fn = chunked_apply_nll(graphdef, rest, codec, int(config.model.loss_chunk))
     step_fn = make_train_step(apply, tx, schedule, pad_id=pad_id,
                               grad_accum=int(config.optim.grad_accum), nll_fn=nll_fn)
     b_shard = mesh_lib.batch_sharding(mesh)

@@ -51,6 +51,42 @@ def make_apply(graphdef: nnx.GraphDef, rest: nnx.State, codec: ParamCodec
 NllFn = Callable[[Params, Array], Array]
 
 
+def chunked_token_nll(head: Callable[[Array], Array], h: Array, targets: Array,
+                      chunk: int) -> Array:
+    """`token_nll(head(h), targets)` [B, T], `chunk` positions at a time.
+
+    Each chunk's logits [B, chunk, V] are made, scored and dropped inside a rematerialised
+    `lax.map` step, so the whole [B, T, V] logits (and their gradient) never exist at once: the
+    backward keeps h alone and recomputes one chunk's logits at a time. Same values; the output
+    head's gradient is summed chunk by chunk."""
+    b, t, d = h.shape
+    n = -(-t // chunk)
+    if n * chunk != t:  # zero rows past the end, sliced off below
+        h = jnp.pad(h, ((0, 0), (0, n * chunk - t), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, n * chunk - t)))
+    hs = h.reshape(b, n, chunk, d).swapaxes(0, 1)
+    ys = targets.reshape(b, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(hc: Array, yc: Array) -> Array:
+        return token_nll(head(hc), yc)
+
+    nll = jax.lax.map(lambda xy: one(*xy), (hs, ys))     # [n, B, chunk]
+    return nll.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+
+
+def chunked_apply_nll(graphdef: nnx.GraphDef, rest: nnx.State, codec: ParamCodec,
+                      chunk: int) -> NllFn:
+    """(params, tokens [B, T+1]) → NLL [B, T] with the output head and loss taken `chunk`
+    positions at a time (`chunked_token_nll`; config `model.loss_chunk`)."""
+
+    def nll(params: Params, tokens: Array) -> Array:
+        model = nnx.merge(graphdef, codec.to_state(params), rest)
+        return chunked_token_nll(model.head, model.hidden(tokens[:, :-1]), tokens[:, 1:], chunk)
+
+    return nll
+
+
 def apply_nll(apply: Callable[[Params, Array], Array]) -> NllFn:
     """(params, tokens [B, T+1]) → per-token NLL [B, T] of the logits `apply` gives."""
     return lambda params, tokens: token_nll(apply(params, tokens[:, :-1]), tokens[:, 1:])
@@ -161,5 +197,5 @@ def memory_norms(params: Params, groups: dict[str, tuple[str, ...]]) -> dict[str
             for tag, names in groups.items()}
 
 
-__all__ = ["make_apply", "make_eval_step", "make_train_step", "memory_groups", "memory_norms",
-           "token_nll"]
+__all__ = ["chunked_apply_nll", "chunked_token_nll", "make_apply", "make_eval_step",
+           "make_train_step", "memory_groups", "memory_norms", "token_nll"]

@@ -32,7 +32,7 @@ from cases import CASES, median_step_s  # noqa: E402
 from hope_jax.train.host_memory import release_freed_host_memory  # noqa: E402
 
 
-def model_step(case: dict, remat: str = ""):
+def model_step(case: dict, remat: str = "", loss_chunk: int = 0):
     """(compiled step, run(step) → loss): one training step of the case's model (`remat`: a
     model.remat mode instead of the preset's)."""
     from hope_jax.config.build import decoder_config
@@ -43,7 +43,7 @@ def model_step(case: dict, remat: str = ""):
         c.model.remat = remat
     cfg = decoder_config(c, case["vocab"])
     cfg = dataclasses.replace(cfg, vocab_size=case["vocab"])
-    step, params, opt = build_step(cfg)
+    step, params, opt = build_step(cfg, loss_chunk=loss_chunk)
     tokens = np.random.default_rng(0).integers(0, case["vocab"], (case["batch"], case["seq"] + 1))
     tokens = jnp.asarray(tokens, jnp.int32)
     compiled = step.lower(params, opt, tokens).compile()
@@ -77,10 +77,12 @@ def main() -> None:
     ap.add_argument("--case", required=True, choices=sorted(CASES))
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--remat", default="", help="model cases: a model.remat mode (none | block)")
+    ap.add_argument("--loss_chunk", type=int, default=0,
+                    help="model cases: model.loss_chunk (head and loss K positions at a time)")
     args = ap.parse_args()
     case = CASES[args.case]
     t0 = time.perf_counter()
-    compiled, run = (model_step(case, args.remat) if case["kind"] == "model"
+    compiled, run = (model_step(case, args.remat, args.loss_chunk) if case["kind"] == "model"
                      else layer_step(case))
     compile_s = time.perf_counter() - t0
     release_freed_host_memory()  # as the trainer does between compiling and the first step
@@ -90,7 +92,7 @@ def main() -> None:
     print(json.dumps(dict(side="hope_jax", case=args.case, step_s=step_s, compile_s=compile_s,
                           tokens_per_s=case["batch"] * case["seq"] / step_s,
                           xla_memory=memory_bytes(compiled), compile_rss_gb=compile_rss_gb,
-                          remat=args.remat or "preset",
+                          remat=args.remat or "preset", loss_chunk=args.loss_chunk,
                           jax=jax.__version__)))
 
 
