@@ -55,21 +55,28 @@ def kind(name: str) -> str:
     return "other"
 
 
-def summarize(xplane: str, steps: int) -> dict:
-    """Per-step op statistics from a trace file (the CPU plane's XLA worker threads)."""
+def op_totals(xplane: str, key=lambda name: name
+              ) -> tuple[collections.Counter, collections.Counter]:
+    """(runs, nanoseconds) of the XLA operations in a trace file (the CPU plane's XLA worker
+    threads; containers and bookkeeping events skipped), summed by `key(operation name)`."""
     from jax._src.profiler import ProfileData
-    data = ProfileData.from_file(xplane)
-    plane = next(p for p in data.planes if p.name == "/host:CPU")
-    time_ns: collections.Counter = collections.Counter()
+    plane = next(p for p in ProfileData.from_file(xplane).planes if p.name == "/host:CPU")
     runs: collections.Counter = collections.Counter()
+    time_ns: collections.Counter = collections.Counter()
     for line in plane.lines:
         if not line.name.startswith("tf_XLAEigen"):
             continue
         for ev in line.events:
             if CONTAINERS.match(ev.name):
                 continue
-            time_ns[ev.name] += ev.duration_ns
-            runs[ev.name] += 1
+            runs[key(ev.name)] += 1
+            time_ns[key(ev.name)] += ev.duration_ns
+    return runs, time_ns
+
+
+def summarize(xplane: str, steps: int) -> dict:
+    """Per-step op statistics from a trace file."""
+    runs, time_ns = op_totals(xplane)
     op_ns, op_runs = sum(time_ns.values()), sum(runs.values())
     by_kind: collections.Counter = collections.Counter()
     for name, ns in time_ns.items():
@@ -133,19 +140,7 @@ def source_of_ops(hlo_text: str) -> dict[str, str]:
 
 def by_source(xplane: str, steps: int, names: dict[str, str], top: int = 25) -> list[dict]:
     """Operation runs and time per step, summed by the source line that produced them."""
-    from jax._src.profiler import ProfileData
-    plane = next(p for p in ProfileData.from_file(xplane).planes if p.name == "/host:CPU")
-    runs: collections.Counter = collections.Counter()
-    time_ns: collections.Counter = collections.Counter()
-    for line in plane.lines:
-        if not line.name.startswith("tf_XLAEigen"):
-            continue
-        for ev in line.events:
-            if CONTAINERS.match(ev.name):
-                continue
-            src = names.get(ev.name, "?")
-            runs[src] += 1
-            time_ns[src] += ev.duration_ns
+    runs, time_ns = op_totals(xplane, key=lambda name: names.get(name, "?"))
     return [dict(source=s, runs_per_step=n / steps, ms_per_step=round(time_ns[s] / steps / 1e6, 3))
             for s, n in runs.most_common(top)]
 
