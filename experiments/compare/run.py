@@ -534,7 +534,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=None, help="workdirs (default workdirs/compare/<name>)")
     ap.add_argument("--report", default=None,
                     help="report folder (default experiments/reports/<name>)")
-    ap.add_argument("--models", default="", help="comma list: only these models")
+    ap.add_argument("--models", default="", help="comma list: run only these models (the report "
+                    "still covers every model with results)")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma list of stages to run")
     ap.add_argument("--note", action="append", default=[], help="a line quoted in the report")
     args = ap.parse_args(argv)
@@ -542,9 +543,14 @@ def main(argv=None) -> int:
     name = args.comparison
     root = os.path.abspath(args.root or os.path.join(REPO, "workdirs", "compare", name))
     report = os.path.abspath(args.report or os.path.join(REPO, "experiments", "reports", name))
+    to_run = comp["models"]
     if args.models:
         keep = set(args.models.split(","))
-        comp["models"] = [m for m in comp["models"] if m["name"] in keep]
+        unknown = sorted(keep - {m["name"] for m in comp["models"]})
+        if unknown:
+            ap.error(f"unknown models {unknown}; expected some of "
+                     f"{[m['name'] for m in comp['models']]}")
+        to_run = [m for m in comp["models"] if m["name"] in keep]
     stages = [s for s in args.stages.split(",") if s]
     bad = sorted(set(stages) - set(STAGES))
     if bad:
@@ -552,9 +558,10 @@ def main(argv=None) -> int:
     command = " ".join(shlex.quote(a) for a in ["python", "experiments/compare/run.py",
                                                  *(sys.argv[1:] if argv is None else argv)])
     t0 = time.perf_counter()
-    for m in comp["models"]:
+    for m in to_run:
         run_model(m, comp, root, stages=[s for s in STAGES if s in stages],
                   log=lambda s: print(s, flush=True))
+    # the report covers every model of the comparison that has results, not only those re-run
     results = collect(name, comp, root, command, args.note)
     path = write_report(results, report)
     print(f"report: {path}  ({(time.perf_counter() - t0) / 60:.1f} min this run)")
