@@ -103,3 +103,21 @@ def test_tiny_parameter_counts_within_15_percent():
     counts = [compare_run.param_count(compare_run.make_config(m, comp), 260)
               for m in comp["models"]]
     assert max(counts) / min(counts) < 1.15, counts
+
+
+@pytest.mark.fast
+def test_models_flag_reruns_some_but_reports_all(tmp_path):
+    """`--models m` runs only m, yet the report keeps every model that has results; an unknown
+    name is refused."""
+    root, report = tmp_path / "runs", tmp_path / "report"
+    for name, bpb in (("hope", 2.5), ("transformer", 2.75)):
+        (root / name).mkdir(parents=True)
+        (root / name / "stages.json").write_text(json.dumps({"bpb": {"bpb": bpb}}))
+    assert compare_run.main(["--comparison=smoke", "--root", str(root), "--report", str(report),
+                             "--models", "transformer", "--stages", ""]) == 0
+    saved = json.loads((report / "results.json").read_text())
+    assert saved["models"]["hope"]["bpb"]["bpb"] == 2.5
+    assert saved["models"]["transformer"]["bpb"]["bpb"] == 2.75
+    with pytest.raises(SystemExit):
+        compare_run.main(["--comparison=smoke", "--root", str(root), "--report", str(report),
+                          "--models", "nope", "--stages", ""])
