@@ -97,7 +97,8 @@ def build_loss(cfg, loss_chunk: int = 0):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     codec = ParamCodec(params)
     if loss_chunk > 0:
-        nll = chunked_apply_nll(graphdef, rest, codec, loss_chunk)
+        nll = chunked_apply_nll(lambda p: nnx.merge(graphdef, codec.to_state(p), rest),
+                                loss_chunk)
         return (lambda p, tokens: nll(p, tokens).mean()), codec.to_flat(params)
 
     def loss_fn(p, tokens):

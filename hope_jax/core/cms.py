@@ -208,7 +208,7 @@ def _schedule(state: InContextState, z: Array, chunk: int, reset_every: int | No
     resets = (jnp.zeros((n,), z.dtype) if reset_every is None else
               ends * (chunk_ends % reset_every == 0).astype(z.dtype))
     # a fresh sequence of whole chunks: every chunk ends, and its accumulator is spent, in-call
-    every = not dynamic and total == t and not single
+    every = not dynamic and total == t
     return _Schedule(chunks, real, ends, resets, total, offset, every)
 
 

@@ -343,9 +343,9 @@ def _layout(level: SelfModifyingLevel, state: SelfModifyingState, t: int) -> _La
         ratio = c_mem // c_oth
         ends_real = mask[:, -1]  # a snapshot moves only when a chunk really ends (D2)
         ends_memory = (jnp.arange(n_sub) % ratio) == ratio - 1
-    all_real = single or (not dynamic and total == t)
-    return _Layout(total, c_sub, n_sub, offset, mask, all_real, ends_real, ends_memory,
-                   not dynamic and total == t)
+    fresh_whole = not dynamic and total == t
+    return _Layout(total, c_sub, n_sub, offset, mask, single or fresh_whole, ends_real,
+                   ends_memory, fresh_whole)
 
 
 def _place(x: Array, layout: _Layout, dtype) -> Array:

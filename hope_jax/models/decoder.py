@@ -210,18 +210,15 @@ class Decoder(nnx.Module):
             return DecoderCache(init(self.blocks))
         return DecoderCache(tuple(b.init_state(batch_size, max_len) for b in self.blocks))
 
-    def head(self, h: Array) -> Array:
-        """The output head: final hidden states [..., d] → logits [..., V] float32 (final norm,
-        then the unembedding)."""
-        return self._logits(h)
-
     def hidden(self, tokens: Array) -> Array:
         """tokens [B, T] int → the last block's output [B, T, d] (training: fresh states): what
         `head` turns into logits. With `head`, a loss can be taken a few positions at a time
         (`hope_jax.train.step.chunked_token_nll`)."""
         return self._forward_hidden(tokens, None)[0]
 
-    def _logits(self, h: Array) -> Array:
+    def head(self, h: Array) -> Array:
+        """The output head: final hidden states [..., d] → logits [..., V] float32 (final norm,
+        then the unembedding)."""
         h = self.norm(h)
         if self.lm_head is None:
             return jnp.dot(h, self.embed[...].astype(h.dtype).T, preferred_element_type=jnp.float32)
@@ -231,7 +228,7 @@ class Decoder(nnx.Module):
                 ) -> tuple[Array, DecoderCache | None]:
         """tokens [B, T] int → (logits [B, T, V] float32, cache). cache None = training."""
         h, cache = self._forward_hidden(tokens, cache)
-        return self._logits(h), cache
+        return self.head(h), cache
 
     def _forward_hidden(self, tokens: Array, cache: DecoderCache | None
                         ) -> tuple[Array, DecoderCache | None]:

@@ -110,16 +110,16 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
         return TrainState(step=zero(), params=params, opt_state=opt, bad_steps=zero())
 
     apply = make_apply(graphdef, rest, codec)
+    model_of = lambda p: nnx.merge(graphdef, codec.to_state(p), rest)
     nll_fn = None
     objective = config.model.cms_objective
     if objective != "surrogate":  # e.g. NL Sec. 7.1's next-token levels (docs/continual.md)
         if objective not in NLL_OBJECTIVES:
             raise ValueError(f"model.cms_objective={objective!r} is registered by "
                              "hope_jax.learn: import hope_jax.learn before building the trainer")
-        model_of = lambda p: nnx.merge(graphdef, codec.to_state(p), rest)
         nll_fn = NLL_OBJECTIVES[objective](config, model_of)
     elif int(config.model.get("loss_chunk", 0)) > 0:  # the logits a chunk of positions at a time
-        nll_fn = chunked_apply_nll(graphdef, rest, codec, int(config.model.loss_chunk))
+        nll_fn = chunked_apply_nll(model_of, int(config.model.loss_chunk))
     step_fn = make_train_step(apply, tx, schedule, pad_id=pad_id,
                               grad_accum=int(config.optim.grad_accum), nll_fn=nll_fn)
     b_shard = mesh_lib.batch_sharding(mesh)

@@ -270,6 +270,7 @@ class _Run:
         self.tok = self.prepared.tokenizer
         self.V = int(self.tok.vocab_size)
         self.trainer = build_trainer(config, self.V, self.mesh, pad_id=int(self.tok.pad_id))
+        self.compiled_step = None   # train_step compiled at the first step (host_memory)
         storage.makedirs(self.workdir)  # only now: a bad corpus or config creates nothing
         self._download_metrics()
         if self.main and hasattr(self.tok, "save"):  # generate / eval read it without the data
@@ -336,7 +337,6 @@ class _Run:
             self.bar = tqdm(total=self.steps, initial=self.step, unit="step", dynamic_ncols=True)
         self.stopped, self.last, self.tps, self.mfu, self.ev = "done", {}, 0.0, 0.0, {}
         self.t_mark, self.steps_mark = None, 0
-        self.compiled_step = None
 
     # ------------------------------------------------------------------ the step loop
     def step_loop(self, sig: _StopFlag) -> None:
@@ -383,7 +383,7 @@ class _Run:
         self.data.check_token_ids(raw, self.V)
         tokens = _global_batch(raw, self.trainer.batch_sharding, self.G)
         poison = jax.device_put(np.asarray((self.step + 1) in self.poison_steps), self.rep)
-        if self.compiled_step is None:  # compiled once, ahead of its first run (host_memory)
+        if self.compiled_step is None:  # compiled ahead of its first run
             self.compiled_step = compile_ahead(self.trainer.train_step, self.state, tokens, poison)
         self.state, m = self.compiled_step(self.state, tokens, poison)
         self.step += 1

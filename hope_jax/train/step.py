@@ -75,13 +75,13 @@ def chunked_token_nll(head: Callable[[Array], Array], h: Array, targets: Array,
     return nll.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
 
 
-def chunked_apply_nll(graphdef: nnx.GraphDef, rest: nnx.State, codec: ParamCodec,
-                      chunk: int) -> NllFn:
+def chunked_apply_nll(model_of: Callable[[Params], nnx.Module], chunk: int) -> NllFn:
     """(params, tokens [B, T+1]) → NLL [B, T] with the output head and loss taken `chunk`
-    positions at a time (`chunked_token_nll`; config `model.loss_chunk`)."""
+    positions at a time (`chunked_token_nll`; config `model.loss_chunk`). model_of: params → the
+    Decoder (`nnx.merge`)."""
 
     def nll(params: Params, tokens: Array) -> Array:
-        model = nnx.merge(graphdef, codec.to_state(params), rest)
+        model = model_of(params)
         return chunked_token_nll(model.head, model.hidden(tokens[:, :-1]), tokens[:, 1:], chunk)
 
     return nll

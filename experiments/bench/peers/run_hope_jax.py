@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from bench_models import build_step, memory_bytes  # noqa: E402
 from cases import CASES, median_step_s  # noqa: E402
 
-from hope_jax.train.host_memory import release_freed_host_memory  # noqa: E402
+from hope_jax.train.host_memory import compile_ahead  # noqa: E402
 
 
 def model_step(case: dict, remat: str = "", loss_chunk: int = 0):
@@ -46,7 +46,7 @@ def model_step(case: dict, remat: str = "", loss_chunk: int = 0):
     step, params, opt = build_step(cfg, loss_chunk=loss_chunk)
     tokens = np.random.default_rng(0).integers(0, case["vocab"], (case["batch"], case["seq"] + 1))
     tokens = jnp.asarray(tokens, jnp.int32)
-    compiled = step.lower(params, opt, tokens).compile()
+    compiled = compile_ahead(step, params, opt, tokens)  # as the trainer compiles its step
     state = [params, opt]
 
     def run():
@@ -68,7 +68,7 @@ def layer_step(case: dict):
         y = y[0] if isinstance(y, tuple) else y
         return y.sum()
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    compiled = grad.lower(params, x).compile()
+    compiled = compile_ahead(grad, params, x)
     return compiled, lambda: compiled(params, x)[0]
 
 
@@ -85,7 +85,6 @@ def main() -> None:
     compiled, run = (model_step(case, args.remat, args.loss_chunk) if case["kind"] == "model"
                      else layer_step(case))
     compile_s = time.perf_counter() - t0
-    release_freed_host_memory()  # as the trainer does between compiling and the first step
     # the process's peak RSS so far: building and compiling the step, before it first runs
     compile_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     step_s = median_step_s(lambda: jax.block_until_ready(run()), args.steps)
