@@ -18,7 +18,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 def _cli(*args, cwd=ROOT, timeout=600):
     env = dict(os.environ, HOPE_JAX_COMPILATION_CACHE=os.path.join(ROOT, ".jax_cache"),
                JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # one device, as on a user's laptop
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one device, as on a laptop
     return subprocess.run([sys.executable, "-m", "hope_jax.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4 "
+                           "--xla_backend_optimization_level=0")   # as tests/conftest.py
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
