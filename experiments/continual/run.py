@@ -30,7 +30,7 @@ import numpy as np
 
 from hope_jax import data
 from hope_jax.cli_learn import heldout_bpb, stream_rows, window_of
-from hope_jax.eval.memorization import reset_context
+from hope_jax.models.context_state import reset_context
 from hope_jax.learn import GroupSpec, Learner
 from hope_jax.train import load_for_inference
 

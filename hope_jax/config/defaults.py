@@ -120,6 +120,9 @@ def default_config() -> ConfigDict:
         init_from="",             # warm start: a run's workdir whose newest params seed this one
         stop_at=0,                # stop (with a checkpoint) once this step is reached, 0 = off;
                                   # the schedule still ends at `steps` (time-sliced jobs, tests)
+        carried_memory=0.0,       # fraction of each batch's rows (≤ 0.5) whose memory starts as
+                                  # left by reading another row's window, not fresh (0 = D33
+                                  # reset only; train/carried_memory.py)
         poison_steps=(),          # tests of the NaN policy only: steps whose loss is made NaN
     ))
 
@@ -137,4 +140,21 @@ def default_config() -> ConfigDict:
     return c
 
 
-__all__ = ["ConfigDict", "default_config"]
+def _set_recursive(cfg: ConfigDict, values: dict) -> None:
+    for k, v in values.items():
+        if k not in cfg:
+            continue
+        if isinstance(v, dict):
+            _set_recursive(cfg[k], v)
+        else:
+            cfg[k] = tuple(v) if isinstance(v, list) else v
+
+
+def config_from_dict(values: dict) -> ConfigDict:
+    """`default_config()` with the (JSON) values of a saved config; unknown keys are dropped."""
+    config = default_config()
+    _set_recursive(config, values)
+    return config
+
+
+__all__ = ["ConfigDict", "config_from_dict", "default_config"]

@@ -27,24 +27,7 @@ import numpy as np
 from flax import nnx
 
 from hope_jax.eval._scoring import progress_bar, target_logprobs
-from hope_jax.layers.attention import KVCache
-
-
-def _is_context(x: Any) -> bool:
-    return isinstance(x, KVCache) or (isinstance(x, tuple) and hasattr(x, "_fields")
-                                      and "conv" in x._fields)
-
-
-def reset_context(carried: Any, fresh: Any) -> Any:
-    """`carried` with its KV caches and conv buffers replaced by those of `fresh` (same tree)."""
-    def pick(c, f):
-        if isinstance(c, KVCache):
-            return f
-        if isinstance(c, tuple) and hasattr(c, "_fields") and "conv" in c._fields:
-            return c._replace(conv=f.conv, **{k: reset_context(getattr(c, k), getattr(f, k))
-                                              for k in c._fields if k != "conv"})
-        return c
-    return jax.tree.map(pick, carried, fresh, is_leaf=_is_context)
+from hope_jax.models.context_state import reset_context
 
 
 @nnx.jit

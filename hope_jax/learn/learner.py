@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hope_jax.eval._scoring import target_logprobs
-from hope_jax.eval.memorization import reset_context
+from hope_jax.models.context_state import reset_context
 from hope_jax.layers.attention import KVCache
 from hope_jax.learn.groups import Group, GroupSpec, resolve_groups
 from hope_jax.train.state import ParamCodec

@@ -214,7 +214,7 @@ class Decoder(nnx.Module):
         """tokens [B, T] int → the last block's output [B, T, d] (training: fresh states): what
         `head` turns into logits. With `head`, a loss can be taken a few positions at a time
         (`hope_jax.train.step.chunked_token_nll`)."""
-        return self._forward_hidden(tokens, None)[0]
+        return self.forward_hidden(tokens, None)[0]
 
     def head(self, h: Array) -> Array:
         """The output head: final hidden states [..., d] → logits [..., V] float32 (final norm,
@@ -227,11 +227,13 @@ class Decoder(nnx.Module):
     def forward(self, tokens: Array, cache: DecoderCache | None = None
                 ) -> tuple[Array, DecoderCache | None]:
         """tokens [B, T] int → (logits [B, T, V] float32, cache). cache None = training."""
-        h, cache = self._forward_hidden(tokens, cache)
+        h, cache = self.forward_hidden(tokens, cache)
         return self.head(h), cache
 
-    def _forward_hidden(self, tokens: Array, cache: DecoderCache | None
-                        ) -> tuple[Array, DecoderCache | None]:
+    def forward_hidden(self, tokens: Array, cache: DecoderCache | None
+                       ) -> tuple[Array, DecoderCache | None]:
+        """`forward` without the output head: tokens [B, T] → (the last block's output
+        [B, T, d], cache). cache None = training (fresh states, block remat as configured)."""
         h = constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype))
         if self.config.scan_blocks:
             return self._scan_blocks(h, cache)

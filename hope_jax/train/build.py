@@ -23,6 +23,7 @@ from hope_jax.layers.cms import update_periods
 from hope_jax.models.decoder import Decoder, DecoderConfig
 from hope_jax.optim.outer import make_optimizer
 from hope_jax.train import mesh as mesh_lib
+from hope_jax.train.carried_memory import carried_memory_nll
 from hope_jax.train.state import ParamCodec, TrainState, all_finite
 from hope_jax.train.step import (chunked_apply_nll, make_apply, make_eval_step,
                                  make_train_step)
@@ -120,8 +121,12 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
         nll_fn = NLL_OBJECTIVES[objective](config, model_of)
     elif int(config.model.get("loss_chunk", 0)) > 0:  # the logits a chunk of positions at a time
         nll_fn = chunked_apply_nll(model_of, int(config.model.loss_chunk))
+    train_nll = nll_fn
+    if float(config.train.get("carried_memory", 0.0)) > 0:  # some rows start from a carried memory
+        train_nll = carried_memory_nll(model_of, float(config.train.carried_memory),
+                                       int(config.model.get("loss_chunk", 0)))
     step_fn = make_train_step(apply, tx, schedule, pad_id=pad_id,
-                              grad_accum=int(config.optim.grad_accum), nll_fn=nll_fn)
+                              grad_accum=int(config.optim.grad_accum), nll_fn=train_nll)
     b_shard = mesh_lib.batch_sharding(mesh)
     train_step = jax.jit(_traced_on(mesh, step_fn), in_shardings=(state_sh, b_shard, rep),
                          out_shardings=(state_sh, rep), donate_argnums=0)

@@ -52,6 +52,7 @@ BAD = [  # (key, value, text the message must contain)
     ("data.vocab_size", 10, None),  # only checked for BPE: valid with bytes
     ("model.cms_objective", "task", "config.model.cms_objective: expected 'surrogate'"),
     ("model.cms_next_token_lr", 0.0, "config.model.cms_next_token_lr: must be > 0"),
+    ("train.carried_memory", 0.75, "config.train.carried_memory: must be in [0, 0.5]"),
 ]
 
 
