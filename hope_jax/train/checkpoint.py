@@ -39,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hope_jax.data import storage
+from hope_jax.train.model_record import model_record, record_differences
 from hope_jax.train.state import TrainState, all_finite, to_host
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class Checkpointer:
                                 **{f"opt_state/{k}": v for k, v in opt.items()}})
         meta = dict(step=step, bad_steps=int(to_host(state.bad_steps)),
                     vocab_size=int(vocab_size), opt_structure=str(treedef),
-                    array_checksums=sums)
+                    array_checksums=sums, model=model_record(config, vocab_size))
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt),
@@ -293,6 +294,21 @@ class Checkpointer:
                 f"{self.directory} holds checkpoints of a different model/data shape ({lines}). "
                 "Use a new workdir, or restore the config it was trained with.")
 
+    def check_model_record(self, step: int, meta: Mapping, saved_config: Mapping) -> None:
+        """Raises IncompatibleCheckpointError if this hope_jax builds the saved config into a
+        different model than the one `step` was trained as (train/model_record.py). Checkpoints
+        written before the record existed cannot be checked and pass."""
+        saved = meta.get("model")
+        if saved is None:
+            return
+        diffs = record_differences(saved, model_record(saved_config, meta["vocab_size"]))
+        if diffs:
+            raise IncompatibleCheckpointError(
+                f"{self.directory} step {step} was trained as a model that this hope_jax no "
+                f"longer builds from its config ({'; '.join(diffs[:4])}"
+                f"{'; …' if len(diffs) > 4 else ''}). Use the hope_jax version that wrote it, or "
+                "warm-start a new run from its params (train.init_from) if that is meant.")
+
     def restore_params(self, step: int, abstract_params: Mapping[str, Any]) -> dict:
         """Only the params of `step` onto the shardings of `abstract_params`, checked against
         the step's checksums (CorruptCheckpointError on a mismatch)."""
@@ -327,6 +343,7 @@ class Checkpointer:
                 self._note_damage(step, e)
                 continue
             self.check_compatible(saved_config, config, vocab_size, meta.get("vocab_size"))
+            self.check_model_record(step, meta, saved_config)
             if meta.get("opt_structure") != str(treedef):
                 raise IncompatibleCheckpointError(
                     f"{self.directory} step {step}: the optimizer-state structure differs from "

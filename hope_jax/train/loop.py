@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from hope_jax.config.build import decoder_config
-from hope_jax.config.defaults import default_config
+from hope_jax.config.defaults import config_from_dict
 from hope_jax.data import storage
 from hope_jax.data.bpb import score_bpb
 from hope_jax.data.tokenizers import TOKENIZER_JSON, load_tokenizer, save_tokenizer_once
@@ -564,23 +564,6 @@ def train(config, workdir: str, *, data_api: Any = None, devices=None,
 
 
 # ------------------------------------------------------------------ inference loading
-def _set_recursive(cfg, values: dict) -> None:
-    for k, v in values.items():
-        if k not in cfg:
-            continue
-        if isinstance(v, dict):
-            _set_recursive(cfg[k], v)
-        else:
-            cfg[k] = tuple(v) if isinstance(v, list) else v
-
-
-def config_from_dict(values: dict):
-    """`default_config()` with the (JSON) values of a saved config; unknown keys are dropped."""
-    config = default_config()
-    _set_recursive(config, values)
-    return config
-
-
 def _open_existing(workdir: str) -> Checkpointer:
     """A Checkpointer on a workdir that must already hold checkpoints (creates nothing)."""
     if not checkpoint_lib.committed_steps(workdir):
@@ -650,6 +633,7 @@ def _load_newest(ckpt: Checkpointer, data_api: Any, errors: list):
         except Exception as e:
             errors.append((step, e))
             continue
+        ckpt.check_model_record(step, meta, saved)   # built differently today: refuse
         config = config_from_dict(saved)
         tok = _run_tokenizer(ckpt, config, data_api)
         dcfg = decoder_config(config, int(tok.vocab_size))

@@ -155,6 +155,27 @@ def test_incompatible_workdir_is_refused(tmp_path):
     assert "model.size" in str(e.value)
 
 
+def test_a_model_built_differently_today_is_refused(tmp_path, monkeypatch):
+    """The checkpoint records the DecoderConfig its config built; if hope_jax now builds the
+    same config into another model of the same shapes (a preset default changed), resuming and
+    loading for inference both refuse, naming the field."""
+    import dataclasses
+
+    from hope_jax.train import model_record
+
+    config = tiny_config(str(tmp_path), steps=1)
+    workdir = str(tmp_path / "wd")
+    train(config, workdir)
+    built = model_record.decoder_config
+    monkeypatch.setattr(model_record, "decoder_config",
+                        lambda c, v: dataclasses.replace(built(c, v), norm_eps=1e-5))
+    message = r"no\s+longer builds.*model\.norm_eps: saved 1e-06, now 1e-05"
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        train(config, workdir)
+    with pytest.raises(IncompatibleCheckpointError, match=message):
+        load_for_inference(workdir)
+
+
 def test_nan_steps_skipped_never_checkpointed_and_stop(tmp_path):
     """A NaN at one step is skipped (params unchanged), the run continues and no checkpoint
     holds non-finite values; max_bad_steps consecutive NaN steps stop with a clear error."""
