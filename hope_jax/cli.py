@@ -595,7 +595,9 @@ def _eval_memorization(fv, plan, model, tok, config, prepared, results) -> None:
                          chunk_len=int(config.data.seq_len), progress=True)
     results.add("memorization", m)
     print(f"test-time memorisation: bpb {m['off']['bpb']:.4f} (memory reset per document) "
-          f"vs {m['on']['bpb']:.4f} (carried across documents)")
+          f"vs {m['on']['bpb']:.4f} (carried across documents): gain {m['gain']:+.4f} "
+          f"(95% interval {m['gain_ci95'][0]:+.4f} … {m['gain_ci95'][1]:+.4f}, "
+          f"{m['documents']} documents)")
 
 
 def _eval_mqar(fv, plan, model, tok, config, prepared, results) -> None:

@@ -155,7 +155,10 @@ def summary_lines(result: dict) -> list[str]:
                      f"{e['off']['bpb']:.4f} off (ablation {e['ablation']:+.4f}); last − first "
                      f"quarter {e['on']['last_minus_first']:+.4f}")
     if result.get("memorization"):
-        lines.append(f"memorisation gain {result['memorization']['gain']:+.4f} bpb")
+        m = result["memorization"]
+        lo, hi = m.get("gain_ci95", (float("nan"), float("nan")))
+        lines.append(f"memorisation gain {m['gain']:+.4f} bpb (95% interval {lo:+.4f} … "
+                     f"{hi:+.4f}, {m['documents']} documents)")
     if result.get("mqar"):
         lines.append(f"MQAR accuracy {result['mqar']['on']:.3f} writes on, "
                      f"{result['mqar']['off']:.3f} off")

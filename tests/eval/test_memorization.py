@@ -33,6 +33,17 @@ def test_memory_model_on_differs_from_off(arch, overrides):
                            max_chunks=4)
     assert np.isfinite(out["on"]["bpb"]) and np.isfinite(out["off"]["bpb"])
     assert abs(out["gain"]) > 1e-6
+    # the paired interval: per-document sums add up, and the standard error is the ratio
+    # estimator's over the documents' (nats_off − nats_on) against their bytes
+    docs = out["per_document"]
+    d = np.asarray([x["nats_off"] - x["nats_on"] for x in docs]) / np.log(2)
+    nbytes = np.asarray([x["bytes"] for x in docs], float)
+    np.testing.assert_allclose(d.sum() / nbytes.sum(), out["gain"], rtol=1e-9)
+    resid = d - out["gain"] * nbytes
+    se = np.sqrt(len(d) / (len(d) - 1) * np.sum(resid ** 2)) / nbytes.sum()
+    np.testing.assert_allclose(out["gain_se"], se, rtol=1e-9)
+    lo, hi = out["gain_ci95"]
+    assert lo < out["gain"] < hi and hi - lo == pytest.approx(2 * 1.96 * se)
 
 
 def test_off_equals_scoring_each_document_alone():
