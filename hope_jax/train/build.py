@@ -113,18 +113,18 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
     apply = make_apply(graphdef, rest, codec)
     model_of = lambda p: nnx.merge(graphdef, codec.to_state(p), rest)
     nll_fn = None
+    loss_chunk = int(config.model.get("loss_chunk", 0))
     objective = config.model.cms_objective
     if objective != "surrogate":  # e.g. NL Sec. 7.1's next-token levels (docs/continual.md)
         if objective not in NLL_OBJECTIVES:
             raise ValueError(f"model.cms_objective={objective!r} is registered by "
                              "hope_jax.learn: import hope_jax.learn before building the trainer")
         nll_fn = NLL_OBJECTIVES[objective](config, model_of)
-    elif int(config.model.get("loss_chunk", 0)) > 0:  # the logits a chunk of positions at a time
-        nll_fn = chunked_apply_nll(model_of, int(config.model.loss_chunk))
+    elif loss_chunk > 0:  # the logits a chunk of positions at a time
+        nll_fn = chunked_apply_nll(model_of, loss_chunk)
     train_nll = nll_fn
     if float(config.train.get("carried_memory", 0.0)) > 0:  # some rows start from a carried memory
-        train_nll = carried_memory_nll(model_of, float(config.train.carried_memory),
-                                       int(config.model.get("loss_chunk", 0)))
+        train_nll = carried_memory_nll(model_of, float(config.train.carried_memory), loss_chunk)
     step_fn = make_train_step(apply, tx, schedule, pad_id=pad_id,
                               grad_accum=int(config.optim.grad_accum), nll_fn=train_nll)
     b_shard = mesh_lib.batch_sharding(mesh)

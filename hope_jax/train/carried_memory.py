@@ -27,7 +27,7 @@ from flax import nnx
 
 from hope_jax.models.context_state import reset_context
 from hope_jax.train.state import Params
-from hope_jax.train.step import NllFn, chunked_token_nll, token_nll
+from hope_jax.train.step import NllFn, hidden_nll
 
 Array = jax.Array
 
@@ -44,12 +44,7 @@ def carried_memory_nll(model_of: Callable[[Params], nnx.Module], fraction: float
     reading rows 0 … k−1 (k = `carried_rows(B, fraction)`), the rest from the fresh state.
 
     model_of: params → the Decoder (`nnx.merge`). loss_chunk > 0 scores the output head that
-    many positions at a time (`chunked_token_nll`)."""
-
-    def score(model: nnx.Module, h: Array, targets: Array) -> Array:
-        if loss_chunk > 0:
-            return chunked_token_nll(model.head, h, targets, loss_chunk)
-        return token_nll(model.head(h), targets)
+    many positions at a time (`hidden_nll`)."""
 
     def nll(params: Params, tokens: Array) -> Array:
         model = model_of(params)
@@ -57,14 +52,15 @@ def carried_memory_nll(model_of: Callable[[Params], nnx.Module], fraction: float
         k = carried_rows(b, fraction)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         if k == 0:
-            return score(model, model.hidden(inputs), targets)
+            return hidden_nll(model, model.hidden(inputs), targets, loss_chunk)
         fresh = model.init_state(k, t1 - 1)
         _, read = model.forward_hidden(inputs[:k], fresh)          # the prefix pass
         start = reset_context(jax.lax.stop_gradient(read), fresh)
         h_fresh = model.hidden(inputs[: b - k])
         h_carried, _ = model.forward_hidden(inputs[b - k:], start)
-        return jnp.concatenate([score(model, h_fresh, targets[: b - k]),
-                                score(model, h_carried, targets[b - k:])], axis=0)
+        return jnp.concatenate([hidden_nll(model, h_fresh, targets[: b - k], loss_chunk),
+                                hidden_nll(model, h_carried, targets[b - k:], loss_chunk)],
+                               axis=0)
 
     return nll
 

@@ -75,6 +75,14 @@ def chunked_token_nll(head: Callable[[Array], Array], h: Array, targets: Array,
     return nll.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
 
 
+def hidden_nll(model: nnx.Module, h: Array, targets: Array, chunk: int = 0) -> Array:
+    """The decoder's last hidden states h [B, T, d] → NLL [B, T] of `targets` through its output
+    head, `chunk` positions at a time when chunk > 0 (`chunked_token_nll`), else all at once."""
+    if chunk > 0:
+        return chunked_token_nll(model.head, h, targets, chunk)
+    return token_nll(model.head(h), targets)
+
+
 def chunked_apply_nll(model_of: Callable[[Params], nnx.Module], chunk: int) -> NllFn:
     """(params, tokens [B, T+1]) → NLL [B, T] with the output head and loss taken `chunk`
     positions at a time (`chunked_token_nll`; config `model.loss_chunk`). model_of: params → the
@@ -82,7 +90,7 @@ def chunked_apply_nll(model_of: Callable[[Params], nnx.Module], chunk: int) -> N
 
     def nll(params: Params, tokens: Array) -> Array:
         model = model_of(params)
-        return chunked_token_nll(model.head, model.hidden(tokens[:, :-1]), tokens[:, 1:], chunk)
+        return hidden_nll(model, model.hidden(tokens[:, :-1]), tokens[:, 1:], chunk)
 
     return nll
 
