@@ -21,6 +21,7 @@ single outer level of period 1 this is exactly a Llama MLP (the "w/o CMS" ablati
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -31,6 +32,7 @@ from hope_jax.core import cms as core_cms
 from hope_jax.layers.mlp import SwiGLU, swiglu_hidden
 from hope_jax.layers.norms import RMSNorm
 from hope_jax.layers.params import constant, param
+from hope_jax.sharding.sequence_scan import sequence_scan
 
 Array = jax.Array
 
@@ -134,6 +136,11 @@ class InContextSwiGLU(nnx.Module):
         self.reset_every = reset_every  # nested CMS (D24)
         self.memory_writes = True  # False: the write ablation (layers.memory_writes)
 
+    @property
+    def state_alignment(self) -> int:
+        """A sequence may be cut at whole chunks and whole nested-reset periods."""
+        return math.lcm(self.chunk, self.reset_every or 1)
+
     def theta0(self) -> core_cms.SwiGLUParams:
         k = lambda dense: dense.kernel[...].astype(jnp.float32)  # fp32 state (D30)
         return core_cms.SwiGLUParams(k(self.mlp.w_gate), k(self.mlp.w_up), k(self.mlp.w_down))
@@ -142,12 +149,21 @@ class InContextSwiGLU(nnx.Module):
         return core_cms.init_in_context_state(self.theta0(), batch_size)
 
     def __call__(self, z: Array, state=None):
-        y, new = core_cms.in_context_level(self.theta0(), self.w_target[...].astype(jnp.float32),
-                                           self.rho[...].astype(jnp.float32),
-                                           z.astype(jnp.float32), self.chunk,
-                                           self.eta_max if self.memory_writes else 0.0, state,
-                                           self.reset_every, self.normalize, self.retention,
-                                           self.scan_group)
+        theta0 = self.theta0()
+        eta_max = self.eta_max if self.memory_writes else 0.0
+
+        def level(consts, st, zs):
+            theta0, w_target, rho = consts
+            return core_cms.in_context_level(theta0, w_target, rho, zs, self.chunk, eta_max, st,
+                                             self.reset_every, self.normalize, self.retention,
+                                             self.scan_group)
+
+        consts = (theta0, self.w_target[...].astype(jnp.float32),
+                  self.rho[...].astype(jnp.float32))
+        start = core_cms.init_in_context_state(theta0, z.shape[0]) if state is None else state
+        # split over the mesh's `sequence` axis when there is one
+        y, new = sequence_scan(level, consts, start, z.astype(jnp.float32),
+                               align=self.state_alignment)
         return y.astype(self.dtype), new
 
 

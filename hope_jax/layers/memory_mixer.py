@@ -39,6 +39,7 @@ from hope_jax.kernels.mlp_chunk_update import mlp_chunk_update
 from hope_jax.layers.conv import CausalConv
 from hope_jax.layers.norms import HeadRMSNorm, l2_normalize
 from hope_jax.layers.params import Dense, normal, param
+from hope_jax.sharding.sequence_scan import sequence_scan, sequence_shards
 
 Array = jax.Array
 
@@ -233,6 +234,12 @@ class MemoryMixer(nnx.Module):
                            if config.num_persistent else None)
 
     # -- state ---------------------------------------------------------------------------------
+    @property
+    def state_alignment(self) -> int:
+        """A sequence may be cut at whole chunks (with persistent tokens the state streams from
+        the prefix, so its cuts need no alignment)."""
+        return self.config.chunk_size if self.persistent is None else 1
+
     def _fresh_state(self, batch_size: int) -> MemoryMixerState:
         conv = ()
         if self.config.conv:
@@ -343,7 +350,10 @@ class MemoryMixer(nnx.Module):
             q, k = l2_normalize(q), l2_normalize(k)
         if cfg.v_l2:  # unit-norm targets (docs/layers.md, Titans' step bound)
             v = l2_normalize(v)
-        o, level_state = self._scan(state.level, q, k, v, self.gates(u), keep_state)
+        # split over the mesh's `sequence` axis when there is one (segments of whole chunks)
+        o, level_state = sequence_scan(
+            lambda _, st, xs: self._scan(st, *xs, keep_state), (), state.level,
+            (q, k, v, self.gates(u)), align=self.config.chunk_size)
         if self.out_norm is not None:
             o = self.out_norm(o)
         o = o.reshape(*o.shape[:2], -1).astype(self.dtype)
@@ -357,6 +367,11 @@ class MemoryMixer(nnx.Module):
         if state is not None:
             return self._mix(u, state)
         b = u.shape[0]
+        if self.persistent is not None and sequence_shards(u.shape[1], 1) > 1:
+            # split over the `sequence` axis: write the persistent prefix first (init_state),
+            # then stream the sequence from there, so its segments need not start at chunks
+            y, _ = self._mix(u, self.init_state(b))
+            return y, None
         n_p = self.config.num_persistent
         x = u if self.persistent is None else jnp.concatenate(
             [self._prefix(b), u.astype(self.dtype)], axis=1)

@@ -25,6 +25,7 @@ from hope_jax.core.self_modifying import (GateHeads, SelfModifyingLevel, SelfMod
 from hope_jax.layers.conv import CausalConv
 from hope_jax.layers.norms import HeadRMSNorm
 from hope_jax.layers.params import Dense
+from hope_jax.sharding.sequence_scan import sequence_scan
 
 Array = jax.Array
 
@@ -154,6 +155,11 @@ class SelfModifyingMixer(nnx.Module):
         self.out_gate = Dense(d_model, h * dh, ("embed", "heads"), **kw)
         self.w_o = Dense(h * dh, d_model, ("heads", "embed"), **kw)
 
+    @property
+    def state_alignment(self) -> int:
+        """A sequence may be cut every C_mem tokens: there the state has the fresh form (D2)."""
+        return self.level.chunk_memory
+
     def level_params(self) -> SelfModifyingParams:
         """The meta-learned initial memories and gate heads, in float32 (D30)."""
         memories = {n: tuple(w[...].astype(jnp.float32) for w in ws)
@@ -178,7 +184,10 @@ class SelfModifyingMixer(nnx.Module):
             paths.append(jax.nn.silu(x).reshape(*u.shape[:2], self.num_heads, self.head_dim))
             conv_state.append(s)
         level = self.level if self.memory_writes else dataclasses.replace(self.level, writes=False)
-        o, level_state = self_modifying_scan(level, params, state.level, *paths)
+        # split over the mesh's `sequence` axis when there is one (segments of whole C_mem chunks)
+        o, level_state = sequence_scan(
+            lambda p, st, xs: self_modifying_scan(level, p, st, *xs), params, state.level,
+            tuple(paths), align=self.state_alignment)
         o = self.out_norm(o).reshape(*u.shape[:2], -1).astype(self.dtype)
         y = self.w_o(o * jax.nn.sigmoid(self.out_gate(u)))
         return y, None if fresh else SelfModifyingMixerState(tuple(conv_state), level_state)
