@@ -45,7 +45,7 @@ def decoder_config(config, vocab_size: int) -> DecoderConfig:
     overrides = dict(vocab_size=int(vocab_size), max_len=int(config.data.seq_len),
                      dtype=m.dtype, param_dtype=m.param_dtype,
                      tie_embeddings=bool(m.tie_embeddings), scan_blocks=bool(m.scan_blocks),
-                     remat=m.remat)
+                     remat=m.remat, remat_segment=int(m.get("remat_segment", 0)))
     if m.arch == "hope":
         overrides.update(m.switches.to_dict())
     elif m.arch == "hope_attention":

@@ -32,7 +32,9 @@ def default_config() -> ConfigDict:
         size="tiny",              # tiny | small | 340m | 760m | 1.3b
         dtype="float32",          # compute: float32 | bfloat16 (params, memory state stay float32)
         param_dtype="float32",
-        remat="none",             # none | block (jax.checkpoint each block; models/decoder.py)
+        remat="none",             # none | block (jax.checkpoint each block) | full (the model a
+                                  # segment of the sequence at a time; models/decoder.py)
+        remat_segment=0,          # remat=full: segment length (0: T/4 or T/2, whole chunks)
         loss_chunk=0,             # > 0: output head + loss this many positions at a time, so the
                                   # [B, T, V] logits never exist whole (0 = all at once)
         tie_embeddings=False,

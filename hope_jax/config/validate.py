@@ -21,11 +21,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from flax import nnx
+
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import ConfigDict, default_config
 from hope_jax.core.objectives import by_name
 from hope_jax.layers.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from hope_jax.models.decoder import REMAT_MODES, TRAINING_DTYPES
+from hope_jax.models.decoder import REMAT_MODES, TRAINING_DTYPES, Decoder
 from hope_jax.models.presets import ARCH_NAMES, HOPE_ARCHS, SIZES
 from hope_jax.optim.outer import FALLBACKS, OPTIMIZERS, SCHEDULES
 from hope_jax.sharding.rules import BATCH_AXES, check_batch, mesh_shape
@@ -101,6 +103,9 @@ def _model_errors(c: Any, need: Callable, e: list[str]) -> None:
     need(c.model.param_dtype in TRAINING_DTYPES, "model.param_dtype",
          f"expected one of {TRAINING_DTYPES}")
     need(c.model.remat in REMAT_MODES, "model.remat", f"expected one of {REMAT_MODES}")
+    need(c.model.remat_segment >= 0, "model.remat_segment", "must be ≥ 0 (0 = T/4 or T/2)")
+    need(c.model.remat_segment == 0 or c.model.remat == "full", "model.remat_segment",
+         "is used only with model.remat='full'")
     need(c.model.attention in ATTENTION_IMPLEMENTATIONS, "model.attention",
          f"expected one of {ATTENTION_IMPLEMENTATIONS}")
     for k in ("d_model", "num_blocks", "num_heads", "chunk_size", "chunk_other", "chunk_memory",
@@ -234,6 +239,12 @@ def _shape_errors(c: Any) -> list[str]:
 
     walk(cfg.mixers, "mixers")
     walk(cfg.mlp, "mlp")
+    if c.model.remat == "full" and c.model.remat_segment > 0:  # whole chunks of every level
+        model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+        try:
+            model.remat_segment(int(c.data.seq_len))
+        except ValueError as err:
+            e.append(f"config.{err}")
     if c.model.cms_objective == "next_token":  # the learner streams whole chunks
         chunks = [lvl.chunk for lvl in getattr(cfg.mlp, "levels", ()) if lvl.in_context]
         if chunks and c.data.seq_len % math.lcm(*chunks):

@@ -282,6 +282,13 @@ class TitansMAC(nnx.Module):
         self.norm_m = RMSNorm(d_model, **kw)
 
     # -- state ---------------------------------------------------------------------------------
+    @property
+    def state_alignment(self) -> int:
+        """0: a sequence is never cut into fresh-form pieces. A MAC state carried into a new
+        call streams token by token, and restarting a fresh-form call mid-sequence would move
+        every query's RoPE angle to the persistent tokens (measured: 1.18 off at T 64)."""
+        return 0
+
     def init_state(self, batch_size: int, max_len: int = 0) -> MACState:
         a = self.attention
         shape = (batch_size, 2 * self.config.segment, a.num_heads, a.head_dim)

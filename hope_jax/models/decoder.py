@@ -21,6 +21,7 @@ these are no-ops.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, NamedTuple
 
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hope_jax.core.fresh_form import compact, expand, fresh_form_like
 from hope_jax.layers.mlp import SwiGLUConfig
 from hope_jax.layers.norms import RMSNorm
 from hope_jax.layers.params import Dense, normal, param
@@ -39,7 +41,7 @@ Array = jax.Array
 # a training config chooses from TRAINING_DTYPES.
 DTYPES = ("float32", "bfloat16", "float64")
 TRAINING_DTYPES = ("float32", "bfloat16")
-REMAT_MODES = ("none", "block")
+REMAT_MODES = ("none", "block", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +57,16 @@ class DecoderConfig:
       dtype / param_dtype: compute and parameter dtypes (`DTYPES`: "float32", "bfloat16", or
         "float64" for reference checks).
       norm_eps: RMSNorm ε.
-      remat: `REMAT_MODES`: "none", or "block" to recompute each block's activations in the
+      remat: `REMAT_MODES`: "none"; "block" to recompute each block's activations in the
         backward pass (`nnx.remat` per block: activation memory O(blocks · B·T·d) instead of every
-        intermediate; memory levels keep their own per-chunk remat either way).
+        intermediate; memory levels keep their own per-chunk remat either way); or "full": the
+        training forward reads the sequence `remat_segment` tokens at a time, carrying the
+        recurrent state, and the backward recomputes one segment at a time (blocks remat'd
+        inside it), so only the states at segment boundaries are stored (docs/core.md, "Full
+        remat: the model a segment at a time").
+      remat_segment: the segment length of remat "full"; 0 picks T/4 (else T/2) when that is a
+        whole number of every memory level's chunks (`Decoder.state_alignment`), else T
+        (block remat alone).
       scan_blocks: stack the (identical) blocks' parameters on a leading axis and run them with
         `nnx.scan` (one block is traced and compiled, whatever num_blocks); needs a single mixer
         and MLP config. Same function as the unrolled model (see `stack_blocks`).
@@ -75,6 +84,7 @@ class DecoderConfig:
     param_dtype: str = "float32"
     norm_eps: float = 1e-6
     remat: str = "none"
+    remat_segment: int = 0
     scan_blocks: bool = False
     name: str = ""
 
@@ -86,6 +96,9 @@ class DecoderConfig:
         if self.remat not in REMAT_MODES:
             raise ValueError(f"DecoderConfig.remat: expected one of {REMAT_MODES}, got "
                              f"{self.remat!r}")
+        r = self.remat_segment
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"DecoderConfig.remat_segment must be an int ≥ 0, got {r!r}")
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"DecoderConfig.{key}: expected one of {DTYPES}, got "
@@ -150,6 +163,13 @@ class Block(nnx.Module):
 def _remat_block(block: Block, h: Array) -> Array:
     """A training-mode block whose activations are recomputed in the backward pass."""
     return block(h)[0]
+
+
+@nnx.remat
+def _remat_stateful_block(block: Block, h: Array, state: BlockState
+                          ) -> tuple[Array, BlockState]:
+    """A block reading a segment from a carried state, recomputed in the backward pass."""
+    return block(h, state)
 
 
 def _stack_logical_axes(blocks: nnx.Module) -> None:
@@ -233,19 +253,77 @@ class Decoder(nnx.Module):
     def forward_hidden(self, tokens: Array, cache: DecoderCache | None
                        ) -> tuple[Array, DecoderCache | None]:
         """`forward` without the output head: tokens [B, T] → (the last block's output
-        [B, T, d], cache). cache None = training (fresh states, block remat as configured)."""
+        [B, T, d], cache). cache None = training (fresh states, remat as configured)."""
+        if cache is None and self.config.remat == "full":
+            segment = self.remat_segment(tokens.shape[1])
+            if segment < tokens.shape[1]:
+                return self._segments_hidden(tokens, segment), None
         h = constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype))
+        return self._blocks_hidden(h, cache, remat=cache is None and self.config.remat != "none")
+
+    def _blocks_hidden(self, h: Array, cache: DecoderCache | None, remat: bool
+                       ) -> tuple[Array, DecoderCache | None]:
+        """The blocks over h [B, T, d] (`remat`: each block recomputed in the backward)."""
         if self.config.scan_blocks:
             return self._scan_blocks(h, cache)
         states = []
         for i, block in enumerate(self.blocks):
-            if cache is None and self.config.remat == "block":
-                h = _remat_block(block, h)
-                s = None
+            if cache is None and remat:
+                h, s = _remat_block(block, h), None
+            elif remat:
+                h, s = _remat_stateful_block(block, h, cache.blocks[i])
             else:
                 h, s = block(h, None if cache is None else cache.blocks[i])
             states.append(s)
         return h, None if cache is None else DecoderCache(tuple(states))
+
+    def state_alignment(self) -> int:
+        """The lcm of the chunks (and nested-reset periods) of every memory level: a state at a
+        multiple of it is in the form of a fresh sequence's, so a sequence may be cut there
+        (`hope_jax.sharding.sequence_scan`). 0 when some layer's state cannot be cut (MAC)."""
+        aligns = [m.state_alignment for _, m in nnx.iter_modules(self)
+                  if hasattr(m, "state_alignment") and m is not self]
+        return 0 if 0 in aligns else math.lcm(1, *aligns)
+
+    def remat_segment(self, length: int) -> int:
+        """The segment of remat "full" for a training length (`DecoderConfig.remat_segment`)."""
+        align = self.state_alignment()
+        requested = self.config.remat_segment
+        if requested and not align:
+            raise ValueError("model.remat_segment: this model's state cannot be cut into "
+                             "segments (Titans MAC); use model.remat = block")
+        if not align:
+            return length
+        if requested:
+            if length % requested or requested % align:
+                raise ValueError(f"model.remat_segment = {requested} must divide the length "
+                                 f"{length} and be a multiple of {align}, the lcm of the "
+                                 f"memory levels' chunks")
+            return requested
+        for parts in (4, 2):
+            if length % parts == 0 and (length // parts) % align == 0:
+                return length // parts
+        return length
+
+    def _segments_hidden(self, tokens: Array, segment: int) -> Array:
+        """remat "full": the blocks over tokens [B, T] a segment at a time, the recurrent state
+        carried from segment to segment and each segment recomputed in the backward pass.
+        Memory states keep the fresh form at the boundaries (positions None, as at the start:
+        the boundaries are whole chunks), so each segment runs the levels' fresh-sequence path;
+        attention caches and streaming states keep their positions."""
+        b, t = tokens.shape
+        start = self.init_state(b, t)
+
+        @nnx.remat
+        def one_segment(model: Decoder, cache: DecoderCache, x: Array):
+            h = constrain(jnp.take(model.embed[...], x, axis=0).astype(model.dtype))
+            h, cache = model._blocks_hidden(h, expand(cache), remat=True)
+            return compact(fresh_form_like(cache, start)), h  # stored compact at the cuts
+
+        xs = jnp.moveaxis(tokens.reshape(b, t // segment, segment), 1, 0)
+        _, hs = nnx.scan(one_segment, in_axes=(None, nnx.Carry, 0),
+                         out_axes=(nnx.Carry, 0))(self, compact(start), xs)
+        return jnp.moveaxis(hs, 0, 1).reshape(b, t, -1)
 
     def _scan_blocks(self, h: Array, cache: DecoderCache | None
                      ) -> tuple[Array, DecoderCache | None]:

@@ -33,62 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from hope_jax.core.fresh_form import compact, expand, positions, set_positions
+
 SEQUENCE_AXIS = "sequence"
-
-
-def _is_positioned(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(x, "_fields") and "position" in x._fields
-
-
-def _set_positions(tree: Any, value: Any) -> Any:
-    """Every NamedTuple state with a `position` field gets `position=value` (None: fresh form)."""
-    def one(x):
-        if _is_positioned(x):
-            return x._replace(**{f: _set_positions(getattr(x, f), value)
-                                 for f in x._fields if f != "position"}, position=value)
-        if isinstance(x, (tuple, list)) and not hasattr(x, "_fields"):
-            return type(x)(one(y) for y in x)
-        if isinstance(x, dict):
-            return {k: one(v) for k, v in x.items()}
-        if isinstance(x, tuple) and hasattr(x, "_fields"):
-            return type(x)(*(one(y) for y in x))
-        return x
-    return one(tree)
-
-
-def fresh_form_like(state: Any, template: Any) -> Any:
-    """`state` with position None in every positioned state whose counterpart in `template`
-    (the same tree, e.g. the state the sequence started from) has position None; the others
-    (attention caches, streaming states) keep theirs."""
-    def walk(s, t):
-        if _is_positioned(s):
-            rest = {f: walk(getattr(s, f), getattr(t, f)) for f in s._fields if f != "position"}
-            return s._replace(**rest, position=None if t.position is None else s.position)
-        if isinstance(s, tuple) and hasattr(s, "_fields"):
-            return type(s)(*(walk(a, b) for a, b in zip(s, t)))
-        if isinstance(s, (tuple, list)):
-            return type(s)(walk(a, b) for a, b in zip(s, t))
-        if isinstance(s, dict):
-            return {k: walk(v, t[k]) for k, v in s.items()}
-        return s
-    return walk(state, template)
-
-
-def _positions(tree: Any) -> list:
-    """The `position` of every positioned NamedTuple in the tree (None: fresh form)."""
-    found = []
-
-    def visit(x):
-        if _is_positioned(x):
-            found.append(x.position)
-        if isinstance(x, (tuple, list)):
-            for y in x:
-                visit(y)
-        elif isinstance(x, dict):
-            for y in x.values():
-                visit(y)
-    visit(tree)
-    return found
 
 
 def sequence_shards(length: int, align: int) -> int:
@@ -125,9 +72,9 @@ def sequence_scan(scan: Callable[[Any, Any, Any], tuple[Any, Any]], consts: Any,
       (ys, final state): the values of `scan(consts, state, xs)`.
     """
     length = jax.tree.leaves(xs)[0].shape[1]
-    positions = _positions(state)
-    fresh = all(p is None for p in positions)
-    streaming = bool(positions) and all(p is not None for p in positions)
+    found = positions(state)
+    fresh = all(p is None for p in found)
+    streaming = bool(found) and all(p is not None for p in found)
     n = sequence_shards(length, align if fresh else 1) if fresh or streaming else 1
     if n == 1:
         return scan(consts, state, xs)
@@ -137,9 +84,9 @@ def sequence_scan(scan: Callable[[Any, Any, Any], tuple[Any, Any]], consts: Any,
         ys_shape = jax.eval_shape(lambda c, s, x: scan(c, s, x)[0], consts, state, xs)
         ys0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), ys_shape)
 
-        def run(s):
-            ys, s = scan(consts, s, xs)
-            return ys, _set_positions(s, None) if fresh else s
+        def run(s):  # states travel compact (core/fresh_form.py)
+            ys, s = scan(consts, expand(s), xs)
+            return ys, compact(set_positions(s, None) if fresh else s)
 
         def one_round(carry, r):  # device r reads its segment and hands its state to r + 1
             s, ys = carry
@@ -148,8 +95,9 @@ def sequence_scan(scan: Callable[[Any, Any, Any], tuple[Any, Any]], consts: Any,
             s = jax.tree.map(lambda a, b: jnp.where(me == r + 1, a, b), received, s)
             return (s, ys), None
 
-        (s, ys), _ = jax.lax.scan(jax.checkpoint(one_round), (state, ys0), jnp.arange(n))
-        return ys, jax.tree.map(lambda a: a[None], s)  # every device's end state, stacked
+        (s, ys), _ = jax.lax.scan(jax.checkpoint(one_round), (compact(state), ys0),
+                                  jnp.arange(n))
+        return ys, jax.tree.map(lambda a: a[None], expand(s))  # every device's end state
 
     everywhere = lambda tree: jax.tree.map(lambda _: P(), tree)
     along = lambda tree: jax.tree.map(lambda _: P(None, SEQUENCE_AXIS), tree)
@@ -159,7 +107,7 @@ def sequence_scan(scan: Callable[[Any, Any, Any], tuple[Any, Any]], consts: Any,
         out_specs=(along(ys_shape), jax.tree.map(lambda _: P(SEQUENCE_AXIS), state)),
         axis_names=frozenset({SEQUENCE_AXIS}), check_vma=False)(consts, state, xs)
     final = jax.tree.map(lambda a: a[-1], ends)  # device n−1's: the state after the sequence
-    return ys, _set_positions(final, jnp.asarray(length, jnp.int32)) if fresh else final
+    return ys, set_positions(final, jnp.asarray(length, jnp.int32)) if fresh else final
 
 
-__all__ = ["SEQUENCE_AXIS", "fresh_form_like", "sequence_scan", "sequence_shards"]
+__all__ = ["SEQUENCE_AXIS", "sequence_scan", "sequence_shards"]
