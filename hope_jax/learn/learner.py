@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hope_jax.core.fresh_form import fresh_form_like
 from hope_jax.eval._scoring import target_logprobs
 from hope_jax.models.context_state import reset_context
 from hope_jax.layers.attention import KVCache
@@ -113,6 +114,13 @@ class Learner:
                                 *(n for n in (context_len, memory_len) if n))
         self.frozen = bool(frozen)
         self.slots = int(context_len or model.config.max_len)  # KV-cache slots
+        # Segments of whole chunks of every memory level: the state between segments keeps the
+        # fresh form (core/fresh_form.py), so each segment runs the levels' fresh-sequence path
+        # instead of the streaming one, which pads every call to whole chunks (2× the memory
+        # scans' work at 8-token segments).
+        align = model.state_alignment()
+        self.fresh_form = bool(align) and self.segment % align == 0
+        self._template = probe
         self._jit_learn = jax.jit(self._learn, donate_argnums=())
 
     # ------------------------------------------------------------------ state
@@ -122,9 +130,12 @@ class Learner:
         return nnx.merge(self.graphdef, self.codec.to_state(params), self.rest)
 
     def fresh_cache(self, params: dict, batch_size: int) -> Any:
-        """A fresh recurrent state whose tree does not change after a forward (None → 0)."""
+        """A fresh recurrent state whose tree does not change after a forward (in fresh form, or
+        with None → 0)."""
         model = self.model(params)
         cache = model.init_state(batch_size, self.slots)
+        if self.fresh_form:
+            return cache
         after = jax.eval_shape(lambda c: model.forward(
             jnp.zeros((batch_size, self.segment), jnp.int32), c)[1], cache)
         return jax.tree.map(lambda a, c: jnp.zeros(a.shape, a.dtype) if c is None else c,
@@ -174,6 +185,8 @@ class Learner:
         """Mean next-token NLL of one segment, with the groups' values put in place."""
         params, cache = self._insert(values, params, cache)
         logits, cache = self.model(params).forward(inp, cache)
+        if self.fresh_form:
+            cache = fresh_form_like(cache, self._template)
         nll = -target_logprobs(logits, tgt)
         return nll.mean(), (nll, cache)
 

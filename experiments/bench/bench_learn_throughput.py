@@ -1,0 +1,88 @@
+"""Throughput of `hope_jax.learn.Learner` against plain evaluation, measured in alternation.
+
+    python experiments/bench/bench_learn_throughput.py [--arch hope] [--batch 8] [--window 128]
+
+A tiny model at random initialisation (speed does not depend on training) reads [B, W] windows:
+  * learn: the learner's default groups (every CMS level at its own chunk, Adam);
+  * stream_eval: the same learner frozen (forward only, state carried segment to segment);
+  * plain_eval: `model(tokens)` over [32, T] windows, no state;
+each learner once with the state kept in fresh form between segments (the default where the
+segments are whole chunks, core/fresh_form.py) and once streaming with positions (the path
+before). Tokens/s are medians over rounds; ratios are taken within this one run. Writes
+results/learn_throughput.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_json import write_results  # noqa: E402
+
+from hope_jax.learn import GroupSpec, Learner  # noqa: E402
+from hope_jax.models import Decoder, get_config  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="hope")
+    ap.add_argument("--seq_len", type=int, default=64, help="the model's training length T")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--window", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                  "learn_throughput.json"))
+    args = ap.parse_args()
+    t = args.seq_len
+    model = Decoder(get_config(args.arch, "tiny", max_len=t), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    rows = jnp.asarray(rng.integers(0, vocab, (args.batch, args.window + 1)), jnp.int32)
+    runs = {}
+    for fresh in (True, False):
+        for name, frozen in (("learn", False), ("stream_eval", True)):
+            learner = Learner(model, [GroupSpec(("cms",), optimizer="adam", lr=1e-3)],
+                              seq_len=t, frozen=frozen)
+            if not fresh:
+                learner.fresh_form = False  # the streaming path, positions carried
+            state = learner.init(args.batch)
+            learner.learn(state, rows)[1].block_until_ready()  # compile
+            key = f"{name}_{'fresh_form' if fresh else 'streaming'}"
+            runs[key] = (learner, state)
+            print(key, "segment", learner.segment, "fresh form", learner.fresh_form, flush=True)
+    plain = nnx.jit(lambda m, x: m(x))
+    x = jnp.asarray(rng.integers(0, vocab, (32, t)), jnp.int32)
+    plain(model, x).block_until_ready()
+    seconds = {k: [] for k in list(runs) + ["plain_eval"]}
+    for _ in range(args.rounds):
+        for key, (learner, state) in runs.items():
+            start = time.perf_counter()
+            learner.learn(state, rows)[1].block_until_ready()
+            seconds[key].append((time.perf_counter() - start) / (rows.shape[0] * args.window))
+        start = time.perf_counter()
+        plain(model, x).block_until_ready()
+        seconds["plain_eval"].append((time.perf_counter() - start) / x.size)
+    tps = {k: 1.0 / float(np.median(v)) for k, v in seconds.items()}
+    ratios = {f"{k}_over_plain_eval": tps[k] / tps["plain_eval"] for k in runs}
+    result = dict(arch=args.arch, seq_len=t, batch=args.batch, window=args.window,
+                  segment=runs["learn_fresh_form"][0].segment, tokens_per_s=tps, ratios=ratios,
+                  fresh_form_speedup=dict(
+                      learn=tps["learn_fresh_form"] / tps["learn_streaming"],
+                      stream_eval=tps["stream_eval_fresh_form"] / tps["stream_eval_streaming"]))
+    for k, v in sorted(tps.items()):
+        print(f"{k:24s} {v:9.0f} tokens/s")
+    for k, v in sorted(ratios.items()):
+        print(f"{k:40s} {v:.3f}")
+    write_results(args.out, args, [result])
+
+
+if __name__ == "__main__":
+    main()
