@@ -14,12 +14,10 @@ results/learn_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
