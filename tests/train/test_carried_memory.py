@@ -22,8 +22,8 @@ def _model(arch: str) -> Decoder:
     return Decoder(get_config(arch, "tiny", d_model=32, num_blocks=1), rngs=nnx.Rngs(3))
 
 
-def _tokens(b: int) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (b, T + 1)).astype(np.int32)
+def _tokens(b: int, length: int = T) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (b, length + 1)).astype(np.int32)
 
 
 def _split(model):
@@ -36,12 +36,14 @@ def test_carried_rows():
     assert carried_rows(8, 0.25) == 2 and carried_rows(8, 0.0) == 0
 
 
-@pytest.mark.parametrize("arch, loss_chunk", [("titans_mag", 4), ("hope", 0)])
-def test_rows_match_the_token_by_token_decoder(arch, loss_chunk):
-    """(With loss_chunk the output head scores 4 positions at a time: the same numbers.)"""
+@pytest.mark.parametrize("arch, loss_chunk, length",
+                         [("titans_mag", 4, T), ("hope", 0, T), ("hope", 0, 16)])
+def test_rows_match_the_token_by_token_decoder(arch, loss_chunk, length):
+    """(With loss_chunk the output head scores 4 positions at a time: the same numbers. At a
+    length of whole chunks, 16, the carried memory continues in fresh form.)"""
     model = _model(arch)
     model_of, params = _split(model)
-    tokens = _tokens(4)
+    tokens = _tokens(4, length)
     nll = np.asarray(jax.jit(carried_memory_nll(model_of, 0.5, loss_chunk))(params, tokens))
     # fresh rows 0, 1: the training forward from the initial state
     apply = nnx.jit(lambda m, x: m(x))
@@ -50,13 +52,13 @@ def test_rows_match_the_token_by_token_decoder(arch, loss_chunk):
     # carried rows 2, 3: decode row j token by token, restart the context, decode row 2 + j
     step = nnx.jit(lambda m, tok, c: m.step(tok, c))
     for j in range(2):
-        start = model.init_state(1, T)
+        start = model.init_state(1, length)
         cache = start
-        for t in range(T):
+        for t in range(length):
             _, cache = step(model, tokens[j:j + 1, t], cache)
         cache = reset_context(cache, start)
         logits = []
-        for t in range(T):
+        for t in range(length):
             z, cache = step(model, tokens[2 + j:3 + j, t], cache)
             logits.append(z)
         ref = token_nll(jnp.stack(logits, axis=1), tokens[2 + j:3 + j, 1:])[0]
