@@ -350,7 +350,8 @@ class MemoryMixer(nnx.Module):
             q, k = l2_normalize(q), l2_normalize(k)
         if cfg.v_l2:  # unit-norm targets (docs/layers.md, Titans' step bound)
             v = l2_normalize(v)
-        # split over the mesh's `sequence` axis when there is one (segments of whole chunks)
+        # split over the mesh's `sequence` axis when there is one (segments of whole chunks; not
+        # state_alignment, which speaks of the sequence after the persistent prefix)
         o, level_state = sequence_scan(
             lambda _, st, xs: self._scan(st, *xs, keep_state), (), state.level,
             (q, k, v, self.gates(u)), align=self.config.chunk_size)

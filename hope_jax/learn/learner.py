@@ -118,8 +118,7 @@ class Learner:
         # fresh form (core/fresh_form.py), so each segment runs the levels' fresh-sequence path
         # instead of the streaming one, which pads every call to whole chunks (2× the memory
         # scans' work at 8-token segments).
-        align = model.state_alignment()
-        self.fresh_form = bool(align) and self.segment % align == 0
+        self.fresh_form = model.cuts_at(self.segment)
         self._template = probe
         self._jit_learn = jax.jit(self._learn, donate_argnums=())
 

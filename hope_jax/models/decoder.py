@@ -285,6 +285,12 @@ class Decoder(nnx.Module):
                   if hasattr(m, "state_alignment") and m is not self]
         return 0 if 0 in aligns else math.lcm(1, *aligns)
 
+    def cuts_at(self, length: int) -> bool:
+        """The state after `length` tokens from a fresh start continues in fresh form
+        (`hope_jax.core.fresh_form`): `length` is whole chunks of every memory level."""
+        align = self.state_alignment()
+        return bool(align) and length % align == 0
+
     def remat_segment(self, length: int) -> int:
         """The segment of remat "full" for a training length (`DecoderConfig.remat_segment`)."""
         align = self.state_alignment()
@@ -301,7 +307,7 @@ class Decoder(nnx.Module):
                                  f"memory levels' chunks")
             return requested
         for parts in (4, 2):
-            if length % parts == 0 and (length // parts) % align == 0:
+            if length % parts == 0 and self.cuts_at(length // parts):
                 return length // parts
         return length
 

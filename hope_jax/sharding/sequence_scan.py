@@ -79,10 +79,12 @@ def sequence_scan(scan: Callable[[Any, Any, Any], tuple[Any, Any]], consts: Any,
     if n == 1:
         return scan(consts, state, xs)
 
+    ys_shape = jax.eval_shape(lambda c, s, x: scan(c, s, x)[0], consts, state, xs)
+
     def local(consts, state, xs):
         me = jax.lax.axis_index(SEQUENCE_AXIS)
-        ys_shape = jax.eval_shape(lambda c, s, x: scan(c, s, x)[0], consts, state, xs)
-        ys0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), ys_shape)
+        ys0 = jax.tree.map(lambda a: jnp.zeros(a.shape[:1] + (a.shape[1] // n,) + a.shape[2:],
+                                               a.dtype), ys_shape)  # one segment's outputs
 
         def run(s):  # states travel compact (core/fresh_form.py)
             ys, s = scan(consts, expand(s), xs)
@@ -101,7 +103,6 @@ def sequence_scan(scan: Callable[[Any, Any, Any], tuple[Any, Any]], consts: Any,
 
     everywhere = lambda tree: jax.tree.map(lambda _: P(), tree)
     along = lambda tree: jax.tree.map(lambda _: P(None, SEQUENCE_AXIS), tree)
-    ys_shape = jax.eval_shape(lambda c, s, x: scan(c, s, x)[0], consts, state, xs)
     ys, ends = jax.shard_map(
         local, in_specs=(everywhere(consts), everywhere(state), along(xs)),
         out_specs=(along(ys_shape), jax.tree.map(lambda _: P(SEQUENCE_AXIS), state)),

@@ -57,9 +57,8 @@ def carried_memory_nll(model_of: Callable[[Params], nnx.Module], fraction: float
         fresh = model.init_state(k, t1 - 1)
         _, read = model.forward_hidden(inputs[:k], fresh)          # the prefix pass
         start = reset_context(jax.lax.stop_gradient(read), fresh)
-        align = model.state_alignment()
-        if align and (t1 - 1) % align == 0:  # whole chunks: the fresh-sequence path reads on
-            start = fresh_form_like(start, fresh)  # from there (core/fresh_form.py)
+        if model.cuts_at(t1 - 1):  # whole chunks: the fresh-sequence path reads on from there
+            start = fresh_form_like(start, fresh)
         h_fresh = model.hidden(inputs[: b - k])
         h_carried, _ = model.forward_hidden(inputs[b - k:], start)
         return jnp.concatenate([hidden_nll(model, h_fresh, targets[: b - k], loss_chunk),
