@@ -122,9 +122,11 @@ def default_config() -> ConfigDict:
         init_from="",             # warm start: a run's workdir whose newest params seed this one
         stop_at=0,                # stop (with a checkpoint) once this step is reached, 0 = off;
                                   # the schedule still ends at `steps` (time-sliced jobs, tests)
-        carried_memory=0.0,       # fraction of each batch's rows (≤ 0.5) whose memory starts as
+        carried_memory=-1.0,      # fraction of each batch's rows (≤ 0.5) whose memory starts as
                                   # left by reading another row's window, not fresh (0 = D33
-                                  # reset only; train/carried_memory.py)
+                                  # reset only; train/carried_memory.py); −1 = the architecture's
+                                  # choice (config/arch_defaults.py: 0.5 for the Titans, 0
+                                  # otherwise)
         poison_steps=(),          # tests of the NaN policy only: steps whose loss is made NaN
     ))
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from flax import nnx
 
+from hope_jax.config.arch_defaults import carried_memory_fraction
 from hope_jax.config.build import decoder_config
 from hope_jax.config.defaults import ConfigDict, default_config
 from hope_jax.core.objectives import by_name
@@ -180,9 +181,11 @@ def _train_sample_errors(c: Any, need: Callable, e: list[str]) -> None:
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be ≥ 0 (0 = only at the end)")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be ≥ 1")
     need(t.max_bad_steps >= 1, "train.max_bad_steps", "must be ≥ 1")
-    need(0.0 <= t.carried_memory <= 0.5, "train.carried_memory",
-         "must be in [0, 0.5] (a fraction of the rows; each carried row reads a fresh row first)")
-    need(t.carried_memory == 0 or c.model.cms_objective == "surrogate", "train.carried_memory",
+    need(t.carried_memory == -1 or 0.0 <= t.carried_memory <= 0.5, "train.carried_memory",
+         "must be in [0, 0.5] (a fraction of the rows; each carried row reads a fresh row first) "
+         "or -1 (the architecture's default)")
+    need(carried_memory_fraction(c) == 0 or c.model.cms_objective == "surrogate",
+         "train.carried_memory",
          "is not supported with model.cms_objective='next_token' (its own training objective)")
 
     s = c.sample

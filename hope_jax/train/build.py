@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from hope_jax.config.arch_defaults import carried_memory_fraction
 from hope_jax.config.build import decoder_config
 from hope_jax.layers.cms import update_periods
 from hope_jax.models.decoder import Decoder, DecoderConfig
@@ -123,8 +124,9 @@ def build_trainer(config, vocab_size: int, mesh: Mesh, *, pad_id: int) -> Traine
     elif loss_chunk > 0:  # the logits a chunk of positions at a time
         nll_fn = chunked_apply_nll(model_of, loss_chunk)
     train_nll = nll_fn
-    if float(config.train.get("carried_memory", 0.0)) > 0:  # some rows start from a carried memory
-        train_nll = carried_memory_nll(model_of, float(config.train.carried_memory), loss_chunk)
+    carried = carried_memory_fraction(config)
+    if carried > 0:  # some rows start from a carried memory
+        train_nll = carried_memory_nll(model_of, carried, loss_chunk)
     step_fn = make_train_step(apply, tx, schedule, pad_id=pad_id,
                               grad_accum=int(config.optim.grad_accum), nll_fn=train_nll)
     b_shard = mesh_lib.batch_sharding(mesh)

@@ -9,6 +9,7 @@ import pytest
 
 from hope_jax.config import (ConfigDict, ConfigError, decoder_config, default_config, resolve_mesh,
                              validate)
+from hope_jax.config.arch_defaults import carried_memory_fraction
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -54,6 +55,7 @@ BAD = [  # (key, value, text the message must contain)
     ("model.cms_objective", "task", "config.model.cms_objective: expected 'surrogate'"),
     ("model.cms_next_token_lr", 0.0, "config.model.cms_next_token_lr: must be > 0"),
     ("train.carried_memory", 0.75, "config.train.carried_memory: must be in [0, 0.5]"),
+    ("train.carried_memory", -0.5, "config.train.carried_memory: must be in [0, 0.5]"),
 ]
 
 
@@ -75,6 +77,20 @@ def test_next_token_objective_needs_a_hope_cms_and_whole_chunks():
 @pytest.mark.fast
 def test_default_config_is_valid():
     assert validate(default_config(), device_count=1, process_count=1)["data"] == 1
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("arch, fraction", [("titans_mac", 0.5), ("titans_lmm", 0.5),
+                                            ("hope", 0.0), ("titans_mal", 0.5),
+                                            ("transformer", 0.0)])
+def test_carried_memory_default_follows_the_final_arch(arch, fraction):
+    """−1 resolves from model.arch as set last (a command-line override), and a value wins."""
+    config = default_config()
+    config.model.arch = arch
+    assert config.train.carried_memory == -1
+    assert carried_memory_fraction(config) == fraction
+    config.train.carried_memory = 0.25
+    assert carried_memory_fraction(config) == 0.25
 
 
 @pytest.mark.fast
