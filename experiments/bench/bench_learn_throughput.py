@@ -8,8 +8,11 @@ A tiny model at random initialisation (speed does not depend on training) reads 
   * plain_eval: `model(tokens)` over [32, T] windows, no state;
 each learner once with the state kept in fresh form between segments (the default where the
 segments are whole chunks, core/fresh_form.py) and once streaming with positions (the path
-before). Tokens/s are medians over rounds; ratios are taken within this one run. Writes
-results/learn_throughput.json.
+before). Tokens/s are medians over rounds; ratios are taken within this one run.
+
+With `--batches 4,32,128` it instead sweeps the batch: at each B, learning (fresh form) over B
+streams against plain evaluation of [B, T] windows, the same number of rows, so the ratio is
+not a matter of one side's batch being larger. Writes results/learn_throughput.json.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--window", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batches", default="",
+                    help="comma-separated batch sizes: the same-batch sweep (see above)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "learn_throughput.json"))
     args = ap.parse_args()
@@ -43,6 +48,10 @@ def main() -> None:
     model = Decoder(get_config(args.arch, "tiny", max_len=t), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     vocab = model.config.vocab_size
+    if args.batches:
+        rows = [batch_row(model, rng, t, int(b), args) for b in args.batches.split(",")]
+        write_results(args.out, args, rows)
+        return
     rows = jnp.asarray(rng.integers(0, vocab, (args.batch, args.window + 1)), jnp.int32)
     runs = {}
     for fresh in (True, False):
@@ -80,6 +89,32 @@ def main() -> None:
     for k, v in sorted(ratios.items()):
         print(f"{k:40s} {v:.3f}")
     write_results(args.out, args, [result])
+
+
+def batch_row(model, rng, t: int, batch: int, args) -> dict:
+    """Learning over `batch` streams against plain evaluation of [batch, T] windows, alternated."""
+    vocab = model.config.vocab_size
+    rows = jnp.asarray(rng.integers(0, vocab, (batch, args.window + 1)), jnp.int32)
+    learner = Learner(model, [GroupSpec(("cms",), optimizer="adam", lr=1e-3)], seq_len=t)
+    state = learner.init(batch)
+    learner.learn(state, rows)[1].block_until_ready()  # compile
+    plain = nnx.jit(lambda m, x: m(x))
+    x = jnp.asarray(rng.integers(0, vocab, (batch, t)), jnp.int32)
+    plain(model, x).block_until_ready()
+    learn_s, plain_s = [], []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        learner.learn(state, rows)[1].block_until_ready()
+        learn_s.append((time.perf_counter() - start) / (batch * args.window))
+        start = time.perf_counter()
+        plain(model, x).block_until_ready()
+        plain_s.append((time.perf_counter() - start) / x.size)
+    learn_tps, plain_tps = 1.0 / float(np.median(learn_s)), 1.0 / float(np.median(plain_s))
+    print(f"B {batch:4d}: learn {learn_tps:9.0f} tokens/s, plain eval {plain_tps:9.0f} tokens/s,"
+          f" ratio {learn_tps / plain_tps:.3f}", flush=True)
+    return dict(arch=args.arch, seq_len=t, batch=batch, window=args.window,
+                segment=learner.segment, learn_tokens_per_s=learn_tps,
+                plain_eval_tokens_per_s=plain_tps, learn_over_plain_eval=learn_tps / plain_tps)
 
 
 if __name__ == "__main__":
