@@ -7,7 +7,9 @@ recurrences) is either
 
   * off — reset to its initial value, as in training (D33): each document is scored alone;
   * on  — carried over from the previous document: what the memories wrote while reading earlier
-          documents is still there (test-time learning across documents).
+          documents is still there (test-time learning across documents). A new document starts
+          at position 0 (`Decoder.starts_document_at`): the memory states continue in fresh form,
+          and Titans MAC's segments and RoPE positions restart as for a fresh sequence.
 
 For a pure-attention model both give identical numbers (its state is only context), which the
 tests check; for memory models they differ.
@@ -26,6 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from hope_jax.core.fresh_form import fresh_form_like
 from hope_jax.data.bpb import bpb_summary
 from hope_jax.eval._scoring import progress_bar, target_logprobs
 from hope_jax.models.context_state import reset_context
@@ -66,7 +69,13 @@ def memorization_bpb(model: nnx.Module, documents: Sequence[np.ndarray],
         nats = np.zeros(len(docs))
         for i, d in enumerate(progress_bar(docs, progress, desc=f"memorisation {mode}",
                                            unit="doc")):
-            cache = fresh if mode == "off" else reset_context(cache, fresh)
+            if mode == "off":
+                cache = fresh
+            else:  # the context restarts; a new text takes the fresh-sequence path where it
+                # can, as in carried-memory training (Titans MAC's positions restart at 0)
+                cache = reset_context(cache, fresh)
+                if model.starts_document_at(chunk_len):  # every read is whole chunks of T
+                    cache = fresh_form_like(cache, fresh)
             for c in range((len(d) - 1) // chunk_len):
                 piece = d[c * chunk_len: (c + 1) * chunk_len + 1][None]
                 nll, cache = _chunk_nll(model, piece, cache)

@@ -289,6 +289,14 @@ class TitansMAC(nnx.Module):
         every query's RoPE angle to the persistent tokens (measured: 1.18 off at T 64)."""
         return 0
 
+    @property
+    def document_alignment(self) -> int:
+        """1: when a new text begins (`Decoder.document_alignment`), MAC's positions restart at 0
+        with the memory carried, as a fresh sequence's do, so its segments and the persistent
+        tokens meet the new text as in training; only its memory's chunks (the inner
+        `MemoryMixer`) constrain where."""
+        return 1
+
     def init_state(self, batch_size: int, max_len: int = 0) -> MACState:
         a = self.attention
         shape = (batch_size, 2 * self.config.segment, a.num_heads, a.head_dim)

@@ -285,6 +285,22 @@ class Decoder(nnx.Module):
                   if hasattr(m, "state_alignment") and m is not self]
         return 0 if 0 in aligns else math.lcm(1, *aligns)
 
+    def document_alignment(self) -> int:
+        """As `state_alignment`, for a state whose context restarts because a new, unrelated text
+        begins (`reset_context`: carried-memory training, the memorisation probe): such a text
+        starts at position 0, so a layer whose positions must otherwise run on (Titans MAC) may
+        restart in fresh form as well (its `document_alignment`). 0 when some state cannot."""
+        aligns = [getattr(m, "document_alignment", m.state_alignment)
+                  for _, m in nnx.iter_modules(self)
+                  if hasattr(m, "state_alignment") and m is not self]
+        return 0 if 0 in aligns else math.lcm(1, *aligns)
+
+    def starts_document_at(self, length: int) -> bool:
+        """The state after `length` tokens from a fresh start, its context restarted, begins a new
+        text in fresh form (`fresh_form_like`): `length` is a multiple of `document_alignment`."""
+        align = self.document_alignment()
+        return bool(align) and length % align == 0
+
     def cuts_at(self, length: int) -> bool:
         """The state after `length` tokens from a fresh start continues in fresh form
         (`hope_jax.core.fresh_form`): `length` is whole chunks of every memory level."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from hope_jax.layers.titans import MACState
 from hope_jax.models import Decoder, get_config, reset_context
 from hope_jax.train.carried_memory import carried_memory_nll, carried_rows
 from hope_jax.train.step import token_nll
@@ -36,11 +37,21 @@ def test_carried_rows():
     assert carried_rows(8, 0.25) == 2 and carried_rows(8, 0.0) == 0
 
 
+def _new_text(cache):
+    """A new text restarts Titans MAC's positions at 0 (its memory is carried)."""
+    return jax.tree.map(lambda s: s._replace(position=jnp.zeros((), jnp.int32))
+                        if isinstance(s, MACState) else s, cache,
+                        is_leaf=lambda x: isinstance(x, MACState))
+
+
 @pytest.mark.parametrize("arch, loss_chunk, length",
-                         [("titans_mag", 4, T), ("hope", 0, T), ("hope", 0, 16)])
+                         [("titans_mag", 4, T), ("hope", 0, T), ("hope", 0, 16),
+                          ("titans_mac", 0, 16)])
 def test_rows_match_the_token_by_token_decoder(arch, loss_chunk, length):
     """(With loss_chunk the output head scores 4 positions at a time: the same numbers. At a
-    length of whole chunks, 16, the carried memory continues in fresh form.)"""
+    length of whole chunks, 16, the carried memory continues in fresh form; Titans MAC's carried
+    rows then start a new text at position 0, against its token-by-token decoder restarted
+    there.)"""
     model = _model(arch)
     model_of, params = _split(model)
     tokens = _tokens(4, length)
@@ -56,7 +67,7 @@ def test_rows_match_the_token_by_token_decoder(arch, loss_chunk, length):
         cache = start
         for t in range(length):
             _, cache = step(model, tokens[j:j + 1, t], cache)
-        cache = reset_context(cache, start)
+        cache = _new_text(reset_context(cache, start))
         logits = []
         for t in range(length):
             z, cache = step(model, tokens[2 + j:3 + j, t], cache)
