@@ -9,7 +9,7 @@ recurrences) is either
   * on  — carried over from the previous document: what the memories wrote while reading earlier
           documents is still there (test-time learning across documents). A new document starts
           at position 0 (`Decoder.starts_document_at`): the memory states continue in fresh form,
-          and Titans MAC's segments and RoPE positions restart as for a fresh sequence.
+          and Titans MAC's segments restart as for a fresh sequence.
 
 For a pure-attention model both give identical numbers (its state is only context), which the
 tests check; for memory models they differ.
@@ -72,7 +72,7 @@ def memorization_bpb(model: nnx.Module, documents: Sequence[np.ndarray],
             if mode == "off":
                 cache = fresh
             else:  # the context restarts; a new text takes the fresh-sequence path where it
-                # can, as in carried-memory training (Titans MAC's positions restart at 0)
+                # can, as in carried-memory training (Titans MAC's segments restart)
                 cache = reset_context(cache, fresh)
                 if model.starts_document_at(chunk_len):  # every read is whole chunks of T
                     cache = fresh_form_like(cache, fresh)

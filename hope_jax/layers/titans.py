@@ -257,6 +257,11 @@ class TitansMAC(nnx.Module):
     * h_j (retrieved with token j's query) is visible to queries i ≥ j only, like token j itself,
       so MAC is causal (design §3.7, check 6); the persistent tokens are visible to every query. h_j
       and token j share position j for RoPE.
+    * RoPE positions count from the start of each segment (0 … C_seg − 1): attention never looks
+      past its segment, and the persistent keys carry no rotation, so absolute positions would
+      only change how a query meets the persistent tokens, and put every segment after the
+      training length out of distribution. With segment positions every segment is read alike,
+      and a sequence can be cut at any segment boundary (`state_alignment`).
     * The retrieved vectors are mapped into token space by their own W_Q, head norm and W_h; the
       memory's own projections, conv and gates act on y.
     * M*(y) is the memory mixer's usual post-write running read (D2, D26): token j reads the
@@ -284,17 +289,17 @@ class TitansMAC(nnx.Module):
     # -- state ---------------------------------------------------------------------------------
     @property
     def state_alignment(self) -> int:
-        """0: a sequence is never cut into fresh-form pieces. A MAC state carried into a new
-        call streams token by token, and restarting a fresh-form call mid-sequence would move
-        every query's RoPE angle to the persistent tokens (measured: 1.18 off at T 64)."""
-        return 0
+        """The segment: at a segment boundary the state is the retrieval memory (= the running
+        memory) and nothing of the segment's cache is needed, and positions restart with every
+        segment, so a fresh-form call from there reads on exactly (the inner `MemoryMixer` adds
+        its chunk)."""
+        return self.config.segment
 
     @property
     def document_alignment(self) -> int:
-        """1: when a new text begins (`Decoder.document_alignment`), MAC's positions restart at 0
-        with the memory carried, as a fresh sequence's do, so its segments and the persistent
-        tokens meet the new text as in training; only its memory's chunks (the inner
-        `MemoryMixer`) constrain where."""
+        """1: when a new text begins (`Decoder.document_alignment`), MAC's segments restart with
+        it and the memory is carried, as a fresh sequence reads from a non-initial memory; only
+        the memory's chunks (the inner `MemoryMixer`) constrain where."""
         return 1
 
     def init_state(self, batch_size: int, max_len: int = 0) -> MACState:
@@ -335,9 +340,10 @@ class TitansMAC(nnx.Module):
         m, memory_state = self.memory(y, memory_state)  # write y, read M*(y) (Eqs. 24–25)
         return _gate(self.norm_y(y), self.norm_m(m), self.config.gated), memory_state
 
-    def _segment(self, u: Array, start, memory_state: MemoryMixerState):
-        """A segment (or its first L tokens) starting at a segment boundary `start`: u [B, L, d]."""
-        pos = start + jnp.arange(u.shape[1], dtype=jnp.int32)
+    def _segment(self, u: Array, memory_state: MemoryMixerState):
+        """A segment (or its first L tokens) from a segment boundary: u [B, L, d]; RoPE positions
+        0 … L − 1 within the segment."""
+        pos = jnp.arange(u.shape[1], dtype=jnp.int32)
         h = self._retrieve(u, memory_state.level.memory)
         (kh, vh), (ks, vs) = self._kv(h, pos), self._kv(u, pos)
         k, v = jnp.concatenate([kh, ks], axis=1), jnp.concatenate([vh, vs], axis=1)
@@ -359,19 +365,16 @@ class TitansMAC(nnx.Module):
         n_full, r = divmod(t, c)
         memory_state, outs = state.memory, []
         if n_full:
-            def body(ms, inputs):
-                j, x = inputs
-                o, ms, _ = self._segment(x, j * c, ms)
+            def body(ms, x):
+                o, ms, _ = self._segment(x, ms)
                 return self._aligned(ms), o
 
             segments = jnp.moveaxis(u[:, :n_full * c].reshape(b, n_full, c, d), 1, 0)
-            memory_state, o = jax.lax.scan(body, self._aligned(memory_state),
-                                           (jnp.arange(n_full, dtype=jnp.int32), segments))
+            memory_state, o = jax.lax.scan(body, self._aligned(memory_state), segments)
             outs.append(jnp.moveaxis(o, 0, 1).reshape(b, n_full * c, d))
         retrieve, k, v = memory_state.level.memory, state.k, state.v
         if r:
-            o, memory_state, (kh, vh, ks, vs) = self._segment(u[:, n_full * c:], n_full * c,
-                                                              memory_state)
+            o, memory_state, (kh, vh, ks, vs) = self._segment(u[:, n_full * c:], memory_state)
             outs.append(o)
             k = k.at[:, :r].set(kh.astype(k.dtype)).at[:, c:c + r].set(ks.astype(k.dtype))
             v = v.at[:, :r].set(vh.astype(v.dtype)).at[:, c:c + r].set(vs.astype(v.dtype))
@@ -389,7 +392,7 @@ class TitansMAC(nnx.Module):
         # M_{t−1} at a new segment
         retrieve = jax.tree.map(lambda new, old: jnp.where(j == 0, new, old),
                                 memory_state.level.memory, state.retrieve)
-        pos = p[None]
+        pos = j[None]  # RoPE position within the segment
         h = self._retrieve(u, retrieve)
         (kh, vh), (ks, vs) = self._kv(h, pos), self._kv(u, pos)
         zero = jnp.zeros((), jnp.int32)
@@ -397,7 +400,7 @@ class TitansMAC(nnx.Module):
             buf, x.astype(buf.dtype), (zero, at, zero, zero))
         k = put(put(state.k, kh, j), ks, j + c)
         v = put(put(state.v, vh, j), vs, j + c)
-        slot_pos = p - j + jnp.arange(c, dtype=jnp.int32)  # stale slots lie after p: masked
+        slot_pos = jnp.arange(c, dtype=jnp.int32)  # stale slots lie after j: masked
         y = self._attend(u, pos, k.astype(u.dtype), v.astype(u.dtype),
                          jnp.concatenate([slot_pos, slot_pos]))
         o, memory_state = self._gate(y, memory_state)

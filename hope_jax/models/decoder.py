@@ -280,7 +280,7 @@ class Decoder(nnx.Module):
     def state_alignment(self) -> int:
         """The lcm of the chunks (and nested-reset periods) of every memory level: a state at a
         multiple of it is in the form of a fresh sequence's, so a sequence may be cut there
-        (`hope_jax.sharding.sequence_scan`). 0 when some layer's state cannot be cut (MAC)."""
+        (`hope_jax.sharding.sequence_scan`). 0 when some layer's state cannot be cut."""
         aligns = [m.state_alignment for _, m in nnx.iter_modules(self)
                   if hasattr(m, "state_alignment") and m is not self]
         return 0 if 0 in aligns else math.lcm(1, *aligns)
@@ -288,8 +288,8 @@ class Decoder(nnx.Module):
     def document_alignment(self) -> int:
         """As `state_alignment`, for a state whose context restarts because a new, unrelated text
         begins (`reset_context`: carried-memory training, the memorisation probe): such a text
-        starts at position 0, so a layer whose positions must otherwise run on (Titans MAC) may
-        restart in fresh form as well (its `document_alignment`). 0 when some state cannot."""
+        starts at position 0, so a layer whose segments must otherwise run on (Titans MAC) may
+        restart them there (its `document_alignment`). 0 when some state cannot."""
         aligns = [getattr(m, "document_alignment", m.state_alignment)
                   for _, m in nnx.iter_modules(self)
                   if hasattr(m, "state_alignment") and m is not self]
@@ -313,7 +313,7 @@ class Decoder(nnx.Module):
         requested = self.config.remat_segment
         if requested and not align:
             raise ValueError("model.remat_segment: this model's state cannot be cut into "
-                             "segments (Titans MAC); use model.remat = block")
+                             "segments; use model.remat = block")
         if not align:
             return length
         if requested:

@@ -58,7 +58,7 @@ def carried_memory_nll(model_of: Callable[[Params], nnx.Module], fraction: float
         _, read = model.forward_hidden(inputs[:k], fresh)          # the prefix pass
         start = reset_context(jax.lax.stop_gradient(read), fresh)
         if model.starts_document_at(t1 - 1):  # whole chunks: the new text takes the
-            start = fresh_form_like(start, fresh)  # fresh-sequence path (MAC: from position 0)
+            start = fresh_form_like(start, fresh)  # fresh-sequence path (MAC: new segments)
         h_fresh = model.hidden(inputs[: b - k])
         h_carried, _ = model.forward_hidden(inputs[b - k:], start)
         return jnp.concatenate([hidden_nll(model, h_fresh, targets[: b - k], loss_chunk),

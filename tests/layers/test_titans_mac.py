@@ -44,7 +44,7 @@ def reference(mac, u):
     for s0 in range(0, T, C):
         x = u[:, s0:s0 + C]
         n = x.shape[1]
-        pos = jnp.arange(s0, s0 + n, dtype=jnp.int32)
+        pos = jnp.arange(n, dtype=jnp.int32)  # RoPE positions within the segment
         # Eq. 21: h = M*_{t−1}(q), read at the memory after the previous segments, no write
         q = _np(mac.w_retrieve(x)).reshape(B, n, H, dh)
         q /= np.sqrt((q ** 2).sum(-1, keepdims=True) + 1e-6)

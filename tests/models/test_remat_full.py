@@ -1,6 +1,6 @@
 """`model.remat = "full"`: the training forward reads the sequence a segment at a time with the
 recurrent state carried, and recomputes one segment at a time in the backward. Same loss and
-gradients as without remat; less compiled memory; models whose state cannot be cut fall back."""
+gradients as without remat; less compiled memory; a segment that is not whole chunks is refused."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,17 +21,20 @@ def _loss(model: Decoder, tokens: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
-@pytest.mark.parametrize("arch", ["hope", "titans_lmm"])
+@pytest.mark.parametrize("arch", ["hope", "titans_lmm", "titans_mac"])
 def test_full_remat_has_the_loss_and_gradients_of_no_remat(arch):
-    """Tiny Hope (segments in fresh form: every boundary a whole C_mem and CMS chunk) and Titans
-    LMM (persistent tokens: the memory streams from its prefix), T = 48 in segments of 16 and
-    the automatic T/4 = 12 where that is whole chunks."""
+    """Tiny Hope (segments in fresh form: every boundary a whole C_mem and CMS chunk), Titans
+    LMM (persistent tokens: the memory streams from its prefix) and Titans MAC (MAC segments of
+    16: cut at their boundaries, where its positions restart), T = 48 in segments of 16 and the
+    automatic T/4 = 12 where that is whole chunks."""
     t = 48
-    cfg = get_config(arch, "tiny", num_blocks=2, max_len=t)
+    cfg = get_config(arch, "tiny", num_blocks=1 if arch == "titans_mac" else 2, max_len=t)
+    if arch == "titans_mac":
+        cfg = dataclasses.replace(cfg, mixers=(dataclasses.replace(cfg.mixers[0], segment=16),))
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, t + 1), 0, cfg.vocab_size)
     grad = nnx.jit(nnx.value_and_grad(_loss))
     want, g0 = grad(Decoder(cfg, rngs=nnx.Rngs(0)), tokens)
-    segments = (16,) if arch == "hope" else (16, 0)
+    segments = (16, 0) if arch == "titans_lmm" else (16,)
     for segment in segments:
         model = Decoder(dataclasses.replace(cfg, remat="full", remat_segment=segment),
                         rngs=nnx.Rngs(0))
@@ -45,7 +48,7 @@ def test_full_remat_has_the_loss_and_gradients_of_no_remat(arch):
 def test_full_remat_lowers_compiled_memory_and_checks_its_segment():
     """Tiny Hope, B 4 × T 256: XLA's compiled temporaries of loss + gradient with remat "full"
     are under half of "block"'s (measured 0.025 vs 0.076 GiB). A segment that is not whole
-    chunks, or a model whose state cannot be cut (MAC), is refused or falls back."""
+    chunks is refused; Titans MAC is cut at its segments."""
     cfg = get_config("hope", "tiny", max_len=256)
     tokens = jax.ShapeDtypeStruct((4, 257), jnp.int32)
 
@@ -65,4 +68,4 @@ def test_full_remat_lowers_compiled_memory_and_checks_its_segment():
         bad.remat_segment(48)
     mac = nnx.eval_shape(lambda: Decoder(get_config("titans_mac", "tiny", remat="full"),
                                          rngs=nnx.Rngs(0)))
-    assert mac.state_alignment() == 0 and mac.remat_segment(256) == 256
+    assert mac.state_alignment() == 64 and mac.remat_segment(256) == 64  # its MAC segments
