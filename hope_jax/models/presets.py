@@ -30,7 +30,7 @@ def _titans(kind: str):
         if kind == "mac":  # D26: the MAC segment is the SWA window of the size; σ on the
             # attention branch as for MAG. Trained with carried memories (the architecture's
             # default, config/arch_defaults.py) it beats the printed gate at 1×, 4× and 16× T, and
-            # its writes are worth +0.148 bpb at 4× T against +0.048 (docs/design.md, D26)
+            # its writes are worth +0.137 bpb at 4× T against +0.027 (docs/design.md, D26)
             return titans_mac(s.num_heads, segment=s.window, chunk_size=s.chunk_size,
                               gated="memory")
         if kind == "mag":  # σ on the attention branch: the memory carries the content. The
