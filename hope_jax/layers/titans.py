@@ -49,6 +49,7 @@ from hope_jax.layers.memory_mixer import MemoryMixer, MemoryMixerConfig, MemoryM
 from hope_jax.layers.norms import HeadRMSNorm, RMSNorm, l2_normalize
 from hope_jax.layers.params import Dense
 from hope_jax.layers.rope import apply_rope
+from hope_jax.sharding.sequence_scan import sequence_scan, sequence_shards
 
 Array = jax.Array
 
@@ -409,7 +410,15 @@ class TitansMAC(nnx.Module):
     def __call__(self, u: Array, state: MACState | None = None) -> tuple[Array, MACState | None]:
         """u [B, T, d] → (o [B, T, d], state). state None = a fresh sequence (training)."""
         if state is None:
-            return self._from_start(u, self.init_state(u.shape[0]))[0], None
+            start = self.init_state(u.shape[0])
+            if sequence_shards(u.shape[1], self.config.segment) > 1:
+                # split over the mesh's `sequence` axis: each device reads its whole segments
+                # from the MAC state the previous device hands on (segment positions make every
+                # such state a fresh start, `state_alignment`)
+                graphdef, weights = nnx.split(self)
+                read = lambda w, st, x: nnx.merge(graphdef, w)._from_start(x, st)
+                return sequence_scan(read, weights, start, u, align=self.config.segment)[0], None
+            return self._from_start(u, start)[0], None
         if state.position is None:
             return self._from_start(u, state)
         if u.shape[1] == 1:
