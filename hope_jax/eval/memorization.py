@@ -64,6 +64,7 @@ def memorization_bpb(model: nnx.Module, documents: Sequence[np.ndarray],
     doc_tokens = np.asarray([len(d) - 1 for d in docs], np.float64)
     doc_bytes = np.asarray([token_bytes[d[1:]].sum() for d in docs], np.float64)
     out, per_doc = {}, {}
+    new_text_fresh = model.starts_document_at(chunk_len)  # every read is whole chunks of T
     for mode in ("off", "on"):
         cache = fresh
         nats = np.zeros(len(docs))
@@ -74,7 +75,7 @@ def memorization_bpb(model: nnx.Module, documents: Sequence[np.ndarray],
             else:  # the context restarts; a new text takes the fresh-sequence path where it
                 # can, as in carried-memory training (Titans MAC's segments restart)
                 cache = reset_context(cache, fresh)
-                if model.starts_document_at(chunk_len):  # every read is whole chunks of T
+                if new_text_fresh:
                     cache = fresh_form_like(cache, fresh)
             for c in range((len(d) - 1) // chunk_len):
                 piece = d[c * chunk_len: (c + 1) * chunk_len + 1][None]

@@ -277,23 +277,25 @@ class Decoder(nnx.Module):
             states.append(s)
         return h, None if cache is None else DecoderCache(tuple(states))
 
+    def _layers_lcm(self, name: str) -> int:
+        """The lcm of every layer's `name` alignment (a layer without one gives its
+        `state_alignment`); 0 when some layer's is 0."""
+        aligns = [getattr(m, name, m.state_alignment) for _, m in nnx.iter_modules(self)
+                  if hasattr(m, "state_alignment") and m is not self]
+        return 0 if 0 in aligns else math.lcm(1, *aligns)
+
     def state_alignment(self) -> int:
         """The lcm of the chunks (and nested-reset periods) of every memory level: a state at a
         multiple of it is in the form of a fresh sequence's, so a sequence may be cut there
         (`hope_jax.sharding.sequence_scan`). 0 when some layer's state cannot be cut."""
-        aligns = [m.state_alignment for _, m in nnx.iter_modules(self)
-                  if hasattr(m, "state_alignment") and m is not self]
-        return 0 if 0 in aligns else math.lcm(1, *aligns)
+        return self._layers_lcm("state_alignment")
 
     def document_alignment(self) -> int:
         """As `state_alignment`, for a state whose context restarts because a new, unrelated text
         begins (`reset_context`: carried-memory training, the memorisation probe): such a text
         starts at position 0, so a layer whose segments must otherwise run on (Titans MAC) may
         restart them there (its `document_alignment`). 0 when some state cannot."""
-        aligns = [getattr(m, "document_alignment", m.state_alignment)
-                  for _, m in nnx.iter_modules(self)
-                  if hasattr(m, "state_alignment") and m is not self]
-        return 0 if 0 in aligns else math.lcm(1, *aligns)
+        return self._layers_lcm("document_alignment")
 
     def starts_document_at(self, length: int) -> bool:
         """The state after `length` tokens from a fresh start, its context restarted, begins a new
