@@ -265,7 +265,7 @@ class Decoder(nnx.Module):
                        ) -> tuple[Array, DecoderCache | None]:
         """The blocks over h [B, T, d] (`remat`: each block recomputed in the backward)."""
         if self.config.scan_blocks:
-            return self._scan_blocks(h, cache)
+            return self._scan_blocks(h, cache, remat)
         states = []
         for i, block in enumerate(self.blocks):
             if cache is None and remat:
@@ -334,7 +334,11 @@ class Decoder(nnx.Module):
         carried from segment to segment and each segment recomputed in the backward pass.
         Memory states keep the fresh form at the boundaries (positions None, as at the start:
         the boundaries are whole chunks), so each segment runs the levels' fresh-sequence path;
-        attention caches and streaming states keep their positions."""
+        attention caches and streaming states keep their positions.
+
+        (Running the first segment apart, so that the fresh start is not stored, was measured
+        and left out: XLA schedules that segment's recomputation early, and the compiled
+        temporaries of tiny Hope grew from 25 to 43 MiB.)"""
         b, t = tokens.shape
         start = self.init_state(b, t)
 
@@ -349,13 +353,11 @@ class Decoder(nnx.Module):
                          out_axes=(nnx.Carry, 0))(self, compact(start), xs)
         return jnp.moveaxis(hs, 0, 1).reshape(b, t, -1)
 
-    def _scan_blocks(self, h: Array, cache: DecoderCache | None
+    def _scan_blocks(self, h: Array, cache: DecoderCache | None, remat: bool
                      ) -> tuple[Array, DecoderCache | None]:
         """The stacked blocks run by `nnx.scan` (h carried, per-block states scanned): (the last
-        block's output, cache)."""
+        block's output, cache); `remat`: each block recomputed in the backward, as unrolled."""
         if cache is None:
-            remat = self.config.remat == "block"
-
             def train_body(block: Block, x: Array) -> Array:
                 return _remat_block(block, x) if remat else block(x)[0]
 
@@ -363,7 +365,7 @@ class Decoder(nnx.Module):
             return h, None
 
         def body(block: Block, x: Array, state: BlockState):
-            return block(x, state)
+            return _remat_stateful_block(block, x, state) if remat else block(x, state)
 
         h, states = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))(
             self.blocks, h, cache.blocks)

@@ -32,9 +32,11 @@ from cases import CASES, median_step_s  # noqa: E402
 from hope_jax.train.host_memory import compile_ahead  # noqa: E402
 
 
-def model_step(case: dict, remat: str = "", loss_chunk: int = 0, scan_group: int = 0):
+def model_step(case: dict, remat: str = "", loss_chunk: int = 0, scan_group: int = 0,
+               scan_blocks: bool = False):
     """(compiled step, run(step) → loss): one training step of the case's model (`remat`: a
-    model.remat mode instead of the preset's; `scan_group` > 0: model.scan_group)."""
+    model.remat mode instead of the preset's; `scan_group` > 0: model.scan_group;
+    `scan_blocks`: model.scan_blocks)."""
     from hope_jax.config.build import decoder_config
     from hope_jax.config.experiments import experiment_config
     c = experiment_config(case["arch"], case["size"])
@@ -43,6 +45,8 @@ def model_step(case: dict, remat: str = "", loss_chunk: int = 0, scan_group: int
         c.model.remat = remat
     if scan_group:
         c.model.scan_group = scan_group
+    if scan_blocks:
+        c.model.scan_blocks = True
     cfg = decoder_config(c, case["vocab"])
     cfg = dataclasses.replace(cfg, vocab_size=case["vocab"])
     step, params, opt = build_step(cfg, loss_chunk=loss_chunk)
@@ -84,10 +88,13 @@ def main() -> None:
                     help="model cases: model.scan_group (0: the preset's)")
     ap.add_argument("--loss_chunk", type=int, default=0,
                     help="model cases: model.loss_chunk (head and loss K positions at a time)")
+    ap.add_argument("--scan_blocks", action="store_true",
+                    help="model cases: model.scan_blocks (one block traced, run by nnx.scan)")
     args = ap.parse_args()
     case = CASES[args.case]
     t0 = time.perf_counter()
-    compiled, run = (model_step(case, args.remat, args.loss_chunk, args.scan_group)
+    compiled, run = (model_step(case, args.remat, args.loss_chunk, args.scan_group,
+                                args.scan_blocks)
                      if case["kind"] == "model" else layer_step(case))
     compile_s = time.perf_counter() - t0
     # the process's peak RSS so far: building and compiling the step, before it first runs
@@ -97,7 +104,7 @@ def main() -> None:
                           tokens_per_s=case["batch"] * case["seq"] / step_s,
                           xla_memory=memory_bytes(compiled), compile_rss_gb=compile_rss_gb,
                           remat=args.remat or "preset", loss_chunk=args.loss_chunk,
-                          scan_group=args.scan_group or "preset",
+                          scan_group=args.scan_group or "preset", scan_blocks=args.scan_blocks,
                           jax=jax.__version__)))
 
 
