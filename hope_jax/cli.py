@@ -635,8 +635,10 @@ def _eval_memory(fv, plan, model, tok, config, prepared, results) -> None:
                      T, documents=_documents(prepared, "valid", 8),
                      model_config=decoder_config(config, 128), mqar_steps=fv.mqar_steps,
                      windows=fv.probe_windows, seed=fv.seed or 0, progress=True)
-    png = os.path.join(results.dir, "memory_probe.png")
-    plot_memory_probe(r, png, title=f"memory probe: {config.model.arch}-{config.model.size}")
+    from hope_jax.data import storage
+    png = storage.join(results.dir, "memory_probe.png")  # eval/ may not exist yet (first task)
+    title = f"memory probe: {config.model.arch}-{config.model.size}"
+    storage.write_with(png, lambda path: plot_memory_probe(r, path, title=title))
     r["plot"] = png
     results.add("memory", r)
     for line in summary_lines(r):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -84,6 +85,23 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_with(path: str, write: Callable[[str], None]) -> None:
+    """`write(local_path)` (a plotting library's savefig, say) for a file that lands at `path`:
+    locally its directory is created first and the file renamed into place; remotely it is
+    written to a temporary directory and uploaded."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory() as d:
+            local = os.path.join(d, os.path.basename(path))
+            write(local)
+            upload(local, path)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"  # savefig picks the format from the extension
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def read_text(path: str) -> str:
     if is_remote(path):
         return _epath(path).read_text()
@@ -141,4 +159,4 @@ def local_mirror(remote: str) -> str:
 
 __all__ = ["download", "download_tree", "exists", "is_remote", "isdir", "join", "listdir",
            "local_mirror", "makedirs", "read_text", "rename", "resolve", "upload", "upload_tree",
-           "write_text"]
+           "write_text", "write_with"]

@@ -123,6 +123,15 @@ def test_train_kill_resume_on_a_gs_workdir(tmp_path, gcs):
     for name in ("metrics.jsonl", "loss.png"):
         assert storage.exists(f"{workdir}/{name}"), name
     assert any(n.startswith("events") for n in storage.listdir(f"{workdir}/tb"))
+    # a file a library writes itself (eval's probe plot): into a directory that does not exist
+    # yet, uploaded whole to the bucket, renamed into place locally
+    def write(path: str) -> None:
+        with open(path, "w") as f:
+            f.write("plot")
+    for where in (f"{workdir}/eval/probe.png", str(tmp_path / "new" / "probe.png")):
+        storage.write_with(where, write)
+        assert storage.read_text(where) == "plot"
+    assert os.listdir(tmp_path / "new") == ["probe.png"]
 
     # the same steps in one local run: the losses agree bit for bit across the kill
     local = str(tmp_path / "local")
