@@ -98,8 +98,12 @@ def write_with(path: str, write: Callable[[str], None]) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     root, ext = os.path.splitext(path)
     tmp = f"{root}.tmp-{os.getpid()}{ext}"  # savefig picks the format from the extension
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the writer failed: leave nothing half-written behind
+            os.remove(tmp)
 
 
 def read_text(path: str) -> str:

@@ -119,7 +119,8 @@ def mqar_probe(model_config, *, steps: int, seq_len: int = 128, num_kv_pairs: in
     return dict(steps=steps, seq_len=seq_len, num_kv_pairs=num_kv_pairs, on=acc["on"],
                 off=acc["off"], drop=acc["on"] - acc["off"], skipped_steps=res["skipped_steps"],
                 final_loss=float(np.mean(res["losses"][-20:])),
-                loss_curve=[float(np.mean(c)) for c in np.array_split(res["losses"], 20)])
+                loss_curve=[float(np.mean(c)) for c in  # ≤ 20 points, none of them empty
+                            np.array_split(res["losses"], min(20, len(res["losses"])))])
 
 
 def plot_memory_probe(result: dict, path: str, title: str = "") -> None:
