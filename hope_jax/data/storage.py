@@ -78,11 +78,11 @@ def write_text(path: str, text: str) -> None:
         makedirs(os.path.dirname(path))
         _epath(path).write_text(text)
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+
+    def write(local: str) -> None:
+        with open(local, "w") as f:
+            f.write(text)
+    write_with(path, write)
 
 
 def write_with(path: str, write: Callable[[str], None]) -> None:
