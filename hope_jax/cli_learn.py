@@ -24,7 +24,8 @@ from absl import flags
 from hope_jax.cli_base import (COMMANDS, PROG, Command, UsageError, enable_compilation_cache,
                                no_positional, register, sampling_settings, trained_workdir)
 
-LEARN_FLAGS = ("learn_groups", "learn_chunk", "learn_optimizer", "learn_lr", "learn_batch")
+LEARN_FLAGS = ("learn_groups", "learn_chunk", "learn_optimizer", "learn_lr", "learn_batch",
+               "learn_memory_gradient")
 COMMAND_FLAGS = ("workdir", "data", "out", "heldout_every", "heldout_windows",
                  "learn_max_tokens", "save_every") + LEARN_FLAGS
 
@@ -47,6 +48,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     s("learn_optimizer", "gd", "gd | momentum | adam | adamw | m3 | muon, for every group, or "
       "NAME=OPT,…,OPT per group.", flag_values=fv)
     f("learn_lr", 1e-3, "Learning rate of the learn groups.", flag_values=fv)
+    flags.DEFINE_enum("learn_memory_gradient", "stop", ["stop", "full"], "The learn gradient "
+                      "through the mixers' memory writes: stop (constants; the faster default) "
+                      "or full (as in training); docs/continual.md.", flag_values=fv)
     i("learn_batch", 4, "Parallel streams (the data is cut into this many contiguous parts).",
       flag_values=fv)
     i("learn_max_tokens", 0, "Stop after this many tokens (0 = all; eval --learn: 65536).",
@@ -66,7 +70,8 @@ def make_learner(model, config, fv: flags.FlagValues):
     specs = parse_groups(fv.learn_groups, fv.learn_chunk, fv.learn_optimizer, fv.learn_lr)
     if not specs:
         raise UsageError("--learn_groups is empty")
-    return Learner(model, specs, seq_len=int(config.data.seq_len))
+    return Learner(model, specs, seq_len=int(config.data.seq_len),
+                   memory_gradient=fv.learn_memory_gradient)
 
 
 def read_files(paths: Sequence[str], tok) -> np.ndarray:
@@ -215,7 +220,8 @@ def cmd_learn(fv: flags.FlagValues, positional: list[str]) -> None:
     n = (rows.shape[1] - 1) // W
     fingerprint = dict(data=[os.path.abspath(p) for p in fv.data], tokens=int(len(tokens)),
                        batch=B, window=W, groups=fv.learn_groups, chunk=fv.learn_chunk,
-                       optimizer=fv.learn_optimizer, lr=fv.learn_lr)
+                       optimizer=fv.learn_optimizer, lr=fv.learn_lr,
+                       memory_gradient=fv.learn_memory_gradient)
     prepared = data.prepare(config.data, progress=False)
     token_bytes = np.asarray(tok.token_bytes())
     V = int(tok.vocab_size)

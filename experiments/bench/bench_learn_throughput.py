@@ -3,12 +3,15 @@
     python experiments/bench/bench_learn_throughput.py [--arch hope] [--batch 8] [--window 128]
 
 A tiny model at random initialisation (speed does not depend on training) reads [B, W] windows:
-  * learn: the learner's default groups (every CMS level at its own chunk, Adam);
+  * learn: the learner's default groups (every CMS level at its own chunk, Adam), with the
+    default backward (`memory_gradient="stop"`: the mixers' memory writes are constants);
+  * learn_full_gradient: the same with `memory_gradient="full"` (through the writes too);
   * stream_eval: the same learner frozen (forward only, state carried segment to segment);
   * plain_eval: `model(tokens)` over [32, T] windows, no state;
 each learner once with the state kept in fresh form between segments (the default where the
 segments are whole chunks, core/fresh_form.py) and once streaming with positions (the path
-before). Tokens/s are medians over rounds; ratios are taken within this one run.
+before); learn_full_gradient in fresh form only. Tokens/s are medians over rounds; ratios are
+taken within this one run.
 
 With `--batches 4,32,128` it instead sweeps the batch: at each B, learning (fresh form) over B
 streams against plain evaluation of [B, T] windows, the same number of rows, so the ratio is
@@ -41,6 +44,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batches", default="",
                     help="comma-separated batch sizes: the same-batch sweep (see above)")
+    ap.add_argument("--memory_gradient", default="stop", choices=("stop", "full"),
+                    help="the --batches sweep's learn backward through the memory writes")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "learn_throughput.json"))
     args = ap.parse_args()
@@ -54,17 +59,19 @@ def main() -> None:
         return
     rows = jnp.asarray(rng.integers(0, vocab, (args.batch, args.window + 1)), jnp.int32)
     runs = {}
-    for fresh in (True, False):
-        for name, frozen in (("learn", False), ("stream_eval", True)):
-            learner = Learner(model, [GroupSpec(("cms",), optimizer="adam", lr=1e-3)],
-                              seq_len=t, frozen=frozen)
-            if not fresh:
-                learner.fresh_form = False  # the streaming path, positions carried
-            state = learner.init(args.batch)
-            learner.learn(state, rows)[1].block_until_ready()  # compile
-            key = f"{name}_{'fresh_form' if fresh else 'streaming'}"
-            runs[key] = (learner, state)
-            print(key, "segment", learner.segment, "fresh form", learner.fresh_form, flush=True)
+    cases = [(fresh, name, frozen, "stop") for fresh in (True, False)
+             for name, frozen in (("learn", False), ("stream_eval", True))]
+    cases.insert(1, (True, "learn_full_gradient", False, "full"))
+    for fresh, name, frozen, gradient in cases:
+        learner = Learner(model, [GroupSpec(("cms",), optimizer="adam", lr=1e-3)],
+                          seq_len=t, frozen=frozen, memory_gradient=gradient)
+        if not fresh:
+            learner.fresh_form = False  # the streaming path, positions carried
+        state = learner.init(args.batch)
+        learner.learn(state, rows)[1].block_until_ready()  # compile
+        key = f"{name}_{'fresh_form' if fresh else 'streaming'}"
+        runs[key] = (learner, state)
+        print(key, "segment", learner.segment, "fresh form", learner.fresh_form, flush=True)
     plain = nnx.jit(lambda m, x: m(x))
     x = jnp.asarray(rng.integers(0, vocab, (32, t)), jnp.int32)
     plain(model, x).block_until_ready()
@@ -81,6 +88,8 @@ def main() -> None:
     ratios = {f"{k}_over_plain_eval": tps[k] / tps["plain_eval"] for k in runs}
     result = dict(arch=args.arch, seq_len=t, batch=args.batch, window=args.window,
                   segment=runs["learn_fresh_form"][0].segment, tokens_per_s=tps, ratios=ratios,
+                  stop_over_full_gradient=tps["learn_fresh_form"]
+                  / tps["learn_fresh_form_full_gradient"],
                   fresh_form_speedup=dict(
                       learn=tps["learn_fresh_form"] / tps["learn_streaming"],
                       stream_eval=tps["stream_eval_fresh_form"] / tps["stream_eval_streaming"]))
@@ -95,7 +104,8 @@ def batch_row(model, rng, t: int, batch: int, args) -> dict:
     """Learning over `batch` streams against plain evaluation of [batch, T] windows, alternated."""
     vocab = model.config.vocab_size
     rows = jnp.asarray(rng.integers(0, vocab, (batch, args.window + 1)), jnp.int32)
-    learner = Learner(model, [GroupSpec(("cms",), optimizer="adam", lr=1e-3)], seq_len=t)
+    learner = Learner(model, [GroupSpec(("cms",), optimizer="adam", lr=1e-3)], seq_len=t,
+                      memory_gradient=args.memory_gradient)
     state = learner.init(batch)
     learner.learn(state, rows)[1].block_until_ready()  # compile
     plain = nnx.jit(lambda m, x: m(x))
@@ -113,6 +123,7 @@ def batch_row(model, rng, t: int, batch: int, args) -> dict:
     print(f"B {batch:4d}: learn {learn_tps:9.0f} tokens/s, plain eval {plain_tps:9.0f} tokens/s,"
           f" ratio {learn_tps / plain_tps:.3f}", flush=True)
     return dict(arch=args.arch, seq_len=t, batch=batch, window=args.window,
+                memory_gradient=args.memory_gradient,
                 segment=learner.segment, learn_tokens_per_s=learn_tps,
                 plain_eval_tokens_per_s=plain_tps, learn_over_plain_eval=learn_tps / plain_tps)
 

@@ -10,8 +10,8 @@ RUNs are `hope-jax train` workdirs trained on en_pip only; the results were made
         --en_tokens=16384 --new_tokens=65536 --batch=8 --mark=8192 [--lr=3e-4 --out=…/adam3e-4]
 Each model reads the stream en_pip (train split) → python_stdlib → japanese as `--batch` parallel
 streams, once with its learn groups learning (Hope: the CMS levels at their own chunks;
-Transformer++: every MLP, chunk 128 = Hope's cms1 steps) and once frozen (learning rate 0: the
-same reading, no update).
+Transformer++: every MLP, at the chunk of Hope's cms1 unless --transformer_chunk) and once
+frozen (learning rate 0: the same reading, no update).
 Measured: online bpb along each domain, held-out bpb of every domain after each phase
 (forgetting of en_pip), memorisation across documents with and without learning, and learn vs
 plain-eval throughput. Writes experiments/continual/results/continual.{json,png}.
@@ -45,15 +45,25 @@ def prepared_domain(config, corpus: str):
 
 
 CMS_CHUNKS: dict = {}  # --cms_chunk overrides, e.g. {"cms0": 64}
+MEMORY_GRADIENT = ["stop"]  # --memory_gradient
+# Transformer++'s MLPs step as often as Hope's fastest outer level (cms1: P·T tokens), unless
+# --transformer_chunk says otherwise; set when Hope's learner is built (Hope runs first).
+TRANSFORMER_CHUNK = [0]
 
 
 def make_learner(model, config, arch: str, opt: str, lr: float, frozen: bool = False
                  ) -> Learner:
     if arch == "hope":
         groups = [GroupSpec(("cms",), optimizer=opt, lr=lr, chunk=dict(CMS_CHUNKS) or None)]
-    else:  # Transformer++: all MLPs (logical axis "mlp"), one step every 128 tokens
-        groups = [GroupSpec(("mlp",), name="mlp", chunk=128, optimizer=opt, lr=lr)]
-    return Learner(model, groups, seq_len=int(config.data.seq_len), frozen=frozen)
+    else:  # Transformer++: all MLPs (logical axis "mlp"), Hope's cms1 step count
+        groups = [GroupSpec(("mlp",), name="mlp", chunk=TRANSFORMER_CHUNK[0], optimizer=opt,
+                            lr=lr)]
+    learner = Learner(model, groups, seq_len=int(config.data.seq_len), frozen=frozen,
+                      memory_gradient=MEMORY_GRADIENT[0])
+    if arch == "hope" and not TRANSFORMER_CHUNK[0]:
+        TRANSFORMER_CHUNK[0] = min(g.chunk for g in learner.groups if g.params)
+        print(f"Transformer++ learns its MLPs every {TRANSFORMER_CHUNK[0]} tokens", flush=True)
+    return learner
 
 
 def heldout_all(learner, params, preps, config, windows, tb) -> dict:
@@ -234,6 +244,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--throughput_batches", type=int, nargs="+", default=[4, 32])
     ap.add_argument("--cms_chunk", default="", help="Hope chunk overrides, e.g. cms0=64")
+    ap.add_argument("--transformer_chunk", type=int, default=0,
+                    help="Transformer++'s learn chunk (0: Hope's cms1 chunk, P·T)")
+    ap.add_argument("--memory_gradient", default="stop", choices=("stop", "full"),
+                    help="the learn gradient through the mixers' memory writes")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
     jax.config.update("jax_compilation_cache_dir",
@@ -242,6 +256,8 @@ def main() -> None:
     for part in filter(None, args.cms_chunk.split(",")):
         name, value = part.split("=")
         CMS_CHUNKS[name] = int(value)
+    MEMORY_GRADIENT[0] = args.memory_gradient
+    TRANSFORMER_CHUNK[0] = args.transformer_chunk
     budgets = dict(en_pip=args.en_tokens, python_stdlib=args.new_tokens,
                    japanese=args.new_tokens)
     res = dict(settings=vars(args), budgets=budgets, models={})

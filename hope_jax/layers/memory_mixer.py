@@ -61,6 +61,8 @@ class MemoryMixerConfig:
         chunk-causal μ_t inside a chunk; "curvature_token": without μ_t (docs/hope.md).
       gated: Gated DeltaNet's α on the k kᵀ term.
       chunk_size, read, remat, method, scan_group: passed to `core.Level`.
+      gradient: "full" differentiates through every write (D8's meta-gradient); "stop" treats
+        the writes as constants (core path only: the kernels always differentiate fully).
     Block:
       num_heads, head_dim (default d / H); conv, conv_kernel: causal depthwise conv + SiLU on
       q, k, v; qk_l2: L2-normalise q and k per head; v_l2: L2-normalise v per head (unit-norm
@@ -91,6 +93,7 @@ class MemoryMixerConfig:
     remat: bool = True
     method: str = "auto"
     scan_group: int = 1
+    gradient: str = "full"
     conv: bool = True
     conv_kernel: int = 4
     qk_l2: bool = True
@@ -119,6 +122,9 @@ class MemoryMixerConfig:
                              f"got {self.normalize!r}")
         if self.eta_max <= 0:
             raise ValueError(f"eta_max must be > 0, got {self.eta_max}")
+        if self.gradient not in core.level.GRADIENT_MODES:
+            raise ValueError(f"gradient must be one of {core.level.GRADIENT_MODES}, "
+                             f"got {self.gradient!r}")
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
                              f"got {self.implementation!r}")
@@ -148,7 +154,8 @@ def build_level(config: MemoryMixerConfig) -> core.Level:
     else:
         opt = core.gd(retention=config.retention, normalize=config.normalize)
     return core.Level(memory, objective, opt, chunk_size=config.chunk_size, read=config.read,
-                      remat=config.remat, method=config.method, scan_group=config.scan_group)
+                      remat=config.remat, method=config.method, scan_group=config.scan_group,
+                      gradient=config.gradient)
 
 
 def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:
@@ -161,6 +168,8 @@ def kernel_route(config: MemoryMixerConfig) -> tuple[str | None, str]:
     """
     if config.method != "auto":
         return None, f"method={config.method!r} pins a core chunk path"
+    if config.gradient != "full":
+        return None, "gradient='stop' (the ops always differentiate through the writes)"
     if config.delta and config.gated and not config.retention:
         return None, "gated DGD without retention (the ops gate p by the retention α)"
     if config.memory == "matrix":

@@ -13,8 +13,12 @@ and a group whose chunk C_g ends with segment j takes one step of its own optimi
     u, o_g ← tx_g.update(a_g / (C_g / S), o_g, θ_g);  θ_g ← θ_g + u;  a_g ← 0
 
 So with C_g = S this is exactly `value_and_grad` of the chunk's mean next-token loss followed by
-an optimizer step. Gradients stop at segment boundaries (the carried state is an input, not
-differentiated through earlier segments): that keeps memory O(S), whatever the stream length.
+an optimizer step. With `memory_gradient="stop"` (the default) the gradient treats the sequence
+mixers' memory writes inside the segment as constants (D8's stop-gradient mode); "full"
+differentiates through them too (learn/memory_gradient.py; docs/continual.md).
+
+Gradients stop at segment boundaries (the carried state is an input, not differentiated through
+earlier segments): that keeps memory O(S), whatever the stream length.
 
 Two kinds of θ_g (`hope_jax.learn.groups`): model parameters (shared by the B streams of the
 batch; an outer CMS level, anything selected by name), and the fast weights of an in-context CMS
@@ -27,6 +31,7 @@ jitted scan over the segments of a window of W tokens (W a multiple of S).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -40,6 +45,7 @@ from hope_jax.eval._scoring import target_logprobs
 from hope_jax.models.context_state import reset_context
 from hope_jax.layers.attention import KVCache
 from hope_jax.learn.groups import Group, GroupSpec, resolve_groups
+from hope_jax.learn.memory_gradient import with_memory_gradient
 from hope_jax.train.state import ParamCodec
 
 Array = jax.Array
@@ -91,16 +97,27 @@ class Learner:
       memory_len: restart the whole recurrent state every this many tokens (None: carried).
       frozen: score only (no gradient, no update): the same reading as learning rate 0 at the
         cost of a forward pass.
+      memory_gradient: "stop" (default): the learn gradient treats the mixers' memory writes as
+        constants (backward through their reads only; 2× the learning throughput of "full" on
+        the tiny Hope, docs/continual.md); "full": through the writes as well, as in training.
     """
 
     def __init__(self, model: nnx.Module, groups: Sequence[GroupSpec] | None = None, *,
                  seq_len: int | None = None, context_len: int | None | str = "auto",
-                 memory_len: int | None = None, frozen: bool = False):
+                 memory_len: int | None = None, frozen: bool = False,
+                 memory_gradient: str = "stop"):
         self.seq_len = int(seq_len or model.config.max_len)
         self.groups: list[Group] = resolve_groups(model, list(groups or [GroupSpec()]),
                                                   self.seq_len)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self.codec = ParamCodec(params)
+        # The graph differentiated by a learn step: the same parameters and forward, with every
+        # mixer's memory writes in `memory_gradient` mode (an abstract model: only its graph).
+        grad_config = with_memory_gradient(model.config, memory_gradient)
+        self.memory_gradient = memory_gradient
+        self.grad_graphdef = self.graphdef if grad_config == model.config else nnx.split(
+            nnx.eval_shape(lambda: type(model)(grad_config, rngs=nnx.Rngs(0))),
+            nnx.Param, ...)[0]
         self.params = self.codec.to_flat(params)
         probe = model.init_state(1, 1)
         if context_len == "auto":
@@ -123,10 +140,10 @@ class Learner:
         self._jit_learn = jax.jit(self._learn, donate_argnums=())
 
     # ------------------------------------------------------------------ state
-    def model(self, params: dict | None = None) -> nnx.Module:
+    def model(self, params: dict | None = None, *, graphdef: Any = None) -> nnx.Module:
         """The decoder with `params` (default the starting ones), e.g. `state.params`."""
         params = self.params if params is None else params
-        return nnx.merge(self.graphdef, self.codec.to_state(params), self.rest)
+        return nnx.merge(graphdef or self.graphdef, self.codec.to_state(params), self.rest)
 
     def fresh_cache(self, params: dict, batch_size: int) -> Any:
         """A fresh recurrent state whose tree does not change after a forward (in fresh form, or
@@ -180,10 +197,11 @@ class Learner:
                              f"segment ({self.segment} tokens)")
         return self._jit_learn(state, jnp.asarray(tokens, jnp.int32))
 
-    def _loss(self, values: tuple, params: dict, cache: Any, inp: Array, tgt: Array):
+    def _loss(self, values: tuple, params: dict, cache: Any, inp: Array, tgt: Array,
+              graphdef: Any = None):
         """Mean next-token NLL of one segment, with the groups' values put in place."""
         params, cache = self._insert(values, params, cache)
-        logits, cache = self.model(params).forward(inp, cache)
+        logits, cache = self.model(params, graphdef=graphdef).forward(inp, cache)
         if self.fresh_form:
             cache = fresh_form_like(cache, self._template)
         nll = -target_logprobs(logits, tgt)
@@ -227,7 +245,8 @@ class Learner:
         if self.frozen:
             _, (nll, cache) = self._loss(values, params, cache, inp, tgt)
             return (params, opt, acc, cache, position + self.segment), nll
-        (_, (nll, cache)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+        loss = functools.partial(self._loss, graphdef=self.grad_graphdef)
+        (_, (nll, cache)), grads = jax.value_and_grad(loss, has_aux=True)(
             values, params, cache, inp, tgt)
         rows = inp.shape[0]
         # fast weights are per stream: the gradient of that stream's own mean loss

@@ -55,7 +55,8 @@ def _learner(model: nnx.Module, lr: float, seq_len: int) -> Learner:
     """The learner over the in-context CMS levels only, each at its own chunk, plain GD."""
     levels = [i for i, lvl in enumerate(model.config.mlp.levels) if lvl.in_context]
     specs = [GroupSpec(select=(f"cms{i}",), optimizer="gd", lr=lr) for i in levels]
-    return Learner(model, specs, seq_len=seq_len, context_len=None)
+    # training differentiates through the mixers' writes (D8), in the inner steps as well
+    return Learner(model, specs, seq_len=seq_len, context_len=None, memory_gradient="full")
 
 
 def _trainer_objective(config, model_of: Callable[[dict], nnx.Module]):

@@ -100,6 +100,7 @@ def test_mixer_identical_whichever_implementation(kind, impl):
     interpret (the prefill with state out runs the op on the whole chunks, the core on the tail)."""
     cfg, op = CASES[kind]
     assert kernel_route(cfg) == (op, "")
+    assert kernel_route(dataclasses.replace(cfg, gradient="stop"))[0] is None  # D8 stop: core
     got = run_mixer(dataclasses.replace(cfg, implementation=impl), U)
     close(got, core_result(kind), 1e-5, f"{kind}/{impl}")
 

@@ -116,6 +116,43 @@ def test_learner_equals_hand_loop_float64():
 
 
 @pytest.mark.usefixtures("x64")
+def test_stop_memory_gradient_is_a_hand_loop_over_stop_mixers():
+    """memory_gradient="stop" (the default) on a self-modifying model equals the hand loop over
+    the same model built with its mixer's writes in stop-gradient mode; "full" learns otherwise,
+    from the same scores."""
+    import dataclasses
+
+    from hope_jax.layers.self_modifying import SelfModifyingConfig
+    mixer = SelfModifyingConfig(num_heads=2, chunk_other=2, chunk_memory=2, out_memory="matrix",
+                                out_target="value",
+                                normalize_value=True, eta_max=1.0)
+    cfg = DecoderConfig(vocab_size=V, d_model=8, num_blocks=2, mixers=(mixer,),
+                        mlp=CMSConfig(levels=LEVELS, hidden=16), max_len=W, dtype="float64",
+                        param_dtype="float64")
+    stop_cfg = dataclasses.replace(cfg, mixers=(dataclasses.replace(mixer, gradient="stop"),))
+    specs = [GroupSpec(("cms1",), lr=0.1, optimizer="gd")]  # block 0's reaches the loss
+    tokens = _tokens(5)                                      # through block 1's mixer
+    runs = {}
+    for mode in ("stop", "full"):
+        learner = Learner(Decoder(cfg, rngs=nnx.Rngs(0)), specs, seq_len=4, context_len=None,
+                          memory_gradient=mode)
+        runs[mode] = learner.learn(learner.init(B), tokens)
+    stop_learner = Learner(Decoder(stop_cfg, rngs=nnx.Rngs(0)), specs, seq_len=4)
+    names = [[n for n in stop_learner.codec.names if "/mlp/levels/1/" in n]]
+    params, hand_nll = _hand_loop(stop_learner, jnp.asarray(tokens), [4], [optax.sgd(0.1)],
+                                  names, W)
+    (stop, stop_nll), (full, full_nll) = runs["stop"], runs["full"]
+    np.testing.assert_allclose(np.asarray(stop_nll), hand_nll, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(full_nll[:, :4]), hand_nll[:, :4], rtol=1e-6, atol=1e-6)
+    moved = 0.0
+    for n in names[0]:
+        np.testing.assert_allclose(np.asarray(stop.params[n]), np.asarray(params[n]),
+                                   rtol=1e-6, atol=1e-7)
+        moved = max(moved, float(np.abs(np.asarray(stop.params[n]) - full.params[n]).max()))
+    assert moved > 1e-6  # the writes' gradient is not zero: "full" steps elsewhere
+
+
+@pytest.mark.usefixtures("x64")
 def test_learning_rate_zero_is_eval():
     model = _model()
     learner = Learner(model, [GroupSpec(lr=0.0)], seq_len=4, context_len=None)
