@@ -89,7 +89,7 @@ def main() -> None:
     result = dict(arch=args.arch, seq_len=t, batch=args.batch, window=args.window,
                   segment=runs["learn_fresh_form"][0].segment, tokens_per_s=tps, ratios=ratios,
                   stop_over_full_gradient=tps["learn_fresh_form"]
-                  / tps["learn_fresh_form_full_gradient"],
+                  / tps["learn_full_gradient_fresh_form"],
                   fresh_form_speedup=dict(
                       learn=tps["learn_fresh_form"] / tps["learn_streaming"],
                       stream_eval=tps["stream_eval_fresh_form"] / tps["stream_eval_streaming"]))
