@@ -45,9 +45,9 @@ def define_flags(fv: flags.FlagValues) -> None:
       flag_values=fv)
     s("learn_chunk", "", "Chunk sizes in tokens: N (every group) or NAME=N,… (default: each "
       "group's own chunk; must be a multiple of it).", flag_values=fv)
-    s("learn_optimizer", "gd", "gd | momentum | adam | adamw | m3 | muon, for every group, or "
+    s("learn_optimizer", "adam", "gd | momentum | adam | adamw | m3 | muon, for every group, or "
       "NAME=OPT,…,OPT per group.", flag_values=fv)
-    f("learn_lr", 1e-3, "Learning rate of the learn groups.", flag_values=fv)
+    f("learn_lr", 3e-4, "Learning rate of the learn groups.", flag_values=fv)
     flags.DEFINE_enum("learn_memory_gradient", "stop", ["stop", "full"], "The learn gradient "
                       "through the mixers' memory writes: stop (constants; the faster default) "
                       "or full (as in training); docs/continual.md.", flag_values=fv)

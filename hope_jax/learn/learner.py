@@ -89,7 +89,7 @@ class Learner:
 
     Args:
       model: an NNX `Decoder` (its parameters are the starting point; the model is not changed).
-      groups: `GroupSpec`s (default: every CMS level at its own chunk, plain GD, lr 1e-3).
+      groups: `GroupSpec`s (default: every CMS level at its own chunk, Adam, lr 3e-4).
       seq_len: the training context T (default model.config.max_len): outer CMS levels of
         period P have own chunk P · T.
       context_len: restart the context state (KV caches, conv buffers) every this many tokens;
