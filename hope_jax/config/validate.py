@@ -169,6 +169,7 @@ def _optim_errors(c: Any, need: Callable, e: list[str]) -> None:
     need(o.weight_decay >= 0, "optim.weight_decay", "must be ≥ 0")
     need(o.clip_norm >= 0, "optim.clip_norm", "must be ≥ 0 (0 = off)")
     need(o.grad_accum >= 1, "optim.grad_accum", "must be ≥ 1")
+    need(0.0 <= o.cms_lr_exponent <= 1.0, "optim.cms_lr_exponent", "must be in [0, 1]")
 
 
 def _train_sample_errors(c: Any, need: Callable, e: list[str]) -> None:

@@ -36,6 +36,7 @@ def update_every(
     inner: optax.GradientTransformation,
     period: int | jax.Array,
     reduction: Reduction = "mean",
+    scale: float = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Applies `inner` every `period` steps to the gradients accumulated since its last update.
 
@@ -43,6 +44,7 @@ def update_every(
       inner: the optimizer of the group (typically without its learning rate: see module doc).
       period: P ≥ 1 (may be traced). P = 1 gives `inner` exactly.
       reduction: "mean" (`acc / P`, D23 default) or "sum" (`acc`, Eq. 71's sum).
+      scale: multiplies the update of each write step (1: `inner`'s update as it is).
 
     Returns:
       A transform emitting `inner`'s update on steps P, 2P, … and zeros in between.
@@ -65,6 +67,8 @@ def update_every(
         def write(acc, inner_state):  # n mod P == 0: the level writes (design §5.3, Eq. 71)
             grads = jax.tree.map(lambda a: a / period, acc) if reduction == "mean" else acc
             new_updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
+            if scale != 1.0:
+                new_updates = jax.tree.map(lambda u: u * scale, new_updates)
             return new_updates, jax.tree.map(jnp.zeros_like, acc), inner_state
 
         out_shapes = jax.eval_shape(write, acc, state.inner)[0]
@@ -85,6 +89,7 @@ def multi_frequency(
     periods: Mapping[Hashable, int],
     reduction: Reduction = "mean",
     learning_rate: optax.ScalarOrSchedule | None = None,
+    lr_exponent: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Per-group multi-frequency optimizer for CMS outer levels (design §5.3, D9, D23).
 
@@ -97,6 +102,10 @@ def multi_frequency(
       reduction: "mean" (D23) or "sum" of the accumulated gradients.
       learning_rate: if given, `scale_by_learning_rate(learning_rate)` is chained after, at the
         global step.
+      lr_exponent: γ. A group of period P has its update steps scaled by P^γ. γ = 0 is D23:
+        every write is an ordinary step, so a slow level takes P× fewer steps of the same size.
+        γ = 1 moves it about as far in total as a level that steps every step, since Adam's
+        steps do not depend on the gradient's scale (docs/hope.md, "Slow levels' step size").
 
     Transforms that couple leaves (e.g. clipping by global norm) act per group when placed in
     `inner`. A group of period 1 uses `inner` directly; if every period is 1 (and `inner` is one
@@ -123,7 +132,8 @@ def multi_frequency(
         for label in label_set:
             period = periods.get(label, 1)
             txs[label] = (group_tx(label) if period == 1
-                          else update_every(group_tx(label), period, reduction))
+                          else update_every(group_tx(label), period, reduction,
+                                            scale=float(period) ** float(lr_exponent)))
         return txs
 
     if group_labels is not None:

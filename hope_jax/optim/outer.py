@@ -191,7 +191,8 @@ def make_optimizer(optim_cfg, total_steps: int, periods: Mapping[str, int] | Non
     if optim_cfg.multi_frequency and periods and any(int(p) > 1 for p in periods.values()):
         labels, label_periods = period_labels(periods)
         return hoptim.multi_frequency(inner, labels, label_periods, reduction="mean",
-                                      learning_rate=schedule), schedule
+                                      learning_rate=schedule,
+                                      lr_exponent=float(optim_cfg.cms_lr_exponent)), schedule
     return optax.chain(inner, optax.scale_by_learning_rate(schedule)), schedule
 
 

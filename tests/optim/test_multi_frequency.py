@@ -69,6 +69,23 @@ def test_inner_state_advances_only_on_update_steps(x64):
     assert_trees_close(ours[1::2], theirs)
 
 
+def test_lr_exponent_scales_a_slow_groups_steps_by_its_period_power(x64):
+    """lr_exponent γ: the period-P group's write steps are P^γ times those of γ = 0 (Adam inside,
+    so γ = 1 gives steps of the size a P = 1 group takes); P = 1 groups are untouched."""
+    grads = ref.gradient_stream(56, SHAPES, steps=8)
+    params = _params()
+    labels = {"w": "slow", "t": "fast", "v": "fast"}
+    base, _ = run(ho.multi_frequency(_adamw_without_lr(), labels, {"slow": 4},
+                                     learning_rate=1e-2), grads, params)
+    for gamma in (0.5, 1.0):
+        scaled, _ = run(ho.multi_frequency(_adamw_without_lr(), labels, {"slow": 4},
+                                           learning_rate=1e-2, lr_exponent=gamma), grads, params)
+        for b, s in zip(base, scaled):
+            np.testing.assert_allclose(s["w"], 4.0 ** gamma * b["w"], rtol=1e-12)
+            np.testing.assert_array_equal(s["t"], b["t"])
+    assert np.any(base[3]["w"] != 0)
+
+
 def test_groups_with_labels_function_and_global_schedule(x64):
     """multi_frequency with a label function: the 'slow' group (matrices, P = 2) moves every 2nd
     step, the 'fast' group every step, and the LR schedule outside is evaluated at the global
