@@ -23,7 +23,8 @@ def with_memory_gradient(config: Any, mode: str) -> Any:
     if mode not in MEMORY_GRADIENTS:
         raise ValueError(f"memory_gradient must be one of {MEMORY_GRADIENTS}, got {mode!r}")
     if isinstance(config, tuple):
-        return tuple(with_memory_gradient(c, mode) for c in config)
+        new = tuple(with_memory_gradient(c, mode) for c in config)
+        return config if all(a is b for a, b in zip(new, config)) else new
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         return config
     changes = {}
@@ -39,14 +40,4 @@ def with_memory_gradient(config: Any, mode: str) -> Any:
     return dataclasses.replace(config, **changes) if changes else config
 
 
-def has_memory_writes(config: Any) -> bool:
-    """Whether any memory config in `config` has a `gradient` field (something "stop" changes)."""
-    if isinstance(config, tuple):
-        return any(has_memory_writes(c) for c in config)
-    if not dataclasses.is_dataclass(config) or isinstance(config, type):
-        return False
-    return any((f.name == "gradient" and isinstance(getattr(config, f.name), str))
-               or has_memory_writes(getattr(config, f.name)) for f in dataclasses.fields(config))
-
-
-__all__ = ["MEMORY_GRADIENTS", "has_memory_writes", "with_memory_gradient"]
+__all__ = ["MEMORY_GRADIENTS", "with_memory_gradient"]
