@@ -114,7 +114,6 @@ class Learner:
         # The graph differentiated by a learn step: the same parameters and forward, with every
         # mixer's memory writes in `memory_gradient` mode (an abstract model: only its graph).
         grad_config = with_memory_gradient(model.config, memory_gradient)
-        self.memory_gradient = memory_gradient
         self.grad_graphdef = self.graphdef if grad_config == model.config else nnx.split(
             nnx.eval_shape(lambda: type(model)(grad_config, rngs=nnx.Rngs(0))),
             nnx.Param, ...)[0]
@@ -143,7 +142,8 @@ class Learner:
     def model(self, params: dict | None = None, *, graphdef: Any = None) -> nnx.Module:
         """The decoder with `params` (default the starting ones), e.g. `state.params`."""
         params = self.params if params is None else params
-        return nnx.merge(graphdef or self.graphdef, self.codec.to_state(params), self.rest)
+        graphdef = self.graphdef if graphdef is None else graphdef
+        return nnx.merge(graphdef, self.codec.to_state(params), self.rest)
 
     def fresh_cache(self, params: dict, batch_size: int) -> Any:
         """A fresh recurrent state whose tree does not change after a forward (in fresh form, or

@@ -36,7 +36,6 @@ def update_every(
     inner: optax.GradientTransformation,
     period: int | jax.Array,
     reduction: Reduction = "mean",
-    scale: float = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Applies `inner` every `period` steps to the gradients accumulated since its last update.
 
@@ -44,7 +43,6 @@ def update_every(
       inner: the optimizer of the group (typically without its learning rate: see module doc).
       period: P ≥ 1 (may be traced). P = 1 gives `inner` exactly.
       reduction: "mean" (`acc / P`, D23 default) or "sum" (`acc`, Eq. 71's sum).
-      scale: multiplies the update of each write step (1: `inner`'s update as it is).
 
     Returns:
       A transform emitting `inner`'s update on steps P, 2P, … and zeros in between.
@@ -67,8 +65,6 @@ def update_every(
         def write(acc, inner_state):  # n mod P == 0: the level writes (design §5.3, Eq. 71)
             grads = jax.tree.map(lambda a: a / period, acc) if reduction == "mean" else acc
             new_updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
-            if scale != 1.0:
-                new_updates = jax.tree.map(lambda u: u * scale, new_updates)
             return new_updates, jax.tree.map(jnp.zeros_like, acc), inner_state
 
         out_shapes = jax.eval_shape(write, acc, state.inner)[0]
@@ -127,13 +123,17 @@ def multi_frequency(
         group_tx = lambda label: inner[label]
         group_labels = set(inner)
 
+    def slow_tx(label, period: int) -> optax.GradientTransformation:
+        # a write step of P^γ times the inner one; γ = 0 keeps `inner` (and its state) as it is
+        tx = group_tx(label)
+        return tx if not lr_exponent else optax.chain(tx, optax.scale(period ** lr_exponent))
+
     def transforms_for(label_set) -> dict[Hashable, optax.GradientTransformation]:
         txs = {}
         for label in label_set:
             period = periods.get(label, 1)
             txs[label] = (group_tx(label) if period == 1
-                          else update_every(group_tx(label), period, reduction,
-                                            scale=float(period) ** float(lr_exponent)))
+                          else update_every(slow_tx(label, period), period, reduction))
         return txs
 
     if group_labels is not None:
