@@ -50,7 +50,7 @@ STAGES = ("train", "bpb", "niah", "memorization", "mqar", "continual")
 
 # ------------------------------------------------------------------ helpers
 def load_comparison(name: str) -> dict:
-    """The comparison dict from experiments/compare/tiny.py (name: tiny | smoke | a path
+    """The comparison dict from experiments/compare/tiny.py (name: tiny | tiny2k | smoke | a path
     `file.py:name`)."""
     path, key = os.path.join(HERE, "tiny.py"), name
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
@@ -530,7 +530,7 @@ def collect(name: str, comp: dict, root: str, command: str, notes=()) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--comparison", default="tiny",
-                    help="tiny | smoke (experiments/compare/tiny.py)")
+                    help="tiny | tiny2k | smoke (experiments/compare/tiny.py)")
     ap.add_argument("--root", default=None, help="workdirs (default workdirs/compare/<name>)")
     ap.add_argument("--report", default=None,
                     help="report folder (default experiments/reports/<name>)")

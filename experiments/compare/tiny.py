@@ -63,7 +63,14 @@ SMOKE.update(
     continual=dict(phases=["en_pip", "python_stdlib"], steps_per_phase=3, eval_batches=1),
 )
 
-COMPARISONS = {"tiny": TINY, "smoke": SMOKE}
+# The same comparison at twice the steps (2,000 × 8 × 128 = 2.05M tokens per model): Hope's slow
+# CMS levels (periods 2 and 8) write 1,000 and 250 times instead of 500 and 125.
+TINY_2K = copy.deepcopy(TINY)
+TINY_2K["train"].update(steps=2000)
+TINY_2K["models"].append(dict(name="hope_d23", arch="hope", size="tiny",
+                              overrides={"model.mlp_hidden": 96, "optim.cms_lr_exponent": 0.0}))
+
+COMPARISONS = {"tiny": TINY, "tiny2k": TINY_2K, "smoke": SMOKE}
 
 
 def get_comparison(name: str = "tiny") -> dict:
