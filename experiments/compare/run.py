@@ -201,6 +201,10 @@ def stage_bpb(model: dict, comp: dict, mdir: str) -> dict:
 
     out = {k: float(v) if np.ndim(v) == 0 else [float(x) for x in v]  # bpb_ci95 is a pair
            for k, v in score(t, True).items()}
+    # Per-window sums at T, for differences between models paired over the same windows.
+    out["window_nats"], out["window_bytes"] = window_sums(
+        net, data.eval_batches(prepared, "valid", seq_len=t, batch_size=int(e["batch_size"]),
+                               max_batches=int(e["eval_batches"])), token_bytes)
     for mult in (1, 4):
         on = out["bpb"] if mult == 1 else float(score(mult * t, True)["bpb"])
         with memory_writes(net, False) as n_writing:   # nothing to switch off: off = on
@@ -208,6 +212,33 @@ def stage_bpb(model: dict, comp: dict, mdir: str) -> dict:
         out[f"bpb_{mult}x"], out[f"bpb_writes_off_{mult}x"] = on, off
         out[f"write_ablation_{mult}x"] = off - on
     return out
+
+
+def window_sums(net, batches, token_bytes: np.ndarray) -> tuple[list[float], list[float]]:
+    """Σ NLL (nats) and Σ bytes of every scored window (row) of `batches`, in order."""
+    from hope_jax.eval._scoring import score_rows
+    nats, nbytes = [], []
+    for b in batches:
+        tokens = np.asarray(b["tokens"], np.int32)
+        mask = np.asarray(b.get("mask", np.ones((tokens.shape[0], tokens.shape[1] - 1))),
+                          np.float32)
+        nats += [-float(x) for x in np.asarray(score_rows(net, tokens, mask).logp)]
+        nbytes += [float(x) for x in (token_bytes[tokens[:, 1:]] * mask).sum(axis=1)]
+    return nats, nbytes
+
+
+def paired_difference(a: dict, b: dict) -> tuple[float, float] | None:
+    """bpb(a) − bpb(b) and its standard error, paired over the held-out windows both models
+    scored (their bpb stages' `window_nats`); None when either lacks them or the windows differ.
+    The paired error is much smaller than either model's own: both read the same text."""
+    from hope_jax.data.bpb import bpb_summary
+    if not (a and b and a.get("window_nats") and b.get("window_nats")):
+        return None
+    if a["window_bytes"] != b["window_bytes"]:
+        return None
+    diff = np.asarray(a["window_nats"]) - np.asarray(b["window_nats"])
+    s = bpb_summary(diff, np.ones_like(diff), np.asarray(a["window_bytes"]))
+    return s["bpb"], s["bpb_se"]
 
 
 def stage_niah(model: dict, comp: dict, mdir: str) -> dict:
@@ -363,6 +394,7 @@ def _training_section(r: _Results) -> list[str]:
     """1. training, parameters and held-out bpb (and the loss curves' PNG)."""
     from hope_jax.eval.report import markdown_table, plot_loss_curves
     rows = []
+    ref = r.names[0]
     params = [r.get(n, "train", "params") for n in r.names]
     pmax = max([p for p in params if p] or [1])
     for n in r.names:
@@ -381,6 +413,7 @@ def _training_section(r: _Results) -> list[str]:
             "held-out bpb": r.cell(n, "bpb", "bpb"),
             "write ablation (T / 4T)": (f"{r.cell(n, 'bpb', 'write_ablation_1x')} / "
                                         f"{r.cell(n, 'bpb', 'write_ablation_4x')}"),
+            f"bpb − {ref}'s (paired SE)": _paired_cell(r, n, ref),
         })
     lines = ["## Training and held-out bits per byte", "",
              "final train loss: mean of the last 20 steps (nats/token). held-out bpb: "
@@ -388,7 +421,9 @@ def _training_section(r: _Results) -> list[str]:
              f"{r.comp.get('eval', {}).get('eval_batches', '?')} windows of the held-out split "
              "(lower is better). skipped steps: non-finite steps the trainer skipped. write "
              "ablation: held-out bpb with every in-context memory write off − with them on, on "
-             "the same windows of T and of 4× T (> 0: the writes help; 0 for attention).", "",
+             "the same windows of T and of 4× T (> 0: the writes help; 0 for attention). "
+             f"bpb − {ref}'s: the held-out difference to the first model, with its standard "
+             "error paired over the same windows (< 0: better than it).", "",
              markdown_table(rows)]
     curves = {n: (r.models[n]["train"]["loss_curve"]["steps"],
                   r.models[n]["train"]["loss_curve"]["losses"])
@@ -398,6 +433,13 @@ def _training_section(r: _Results) -> list[str]:
                          ylabel="train loss (nats/token)", title="training loss")
         lines += ["", "![loss curves](loss_curves.png)", ""]
     return lines
+
+
+def _paired_cell(r: _Results, name: str, ref: str) -> str:
+    if name == ref:
+        return DASH
+    d = paired_difference(r.models[name].get("bpb"), r.models[ref].get("bpb"))
+    return DASH if d is None else f"{d[0]:+.4f} ({d[1]:.4f})"
 
 
 def _niah_section(r: _Results) -> list[str]:

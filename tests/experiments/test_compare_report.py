@@ -34,7 +34,8 @@ def _fabricated() -> dict:
                        loss_curve=dict(steps=[1, 2, 3], losses=[5.0, 4.0, 3.5 + i]),
                        stage_wall_s=13.0),
             bpb=dict(bpb=2.34567 + i, ppl=9.0, write_ablation_1x=0.0123 * (1 - i),
-                     write_ablation_4x=0.0456 * (1 - i), stage_wall_s=1.0),
+                     write_ablation_4x=0.0456 * (1 - i), stage_wall_s=1.0,
+                     window_nats=[10.0 + i, 12.0 + 0.5 * i, 9.0], window_bytes=[8.0] * 3),
             niah=dict(lengths=[256], depths=[0.5], accuracy=[[0.625 - 0.5 * i]], mean=0.625,
                       stage_wall_s=2.0),
             memorization=dict(off_bpb=2.5, on_bpb=2.25 + 0.25 * i, gain=0.25 - 0.25 * i,
@@ -57,7 +58,10 @@ def test_report_tables_pngs_and_json(tmp_path):
     for s in ["python experiments/compare/run.py --comparison=smoke", "0123abc", "a note",
               "191,322", "193,622", "1234", "2.718", "2.346", "0.62", "0.2500", "0.438",
               "forgetting en_pip", "1.5000", "gated_deltanet", "—", "0.012 / 0.046",
-              "0.000 / 0.000", "write ablation (T / 4T)"]:
+              "0.000 / 0.000", "write ablation (T / 4T)",
+              # transformer − hope, paired: Σ (1, 0.5, 0) nats / (24 bytes · ln 2) = 0.0902, and
+              # the ratio estimator's error √(3/2 · (0.5² + 0 + 0.5²)) / (24 ln 2) = 0.0521
+              "+0.0902 (0.0521)"]:
         assert s in text, s
     for png in ["loss_curves.png", "niah_hope.png", "niah_transformer.png", "forgetting.png"]:
         p = tmp_path / png
