@@ -262,7 +262,7 @@ def stage_memorization(model: dict, comp: dict, mdir: str) -> dict:
     r = memorization_bpb(net, docs, np.asarray(tok.token_bytes()),
                          chunk_len=int(config.data.seq_len), max_chunks=int(m["max_chunks"]))
     return dict(off_bpb=float(r["off"]["bpb"]), on_bpb=float(r["on"]["bpb"]),
-                gain=float(r["gain"]), documents=int(r["documents"]))
+                gain=float(r["gain"]), gain_se=float(r["gain_se"]), documents=int(r["documents"]))
 
 
 def stage_mqar(model: dict, comp: dict, mdir: str) -> dict:
@@ -466,6 +466,11 @@ def _niah_section(r: _Results) -> list[str]:
             " ".join(f"![{n}](niah_{n}.png)" for n in niah), ""]
 
 
+def _se(x) -> str:
+    """" (0.0012)": a standard error after its value, or nothing for results stored without one."""
+    return f" ({x:.4f})" if isinstance(x, float) and math.isfinite(x) else ""
+
+
 def _memory_section(r: _Results) -> list[str]:
     """3. test-time memorisation and MQAR."""
     from hope_jax.eval.report import markdown_table
@@ -477,7 +482,8 @@ def _memory_section(r: _Results) -> list[str]:
         rows.append({"model": n,
                      "bpb memory reset": _cell(mem.get("off_bpb")) if mem else DASH,
                      "bpb memory carried": _cell(mem.get("on_bpb")) if mem else DASH,
-                     "memorisation gain": _cell(mem.get("gain"), 4) if mem else DASH,
+                     "memorisation gain (SE)": (f"{_cell(mem.get('gain'), 4)}"
+                                                f"{_se(mem.get('gain_se'))}") if mem else DASH,
                      "MQAR accuracy": _cell(mq.get("accuracy")) if mq else DASH,
                      "MQAR final loss": _cell(mq.get("final_loss")) if mq else DASH})
     if not rows:
@@ -487,7 +493,8 @@ def _memory_section(r: _Results) -> list[str]:
             f"Memorisation: the first {m.get('documents', '?')} held-out documents read in "
             f"chunks of T (at most {m.get('max_chunks', '?')} per document); gain = bpb with "
             "the memory reset at each document − bpb with it carried over (> 0: carrying "
-            "helped; exactly 0 for attention, whose only state is context). "
+            "helped; exactly 0 for attention, whose only state is context); its standard "
+            "error is paired over the documents. "
             f"MQAR: a fresh model of the same shape, {q.get('steps', '?')} steps × batch "
             f"{q.get('batch_size', '?')}, T = {q.get('seq_len', '?')}, "
             f"{q.get('num_kv_pairs', '?')} key-value pairs, vocabulary "

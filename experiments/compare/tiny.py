@@ -17,8 +17,9 @@ get a third block (194K and 213K) and Hope's CMS levels width 96 instead of 64 (
 every model within 11 % of every other.
 
 Names: "tiny" (the real comparison: 1,000 steps × 8 × 128 = 1.02M tokens per model; ≈ 20 min
-for Hope and 5 min for each other model on 2 CPU cores) and "smoke" (seconds per
-stage; for tests and development).
+for Hope and 5 min for each other model on 2 CPU cores), "tiny2k" (the same at 2,000 steps, with
+a fifth row: Hope with D23's slow-level steps; ≈ 51 min) and "smoke" (seconds per stage; for
+tests and development).
 """
 from __future__ import annotations
 

@@ -98,8 +98,9 @@ def default_config() -> ConfigDict:
         weight_decay=0.1,         # matrices only (not norms, biases, gates, embeddings' norm)
         clip_norm=1.0,            # global-norm clipping (0 = off)
         grad_accum=1,             # micro-batches per step
-        multi_frequency=True,     # CMS outer levels update every P steps with the summed gradient
-        cms_lr_exponent=0.5,      # a level of period P steps P^γ as far (0: D23; docs/hope.md)
+        multi_frequency=True,     # CMS outer levels update every P steps with the mean gradient
+        cms_lr_exponent=0.5,      # a period-P level steps P^γ as far (0: D23; 0.5 measured better:
+                                  # docs/hope.md, "Slow levels' step size")
         decay_memory_init=False,  # weight decay also on meta-learned initial memories / gate heads
         momentum=0.95,            # β of muon, delta_momentum and dmgd
         ns_steps=5,               # Newton–Schulz iterations (muon, m3)

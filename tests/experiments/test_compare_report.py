@@ -39,7 +39,7 @@ def _fabricated() -> dict:
             niah=dict(lengths=[256], depths=[0.5], accuracy=[[0.625 - 0.5 * i]], mean=0.625,
                       stage_wall_s=2.0),
             memorization=dict(off_bpb=2.5, on_bpb=2.25 + 0.25 * i, gain=0.25 - 0.25 * i,
-                              documents=2, stage_wall_s=3.0),
+                              gain_se=0.0625, documents=2, stage_wall_s=3.0),
             mqar=dict(accuracy=0.4375 + i * 0.1, final_loss=1.5, chance=1 / 32, stage_wall_s=4.0),
             continual=dict(domains=domains, bpb=[[3.0, None], [3.5 + i, 2.0]],
                            forgetting=[0.5 + i, 0.0], mean_forgetting=0.5 + i, stage_wall_s=5.0),
@@ -56,7 +56,7 @@ def test_report_tables_pngs_and_json(tmp_path):
     path = compare_run.write_report(results, str(tmp_path))
     text = open(path, encoding="utf-8").read()
     for s in ["python experiments/compare/run.py --comparison=smoke", "0123abc", "a note",
-              "191,322", "193,622", "1234", "2.718", "2.346", "0.62", "0.2500", "0.438",
+              "191,322", "193,622", "1234", "2.718", "2.346", "0.62", "0.2500 (0.0625)", "0.438",
               "forgetting en_pip", "1.5000", "gated_deltanet", "—", "0.012 / 0.046",
               "0.000 / 0.000", "write ablation (T / 4T)",
               # transformer − hope, paired: Σ (1, 0.5, 0) nats / (24 bytes · ln 2) = 0.0902, and
