@@ -71,12 +71,18 @@ def _run(tx, params, grads):
     return out
 
 
-def test_multi_frequency_sgd_hand_computation():
+@pytest.mark.parametrize("gamma", [0.0, None])   # None: the config's default (0.5)
+def test_multi_frequency_sgd_hand_computation(gamma):
     """Periods {1, 2, 4}, inner = SGD: a level of period P changes exactly on steps P, 2P, … and
-    then by −lr · Σ(its last P gradients) / P (D23: the mean of the accumulated gradients)."""
+    then by −lr · P^γ · Σ(its last P gradients) / P (γ = 0 is D23: the mean of the accumulated
+    gradients; `optim.cms_lr_exponent` = γ)."""
     params, periods, grads = _toy()
     c = default_config().optim
     c.lr, c.warmup_steps, c.schedule = 0.1, 0, "constant"
+    if gamma is None:
+        gamma = c.cms_lr_exponent
+        assert gamma == 0.5
+    c.cms_lr_exponent = gamma
     tx, _ = make_optimizer(c, 8, periods, inner=optax.identity())
     traj = _run(tx, params, grads)
     for name, P in periods.items():
@@ -86,7 +92,7 @@ def test_multi_frequency_sgd_hand_computation():
                 np.testing.assert_array_equal(after, before, err_msg=f"{name} moved at {step}")
             else:
                 acc = sum(np.asarray(grads[i][name]) for i in range(step - P, step))
-                np.testing.assert_allclose(after, before - 0.1 * acc / P, rtol=1e-6,
+                np.testing.assert_allclose(after, before - 0.1 * P ** gamma * acc / P, rtol=1e-6,
                                            err_msg=f"{name} at step {step}")
 
 
