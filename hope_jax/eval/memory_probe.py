@@ -68,14 +68,32 @@ def _bpb(nats: np.ndarray, nbytes: np.ndarray) -> float:
     return float(nats.sum() / max(nbytes.sum(), 1) / math.log(2))
 
 
+def paired_difference_se(a_nats: np.ndarray, a_bytes: np.ndarray, b_nats: np.ndarray,
+                         b_bytes: np.ndarray) -> float:
+    """Standard error of bpb(a) − bpb(b), two ratio estimators Σ nats / Σ bytes measured on the
+    same windows (per-window sums [count]): the delta method paired over windows, as for held-out
+    bpb (data/bpb.py). NaN with fewer than two windows."""
+    k = len(a_nats)
+    if k < 2:
+        return float("nan")
+    ra, rb = a_nats.sum() / a_bytes.sum(), b_nats.sum() / b_bytes.sum()
+    resid = (a_nats - ra * a_bytes) / a_bytes.sum() - (b_nats - rb * b_bytes) / b_bytes.sum()
+    return float(math.sqrt(k / (k - 1) * np.sum(resid ** 2)) / math.log(2))
+
+
 def position_summary(nats: np.ndarray, nbytes: np.ndarray, bins: int = CURVE_BINS) -> dict:
-    """bpb overall, per quarter and per bin of positions along the window."""
+    """bpb overall, per quarter and per bin of positions along the window; the last − first
+    quarter difference with its standard error paired over the windows (with few windows the
+    text of those windows, not the position, can decide its sign)."""
     edges = lambda n: np.linspace(0, nats.shape[1], n + 1).round().astype(int)
     split = lambda n: [_bpb(nats[:, a:b], nbytes[:, a:b])
                        for a, b in zip(edges(n)[:-1], edges(n)[1:])]
     quarters = split(4)
+    e = edges(4)
+    part = lambda x, i: x[:, e[i]:e[i + 1]].sum(axis=1).astype(np.float64)
+    se = paired_difference_se(part(nats, 3), part(nbytes, 3), part(nats, 0), part(nbytes, 0))
     return dict(bpb=_bpb(nats, nbytes), quarters=quarters, curve=split(bins),
-                last_minus_first=quarters[-1] - quarters[0])
+                last_minus_first=quarters[-1] - quarters[0], last_minus_first_se=se)
 
 
 def window_probe(model: nnx.Module, stream: np.ndarray, token_bytes: np.ndarray, train_len: int,
@@ -94,11 +112,15 @@ def window_probe(model: nnx.Module, stream: np.ndarray, token_bytes: np.ndarray,
         rows = random_windows(stream, length, windows, seed + m)
         nbytes = token_bytes[rows[:, 1:]]
         entry = dict(multiple=m, windows=windows)
+        sums = {}
         for mode in ("on", "off"):
             with memory_writes(model, mode == "on"):
                 nats = position_nll(model, rows, min(batch_size, windows), progress)
             entry[mode] = position_summary(nats, nbytes)
+            sums[mode] = nats.sum(axis=1)
         entry["ablation"] = entry["off"]["bpb"] - entry["on"]["bpb"]
+        row_bytes = nbytes.sum(axis=1).astype(np.float64)
+        entry["ablation_se"] = paired_difference_se(sums["off"], row_bytes, sums["on"], row_bytes)
         out[str(length)] = entry
     return out
 
@@ -152,9 +174,13 @@ def summary_lines(result: dict) -> list[str]:
     """One line per probed length, then the memorisation gain and MQAR when measured."""
     lines = []
     for length, e in sorted(result["windows"].items(), key=lambda kv: int(kv[0])):
+        se = lambda x: f" ± {x:.4f}" if x == x else ""   # x == x: not NaN
         lines.append(f"windows of {length}: bpb {e['on']['bpb']:.4f} writes on, "
-                     f"{e['off']['bpb']:.4f} off (ablation {e['ablation']:+.4f}); last − first "
-                     f"quarter {e['on']['last_minus_first']:+.4f}")
+                     f"{e['off']['bpb']:.4f} off (ablation {e['ablation']:+.4f}"
+                     f"{se(e.get('ablation_se', float('nan')))}); last − first quarter "
+                     f"{e['on']['last_minus_first']:+.4f}"
+                     f"{se(e['on'].get('last_minus_first_se', float('nan')))} (SE over "
+                     f"{e.get('windows', '?')} windows)")
     if result.get("memorization"):
         m = result["memorization"]
         lo, hi = m.get("gain_ci95", (float("nan"), float("nan")))
