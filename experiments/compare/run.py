@@ -192,19 +192,17 @@ def stage_bpb(model: dict, comp: dict, mdir: str) -> dict:
     e, t = comp["eval"], int(config.data.seq_len)
     token_bytes = np.asarray(tok.token_bytes())
 
-    def score(length: int, writes: bool) -> dict:
+    def score(length: int, writes: bool, per_window: bool = False) -> dict:
         batches = data.eval_batches(prepared, "valid", seq_len=length,
                                     batch_size=int(e["batch_size"]),
                                     max_batches=int(e["eval_batches"]))
         with memory_writes(net, writes):
-            return bits_per_byte(net, batches, token_bytes)
+            return bits_per_byte(net, batches, token_bytes, per_window=per_window)
 
-    out = {k: float(v) if np.ndim(v) == 0 else [float(x) for x in v]  # bpb_ci95 is a pair
-           for k, v in score(t, True).items()}
-    # Per-window sums at T, for differences between models paired over the same windows.
-    out["window_nats"], out["window_bytes"] = window_sums(
-        net, data.eval_batches(prepared, "valid", seq_len=t, batch_size=int(e["batch_size"]),
-                               max_batches=int(e["eval_batches"])), token_bytes)
+    # bpb_ci95 is a pair; window_nats / window_bytes (the windows of T) are kept for differences
+    # between models paired over the same windows
+    out = {k: float(v) if np.ndim(v) == 0 else [float(x) for x in v]
+           for k, v in score(t, True, per_window=True).items()}
     for mult in (1, 4):
         on = out["bpb"] if mult == 1 else float(score(mult * t, True)["bpb"])
         with memory_writes(net, False) as n_writing:   # nothing to switch off: off = on
@@ -212,19 +210,6 @@ def stage_bpb(model: dict, comp: dict, mdir: str) -> dict:
         out[f"bpb_{mult}x"], out[f"bpb_writes_off_{mult}x"] = on, off
         out[f"write_ablation_{mult}x"] = off - on
     return out
-
-
-def window_sums(net, batches, token_bytes: np.ndarray) -> tuple[list[float], list[float]]:
-    """Σ NLL (nats) and Σ bytes of every scored window (row) of `batches`, in order."""
-    from hope_jax.eval._scoring import score_rows
-    nats, nbytes = [], []
-    for b in batches:
-        tokens = np.asarray(b["tokens"], np.int32)
-        mask = np.asarray(b.get("mask", np.ones((tokens.shape[0], tokens.shape[1] - 1))),
-                          np.float32)
-        nats += [-float(x) for x in np.asarray(score_rows(net, tokens, mask).logp)]
-        nbytes += [float(x) for x in (token_bytes[tokens[:, 1:]] * mask).sum(axis=1)]
-    return nats, nbytes
 
 
 def paired_difference(a: dict, b: dict) -> tuple[float, float] | None:

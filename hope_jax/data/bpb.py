@@ -56,11 +56,33 @@ def bpb_summary(nats: np.ndarray, tokens: np.ndarray, nbytes: np.ndarray) -> dic
                 units=k)
 
 
+def paired_difference_se(a_nats: np.ndarray, a_bytes: np.ndarray, b_nats: np.ndarray,
+                         b_bytes: np.ndarray) -> float:
+    """Standard error (bits) of R_a − R_b, two ratios Σ nats / Σ bytes over the same k units
+    (per-unit sums [k]; the bytes may differ, e.g. two parts of each window): the delta method
+    of `bpb_summary`, paired over the units. With equal bytes it is `bpb_summary`'s error of
+    the per-unit differences. NaN with fewer than two units."""
+    k = len(a_nats)
+    if k < 2:
+        return float("nan")
+    ra, rb = a_nats.sum() / a_bytes.sum(), b_nats.sum() / b_bytes.sum()
+    resid = (a_nats - ra * a_bytes) / a_bytes.sum() - (b_nats - rb * b_bytes) / b_bytes.sum()
+    return float(math.sqrt(k / (k - 1) * np.sum(resid ** 2)) / math.log(2))
+
+
 def score_bpb(batches: Iterable[Mapping[str, np.ndarray]], score: Scorer,
               token_bytes: np.ndarray, *, rows: int | None = None) -> dict:
     """Bits per byte of `batches` (dict(tokens int32[b, T+1], mask float32[b, T] optional))
     under `score`; batches with fewer than `rows` rows (default: the first batch's) are padded
     with masked rows, so the scorer sees one shape. See `bpb_summary` for the result."""
+    return bpb_summary(*score_units(batches, score, token_bytes, rows=rows))
+
+
+def score_units(batches: Iterable[Mapping[str, np.ndarray]], score: Scorer,
+                token_bytes: np.ndarray, *, rows: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`score_bpb`'s per-unit sums before they are summarised: nats, scored tokens and bytes of
+    every unit (row, padded rows included with 0 tokens; or batch), in order."""
     token_bytes = np.asarray(token_bytes, np.int64)
     nats, toks, nbytes = [], [], []
     for batch in batches:
@@ -80,7 +102,8 @@ def score_bpb(batches: Iterable[Mapping[str, np.ndarray]], score: Scorer,
         nats.append(row_nats), toks.append(row_toks), nbytes.append(row_bytes)
     if not nats:
         raise ValueError("no scored tokens: the batches were empty or fully masked")
-    return bpb_summary(np.concatenate(nats), np.concatenate(toks), np.concatenate(nbytes))
+    return np.concatenate(nats), np.concatenate(toks), np.concatenate(nbytes)
 
 
-__all__ = ["Scorer", "bpb_summary", "pad_rows", "score_bpb"]
+__all__ = ["Scorer", "bpb_summary", "pad_rows", "paired_difference_se", "score_bpb",
+           "score_units"]

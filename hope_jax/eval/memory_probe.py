@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hope_jax.data.bpb import paired_difference_se
 from hope_jax.eval._scoring import progress_bar, target_logprobs
 from hope_jax.layers.memory_writes import memory_writes, writing_modules
 
@@ -66,19 +67,6 @@ def position_nll(model: nnx.Module, windows: np.ndarray, batch_size: int = 4,
 
 def _bpb(nats: np.ndarray, nbytes: np.ndarray) -> float:
     return float(nats.sum() / max(nbytes.sum(), 1) / math.log(2))
-
-
-def paired_difference_se(a_nats: np.ndarray, a_bytes: np.ndarray, b_nats: np.ndarray,
-                         b_bytes: np.ndarray) -> float:
-    """Standard error of bpb(a) − bpb(b), two ratio estimators Σ nats / Σ bytes measured on the
-    same windows (per-window sums [count]): the delta method paired over windows, as for held-out
-    bpb (data/bpb.py). NaN with fewer than two windows."""
-    k = len(a_nats)
-    if k < 2:
-        return float("nan")
-    ra, rb = a_nats.sum() / a_bytes.sum(), b_nats.sum() / b_bytes.sum()
-    resid = (a_nats - ra * a_bytes) / a_bytes.sum() - (b_nats - rb * b_bytes) / b_bytes.sum()
-    return float(math.sqrt(k / (k - 1) * np.sum(resid ** 2)) / math.log(2))
 
 
 def position_summary(nats: np.ndarray, nbytes: np.ndarray, bins: int = CURVE_BINS) -> dict:
@@ -173,8 +161,8 @@ def plot_memory_probe(result: dict, path: str, title: str = "") -> None:
 def summary_lines(result: dict) -> list[str]:
     """One line per probed length, then the memorisation gain and MQAR when measured."""
     lines = []
+    se = lambda x: f" ± {x:.4f}" if x == x else ""   # x == x: not NaN
     for length, e in sorted(result["windows"].items(), key=lambda kv: int(kv[0])):
-        se = lambda x: f" ± {x:.4f}" if x == x else ""   # x == x: not NaN
         lines.append(f"windows of {length}: bpb {e['on']['bpb']:.4f} writes on, "
                      f"{e['off']['bpb']:.4f} off (ablation {e['ablation']:+.4f}"
                      f"{se(e.get('ablation_se', float('nan')))}); last − first quarter "

@@ -42,6 +42,11 @@ def test_bpb_matches_numpy_on_random_logits():
     np.testing.assert_allclose(got["bpb"], bpb, rtol=1e-5)
     np.testing.assert_allclose(got["ppl"], ppl, rtol=1e-5)
     np.testing.assert_allclose(got["nats"], bpb * math.log(2) * n_bytes, rtol=1e-5)
+    # per_window: one sum per real row (the 11 rows; the last batch's padding row dropped)
+    rows = bits_per_byte(Bigram(table), batches, token_bytes, per_window=True)
+    assert len(rows["window_nats"]) == len(rows["window_bytes"]) == 11
+    np.testing.assert_allclose(sum(rows["window_nats"]), got["nats"], rtol=1e-6)
+    assert sum(rows["window_bytes"]) == n_bytes
 
 
 def test_bpb_uniform_model_is_log2_vocab():
