@@ -23,12 +23,13 @@ def _loss(model: Decoder, tokens: jax.Array) -> jax.Array:
 
 @pytest.mark.parametrize("arch", ["hope", "titans_lmm", "titans_mac"])
 def test_full_remat_has_the_loss_and_gradients_of_no_remat(arch):
-    """Tiny Hope (segments in fresh form: every boundary a whole C_mem and CMS chunk), Titans
-    LMM (persistent tokens: the memory streams from its prefix) and Titans MAC (MAC segments of
-    16: cut at their boundaries, where its positions restart), T = 48 in segments of 16 and the
-    automatic T/4 = 12 where that is whole chunks."""
+    """Tiny Hope (segments in fresh form: every boundary a whole C_mem and CMS chunk; two blocks,
+    so each segment carries several blocks' states), Titans LMM (persistent tokens: the memory
+    streams from its prefix) and Titans MAC (MAC segments of 16: cut at their boundaries, where
+    its positions restart), T = 48 in segments of 16 and the automatic T/4 = 12 where that is
+    whole chunks. The Titans run one block: a shorter compile, the same segment paths."""
     t = 48
-    cfg = get_config(arch, "tiny", num_blocks=1 if arch == "titans_mac" else 2, max_len=t)
+    cfg = get_config(arch, "tiny", num_blocks=2 if arch == "hope" else 1, max_len=t)
     if arch == "titans_mac":
         cfg = dataclasses.replace(cfg, mixers=(dataclasses.replace(cfg.mixers[0], segment=16),))
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, t + 1), 0, cfg.vocab_size)
