@@ -54,8 +54,9 @@ bench-kernels: venv
 
 # Hope vs Titans vs Transformer++ vs Gated DeltaNet, tiny, equal tokens (docs/experiments.md).
 COMPARISON ?= tiny
+COMPARE_ARGS ?=
 compare: venv
-	$(PY) experiments/compare/run.py --comparison=$(COMPARISON)
+	$(PY) experiments/compare/run.py --comparison=$(COMPARISON) $(COMPARE_ARGS)
 
 # Training tokens/s and memory vs T, then decode ms/token vs context (docs/experiments.md).
 bench-models: venv

@@ -28,6 +28,7 @@ stages at the end of every run; it names the command and the git commit.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -561,6 +562,16 @@ def collect(name: str, comp: dict, root: str, command: str, notes=()) -> dict:
                 comparison=comp, notes=list(notes), models=models)
 
 
+def with_seed(comp: dict, seed: int) -> dict:
+    """The comparison with every model trained from another seed: its initial parameters
+    (train.seed) and the order of its batches (data.shuffle_seed). The evaluations keep theirs,
+    so the held-out windows stay the same and the seeds' results pair window by window."""
+    comp = copy.deepcopy(comp)
+    for m in comp["models"]:
+        m["overrides"] = {**m.get("overrides", {}), "train.seed": seed, "data.shuffle_seed": seed}
+    return comp
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--comparison", default="tiny",
@@ -572,9 +583,16 @@ def main(argv=None) -> int:
                     "still covers every model with results)")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma list of stages to run")
     ap.add_argument("--note", action="append", default=[], help="a line quoted in the report")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="another training seed for every model (train.seed: the initial "
+                    "parameters; data.shuffle_seed: the batches). A non-zero seed runs as the "
+                    "comparison <name>_seed<N>, with its own workdirs and report")
     args = ap.parse_args(argv)
     comp = load_comparison(args.comparison)
     name = args.comparison
+    if args.seed:
+        comp = with_seed(comp, args.seed)
+        name = f"{name}_seed{args.seed}"
     root = os.path.abspath(args.root or os.path.join(REPO, "workdirs", "compare", name))
     report = os.path.abspath(args.report or os.path.join(REPO, "experiments", "reports", name))
     to_run = comp["models"]

@@ -102,6 +102,19 @@ def test_comparisons_are_equal_tokens():
     assert comp["continual"]["phases"] == ["en_pip", "python_stdlib", "japanese"]
 
 
+@pytest.mark.fast
+def test_seed_overrides_every_model_and_builds_a_valid_config():
+    """--seed N trains every model from another initialisation and batch order, through keys the
+    config accepts; the comparison it came from is left as it was."""
+    comp = compare_run.load_comparison("tiny2k")
+    seeded = compare_run.with_seed(comp, 1)
+    for m, s in zip(comp["models"], seeded["models"]):
+        assert s["overrides"] == {**m["overrides"], "train.seed": 1, "data.shuffle_seed": 1}
+        assert "train.seed" not in m["overrides"]
+        config = compare_run.make_config(s, seeded)
+        assert config.train.seed == 1 and config.data.shuffle_seed == 1
+
+
 def test_tiny_parameter_counts_within_15_percent():
     comp = compare_run.load_comparison("tiny")
     counts = [compare_run.param_count(compare_run.make_config(m, comp), 260)
