@@ -138,3 +138,38 @@ def test_models_flag_reruns_some_but_reports_all(tmp_path):
     with pytest.raises(SystemExit):
         compare_run.main(["--comparison=smoke", "--root", str(root), "--report", str(report),
                           "--models", "nope", "--stages", ""])
+
+
+@pytest.mark.fast
+def test_seeds_summary_means_and_errors_over_seeds(tmp_path):
+    """seeds.py: per seed, a model's bpb and its difference to the first model (paired over the
+    windows); over the seeds, their mean and its standard error. Hand numbers: Transformer++
+    reads 10 and 20 more nats than Hope in each of 4 windows of 100 bytes at seeds 0 and 1, so
+    it is 0.1/ln 2 and 0.2/ln 2 bpb worse; the mean is 0.15/ln 2, the error over two seeds half
+    their gap, 0.05/ln 2."""
+    seeds = _load("hope_experiments_compare_seeds", "experiments/compare/seeds.py")
+    comp = compare_run.load_comparison("smoke")
+    comp["models"] = [m for m in comp["models"] if m["name"] in ("hope", "transformer")]
+    for seed, extra in ((0, 10.0), (1, 20.0)):
+        models = {name: dict(bpb=dict(bpb=2.0 + i * extra / 100, window_bytes=[100.0] * 4,
+                                      window_nats=[100.0 + i * extra] * 4,
+                                      write_ablation_4x=0.05 * (1 - i)),
+                             memorization=dict(gain=0.001 * (1 - i)))
+                  for i, name in enumerate(["hope", "transformer"])}
+        out = tmp_path / ("tiny" if seed == 0 else f"tiny_seed{seed}")
+        out.mkdir()
+        (out / "results.json").write_text(json.dumps(dict(comparison=comp, models=models)))
+    assert seeds.main(["--comparison=tiny", "--seeds=0,1", "--reports", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "tiny_seeds" / "results.json").read_text())
+    row = saved["models"]["transformer"]
+    ln2 = math.log(2)
+    assert row["minus_ref"]["0"][0] == pytest.approx(0.1 / ln2)
+    assert row["minus_ref"]["1"][0] == pytest.approx(0.2 / ln2)
+    assert row["minus_ref"]["0"][1] == pytest.approx(0.0)      # the same gap in every window
+    assert row["minus_ref_mean"] == pytest.approx(0.15 / ln2)
+    assert row["minus_ref_se"] == pytest.approx(0.05 / ln2)
+    assert row["bpb_mean"] == pytest.approx(2.15) and row["bpb_se"] == pytest.approx(0.05)
+    assert saved["models"]["hope"]["write_ablation_4x"] == {"0": 0.05, "1": 0.05}
+    assert "| transformer |" in (tmp_path / "tiny_seeds" / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        seeds.main(["--comparison=tiny", "--seeds=0,3", "--reports", str(tmp_path)])
