@@ -217,14 +217,15 @@ def paired_difference(a: dict, b: dict) -> tuple[float, float] | None:
     """bpb(a) − bpb(b) and its standard error, paired over the held-out windows both models
     scored (their bpb stages' `window_nats`); None when either lacks them or the windows differ.
     The paired error is much smaller than either model's own: both read the same text."""
-    from hope_jax.data.bpb import bpb_summary
+    from hope_jax.data.bpb import paired_difference_se
     if not (a and b and a.get("window_nats") and b.get("window_nats")):
         return None
     if a["window_bytes"] != b["window_bytes"]:
         return None
-    diff = np.asarray(a["window_nats"]) - np.asarray(b["window_nats"])
-    s = bpb_summary(diff, np.ones_like(diff), np.asarray(a["window_bytes"]))
-    return s["bpb"], s["bpb_se"]
+    a_nats, b_nats, nbytes = (np.asarray(x, np.float64) for x in
+                              (a["window_nats"], b["window_nats"], a["window_bytes"]))
+    diff = (a_nats.sum() - b_nats.sum()) / nbytes.sum() / math.log(2)
+    return float(diff), paired_difference_se(a_nats, nbytes, b_nats, nbytes)
 
 
 def stage_niah(model: dict, comp: dict, mdir: str) -> dict:
